@@ -1,0 +1,1 @@
+"""ehrseq: MIMIC-style EHR tables to trained, evaluated and explained sequence models."""

@@ -1,0 +1,1 @@
+"""Source readers: MIMIC-IV, MIMIC-III and the synthetic generator."""

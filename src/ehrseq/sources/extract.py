@@ -1,0 +1,179 @@
+"""Extraction: a MIMIC-style folder -> events.parquet + cohort.parquet, all in DuckDB SQL.
+
+The SQL runs directly on the source files (csv, csv.gz or parquet). Per-source SQL
+(`sql/<source>/canonical.sql`) only renames and builds readable event text; stay
+selection, labels, attachment of events to stays, and every drop with its reason are
+shared (`sql/common/`), so MIMIC-IV, MIMIC-III and the synthetic data obey the same rules.
+"""
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from ehrseq.cohort import assign_splits
+from ehrseq.io import atomic_path, write_parquet
+from ehrseq.schema import EVENT_TYPES, SPLITS
+from ehrseq.sources import mimic3, mimic4
+from ehrseq.sources.tables import register_tables
+
+log = logging.getLogger(__name__)
+
+# source name -> (table specs, folder of canonical.sql). The synthetic generator writes
+# MIMIC-IV tables, so it goes through the MIMIC-IV path.
+SOURCES = {
+    "mimic4": (mimic4.TABLES, "mimic4"),
+    "synthetic": (mimic4.TABLES, "mimic4"),
+    "mimic3": (mimic3.TABLES, "mimic3"),
+}
+
+COHORT_COLUMNS = [
+    "subject_id", "hadm_id", "stay_id", "intime", "outtime", "cutoff",
+    "age", "gender", "race", "admission_type", "insurance", "marital_status", "first_careunit",
+    "mortality", "event_hours", "event", "split",
+]
+
+
+def _run_sql_file(con: duckdb.DuckDBPyConnection, relative: str, params: dict | None = None) -> None:
+    text = resources.files("ehrseq.sources").joinpath("sql", relative).read_text()
+    for statement in text.split(";\n"):
+        if statement.strip() and not all(
+            line.strip().startswith("--") or not line.strip() for line in statement.splitlines()
+        ):
+            con.execute(statement, params or {}).fetchall()
+
+
+def extract(
+    source: str,
+    path: str | Path,
+    events_path: str | Path,
+    cohort_path: str | Path,
+    diagnoses_path: str | Path,
+    observation_hours: float,
+    min_age: float,
+    split_fractions: dict[str, float],
+    seed: int,
+    threads: int | None = None,
+    memory_limit: str | None = None,
+) -> dict:
+    """Run the extraction and write both outputs atomically; return the metrics dict."""
+    if source not in SOURCES:
+        raise ValueError(f"data.source must be one of {sorted(SOURCES)}, got {source!r}")
+    specs, sql_dir = SOURCES[source]
+    con = duckdb.connect()
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    if memory_limit:
+        con.execute(f"SET memory_limit = '{memory_limit}'")
+
+    tables = register_tables(con, path, specs)
+    _run_sql_file(con, f"{sql_dir}/canonical.sql")
+    _run_sql_file(con, "common/cohort.sql", {"observation_hours": float(observation_hours), "min_age": float(min_age)})
+    _run_sql_file(con, "common/events.sql")
+
+    cohort = con.execute(
+        """SELECT subject_id, hadm_id, stay_id, intime, outtime, cutoff, age, gender, race,
+                  admission_type, insurance, marital_status, first_careunit,
+                  CAST(died AS TINYINT) AS mortality, end_hours AS event_hours,
+                  CAST(died AS TINYINT) AS event
+           FROM cohort_all WHERE exclusion IS NULL ORDER BY stay_id"""
+    ).df()
+    cohort["split"] = assign_splits(cohort, split_fractions, seed)
+    cohort = cohort[COHORT_COLUMNS]
+    write_parquet(cohort_path, cohort)
+
+    kind_order = " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(EVENT_TYPES))
+    with atomic_path(events_path) as tmp:
+        con.execute(
+            f"""COPY (
+                  SELECT subject_id, hadm_id, stay_id, time,
+                         date_diff('microsecond', intime, time) / 3.6e9 AS hours,
+                         event_type, code, text, value, unit, flag,
+                         time >= cutoff AS after_cutoff
+                  FROM events_classified WHERE reason IS NULL
+                  ORDER BY stay_id, time, CASE event_type {kind_order} END, code, text, value
+               ) TO '{tmp}' (FORMAT parquet)"""
+        ).fetchall()
+    diagnoses = _write_diagnoses(con, cohort, diagnoses_path)
+    metrics = _metrics(con, source, observation_hours, tables, cohort)
+    metrics["diagnoses"] = {
+        "read": tables["diagnoses_icd"]["rows"],
+        "kept": len(diagnoses),
+        "dropped": {
+            "orphan_or_missing_code": tables["diagnoses_icd"]["rows"] - diagnoses.attrs["resolved"],
+            "patient_not_in_cohort": diagnoses.attrs["resolved"] - len(diagnoses),
+        },
+    }
+    return metrics
+
+
+def _write_diagnoses(con, cohort: pd.DataFrame, path) -> pd.DataFrame:
+    """Diagnoses of the cohort's patients (all their admissions), with the patient's split."""
+    resolved = con.execute("SELECT count(*) FROM src_diagnoses").fetchall()[0][0]
+    splits = cohort.groupby("subject_id")["split"].first().reset_index()
+    con.register("subject_splits", splits)
+    diagnoses = con.execute(
+        """SELECT d.*, s.split FROM src_diagnoses d JOIN subject_splits s USING (subject_id)
+           ORDER BY d.subject_id, d.admittime, d.hadm_id, d.seq_num, d.code"""
+    ).df()
+    con.unregister("subject_splits")
+    write_parquet(path, diagnoses)
+    diagnoses.attrs["resolved"] = resolved
+    return diagnoses
+
+
+def _metrics(con, source: str, observation_hours: float, tables: dict, cohort: pd.DataFrame) -> dict:
+    counts = con.execute(
+        "SELECT event_type, coalesce(reason, 'kept'), count(*) FROM events_classified GROUP BY ALL"
+    ).fetchall()
+    kept = {k: 0 for k in EVENT_TYPES}
+    dropped: dict[str, dict[str, int]] = {}
+    for kind, reason, n in counts:
+        if reason == "kept":
+            kept[kind] = n
+        else:
+            dropped.setdefault(reason, {k: 0 for k in EVENT_TYPES})[kind] = n
+    micro_results = con.execute("SELECT count(*) FROM src_events WHERE event_type = 'microbiology'").fetchall()[0][0]
+    micro_table = next((n for n in ("microbiologyevents",) if n in tables), None)
+    after_cutoff = con.execute(
+        "SELECT count(*) FROM events_classified WHERE reason IS NULL AND time >= cutoff"
+    ).fetchall()[0][0]
+    stays = dict(con.execute(
+        "SELECT coalesce(exclusion, 'kept'), count(*) FROM cohort_all GROUP BY ALL"
+    ).fetchall())
+    splits = {}
+    for name in SPLITS:
+        part = cohort[cohort["split"] == name]
+        splits[name] = {
+            "stays": len(part), "patients": int(part["subject_id"].nunique()),
+            "deaths": int(part["mortality"].sum()),
+            "mortality_rate": float(part["mortality"].mean()) if len(part) else None,
+        }
+    missing = sorted(name for name, t in tables.items() if t["file"] is None)
+    return {
+        "source": source,
+        "observation_hours": observation_hours,
+        "tables_read": {name: t["rows"] for name, t in tables.items()},
+        "missing_tables": missing,
+        "events": {
+            "kept": kept,
+            "kept_total": sum(kept.values()),
+            "after_cutoff": after_cutoff,
+            "dropped": dropped,
+            "dropped_total": sum(sum(d.values()) for d in dropped.values()),
+            "microbiology_susceptibility_rows_merged": (
+                tables[micro_table]["rows"] - micro_results if micro_table else 0
+            ),
+        },
+        "stays": {
+            "read": sum(stays.values()),
+            "kept": stays.pop("kept", 0),
+            "excluded": stays,
+        },
+        "patients": int(cohort["subject_id"].nunique()),
+        "mortality_rate": float(cohort["mortality"].mean()) if len(cohort) else None,
+        "splits": splits,
+    }

@@ -1,0 +1,178 @@
+import gzip
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import DEMO
+from ehrseq.schema import EVENT_COLUMNS
+from ehrseq.sources.extract import COHORT_COLUMNS, extract
+from ehrseq.sources.tables import SourceDataError
+
+SPLIT = {"train": 0.7, "val": 0.15, "test": 0.15}
+
+
+def run(source, path, out: Path, hours=48.0):
+    metrics = extract(source, path, out / "events.parquet", out / "cohort.parquet", out / "diagnoses.parquet",
+                      observation_hours=hours, min_age=18, split_fractions=SPLIT, seed=0)
+    return (metrics, pd.read_parquet(out / "events.parquet"), pd.read_parquet(out / "cohort.parquet"),
+            pd.read_parquet(out / "diagnoses.parquet"))
+
+
+def test_cohort_rows_and_labels(tiny_mimic4, tmp_path):
+    metrics, _, cohort, _ = run("mimic4", tiny_mimic4, tmp_path)
+    assert list(cohort.columns) == COHORT_COLUMNS
+    assert cohort["stay_id"].tolist() == [100, 200]
+    s100, s200 = cohort.iloc[0], cohort.iloc[1]
+    assert s100["age"] == 70 and s200["age"] == 50
+    assert s100["cutoff"] == pd.Timestamp("2150-01-03 06:00:00")
+    assert (s100["mortality"], s100["event"]) == (1, 1)
+    assert s100["event_hours"] == pytest.approx(4 * 24 + 6)       # death 2150-01-05 12:00
+    assert (s200["mortality"], s200["event"]) == (0, 0)
+    assert s200["event_hours"] == pytest.approx(6 * 24 + 18)      # censored at discharge
+    assert metrics["stays"] == {"read": 4, "kept": 2, "excluded": {"under_min_age": 1, "shorter_than_window": 1}}
+
+
+def test_event_rows_text_and_drop_counts(tiny_mimic4, tmp_path):
+    metrics, events, _, _ = run("mimic4", tiny_mimic4, tmp_path)
+    assert list(events.columns) == list(EVENT_COLUMNS)
+    got = events[["stay_id", "hours", "event_type", "code", "after_cutoff"]].values.tolist()
+    assert got == [
+        [100, 1.0, "lab", "LAB//50912", False],
+        [100, 2.0, "lab", "LAB//50912", False],
+        [100, 4.0, "procedure", "ITEM//225792", False],
+        [100, 66.0, "lab", "LAB//50912", True],
+        [200, 2.0, "prescription", "NDC//00409144901", False],
+        [200, 18.0, "microbiology", "MICRO//70012//80002", False],
+    ]
+    assert events["text"].tolist() == [
+        "Lab: Creatinine 2.3 mg/dL (abnormal)",
+        "Lab: Creatinine mg/dL (abnormal)",
+        "Procedure: Invasive Ventilation 600.0 min",
+        "Lab: Creatinine 2.3 mg/dL",
+        "Prescription: Norepinephrine 4mg/4mL IV DRIP",
+        "Microbiology: BLOOD CULTURE - E. COLI",
+    ]
+    assert events.loc[0, "value"] == 2.3 and events.loc[0, "unit"] == "mg/dL" and events.loc[0, "flag"] == "abnormal"
+    assert events["hadm_id"].tolist() == [11, 11, 11, 11, 21, 21]  # labs without hadm_id get the stay's
+    ev = metrics["events"]
+    assert ev["kept"] == {"prescription": 1, "procedure": 1, "lab": 3, "microbiology": 1, "ingredient": 0}
+    assert ev["after_cutoff"] == 1
+    dropped = {reason: {k: n for k, n in kinds.items() if n} for reason, kinds in ev["dropped"].items()}
+    assert dropped == {
+        "duplicate": {"lab": 1},
+        "outside_stay": {"lab": 1},
+        "stay_not_in_cohort": {"lab": 1},
+        "orphan": {"lab": 1, "prescription": 1, "procedure": 1},
+        "missing_time": {"prescription": 1},
+    }
+    assert ev["microbiology_susceptibility_rows_merged"] == 1
+    # every source event is accounted for: kept or dropped for one reason
+    read = metrics["tables_read"]
+    assert ev["kept_total"] + ev["dropped_total"] + ev["microbiology_susceptibility_rows_merged"] == (
+        read["labevents"] + read["prescriptions"] + read["procedureevents"] + read["microbiologyevents"]
+    )
+
+
+def test_missing_optional_table_is_reported(tiny_mimic4, tmp_path, caplog):
+    metrics, *_ = run("mimic4", tiny_mimic4, tmp_path)
+    assert metrics["missing_tables"] == ["ingredientevents"]
+    assert metrics["tables_read"]["ingredientevents"] == 0
+    assert "ingredientevents not found" in caplog.text
+
+
+def test_diagnoses_only_for_cohort_patients(tiny_mimic4, tmp_path):
+    metrics, _, cohort, diagnoses = run("mimic4", tiny_mimic4, tmp_path)
+    assert diagnoses["code"].tolist() == ["ICD9//4275", "ICD10//I10", "ICD9//0389"]
+    assert metrics["diagnoses"] == {"read": 4, "kept": 3,
+                                    "dropped": {"orphan_or_missing_code": 0, "patient_not_in_cohort": 1}}
+    assert set(diagnoses["split"]) <= set(cohort["split"])
+
+
+def test_observation_window_moves_cutoff(tiny_mimic4, tmp_path):
+    metrics, events, cohort, _ = run("mimic4", tiny_mimic4, tmp_path, hours=24)
+    assert cohort["cutoff"].iloc[0] == pd.Timestamp("2150-01-02 06:00:00")
+    # stay 400 (19 h) is still too short; the 66 h lab is still after the cutoff
+    assert metrics["stays"]["excluded"]["shorter_than_window"] == 1
+    assert events["after_cutoff"].sum() == 1
+
+
+def test_spreadsheet_dates_stop_with_file_column_and_value(tiny_mimic4, tmp_path):
+    path = tiny_mimic4 / "hosp" / "admissions.csv.gz"
+    adm = pd.read_csv(path)
+    adm.loc[1, "admittime"] = "10/23/64 21:09"
+    adm.to_csv(path, index=False)
+    with pytest.raises(SourceDataError, match=r"admissions\.csv\.gz: column 'admittime'.*'10/23/64 21:09'"):
+        run("mimic4", tiny_mimic4, tmp_path / "out")
+
+
+def test_missing_required_column_is_named(tiny_mimic4, tmp_path):
+    path = tiny_mimic4 / "icu" / "icustays.csv.gz"
+    pd.read_csv(path).drop(columns=["intime"]).to_csv(path, index=False)
+    with pytest.raises(SourceDataError, match=r"icustays\.csv\.gz: column 'intime' is missing"):
+        run("mimic4", tiny_mimic4, tmp_path / "out")
+
+
+def test_missing_required_table_is_named(tiny_mimic4, tmp_path):
+    (tiny_mimic4 / "hosp" / "patients.csv.gz").unlink()
+    with pytest.raises(SourceDataError, match="required table hosp/patients not found"):
+        run("mimic4", tiny_mimic4, tmp_path / "out")
+
+
+def test_plain_csv_and_parquet_sources_give_the_same_result(tiny_mimic4, tmp_path):
+    _, ref_events, ref_cohort, _ = run("mimic4", tiny_mimic4, tmp_path / "a")
+    for path in list(tiny_mimic4.rglob("*.csv.gz")):
+        df = pd.read_csv(path, dtype=str)
+        target = path.with_name(path.name.replace(".csv.gz", ""))
+        if "labevents" in path.name:
+            df.to_parquet(target.with_suffix(".parquet"))
+        else:
+            with gzip.open(path) as src, open(target.with_suffix(".csv"), "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        path.unlink()
+    _, events, cohort, _ = run("mimic4", tiny_mimic4, tmp_path / "b")
+    pd.testing.assert_frame_equal(events, ref_events)
+    pd.testing.assert_frame_equal(cohort, ref_cohort)
+
+
+@pytest.fixture
+def demo():
+    if not DEMO.is_dir():
+        pytest.skip(f"MIMIC-III demo not found at {DEMO}")
+    return DEMO
+
+
+def test_mimic3_demo_counts(demo, tmp_path):
+    metrics, events, cohort, diagnoses = run("mimic3", demo, tmp_path)
+    assert metrics["tables_read"]["admissions"] == 129
+    assert metrics["tables_read"]["icustays"] == 136
+    assert metrics["tables_read"]["patients"] == 100
+    assert metrics["missing_tables"] == ["labevents"]
+    assert metrics["events"]["kept"]["lab"] == 0
+    assert metrics["stays"]["read"] == 136
+    assert metrics["stays"]["kept"] + sum(metrics["stays"]["excluded"].values()) == 136
+    assert len(cohort) == metrics["stays"]["kept"] > 50
+    # every kept event lies inside its stay, and the after_cutoff flag matches the cutoff
+    joined = events.merge(cohort[["stay_id", "intime", "outtime", "cutoff"]], on="stay_id")
+    assert len(joined) == len(events)
+    assert (joined["time"] >= joined["intime"]).all() and (joined["time"] <= joined["outtime"]).all()
+    assert (joined["after_cutoff"] == (joined["time"] >= joined["cutoff"])).all()
+    # ages over 89 are shifted to ~300 in MIMIC-III: capped, never 300
+    assert cohort["age"].max() <= 90
+    # every split holds both outcomes (the demo is small; a naive split can miss deaths)
+    assert all(metrics["splits"][s]["deaths"] > 0 for s in ("train", "val", "test"))
+    assert all(metrics["splits"][s]["deaths"] < metrics["splits"][s]["stays"] for s in ("train", "val", "test"))
+    assert diagnoses["code"].str.startswith("ICD9//").all()
+
+
+def test_mimic3_upper_case_file_and_column_names(demo, tmp_path):
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    for name in ("PATIENTS", "ADMISSIONS", "ICUSTAYS", "PROCEDUREEVENTS_MV", "D_ITEMS"):
+        df = pd.read_csv(demo / f"{name}.csv", dtype=str)
+        df.columns = [c.upper() for c in df.columns]
+        df.to_csv(upper / f"{name}.csv", index=False)
+    metrics, *_ = run("mimic3", upper, tmp_path / "out")
+    assert metrics["tables_read"]["icustays"] == 136
+    assert metrics["events"]["kept"]["procedure"] > 0
