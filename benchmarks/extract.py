@@ -1,0 +1,118 @@
+"""Extraction throughput and peak memory: DuckDB SQL vs a straightforward pandas version.
+
+    python benchmarks/extract.py                 # 10,000 and 100,000 synthetic patients
+    python benchmarks/extract.py --patients 2000
+
+Each measurement runs in a fresh subprocess so its peak RSS is its own. The pandas
+version does the same work the SQL does for the event tables (read, parse times, attach
+labs/microbiology to stays by subject and time window, the others by stay or admission,
+keep cohort stays, drop duplicates), without the bad-input checks.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SPLIT = {"train": 0.7, "val": 0.15, "test": 0.15}
+
+
+def run_duckdb(src: str, out: str) -> dict:
+    from ehrseq.sources.extract import extract
+
+    m = extract("synthetic", src, f"{out}/events.parquet", f"{out}/cohort.parquet", f"{out}/diagnoses.parquet",
+                observation_hours=48, min_age=18, split_fractions=SPLIT, seed=0, threads=2)
+    return {"events": m["events"]["kept_total"], "rows_read": sum(m["tables_read"].values())}
+
+
+def run_pandas(src: str, out: str) -> dict:
+    import pandas as pd
+
+    root = Path(src)
+    read = lambda stem, cols, times: pd.read_csv(root / f"{stem}.csv.gz", usecols=cols, parse_dates=times)
+    rows_read = 0
+    stays = read("icu/icustays", ["subject_id", "hadm_id", "stay_id", "intime", "outtime"], ["intime", "outtime"])
+    adm = read("hosp/admissions", ["hadm_id", "deathtime"], ["deathtime"])
+    pat = read("hosp/patients", ["subject_id", "anchor_age", "anchor_year"], [])
+    rows_read += len(stays) + len(adm) + len(pat)
+    stays = stays.merge(adm, on="hadm_id").merge(pat, on="subject_id")
+    stays["age"] = stays["anchor_age"] + stays["intime"].dt.year - stays["anchor_year"]
+    stays["cutoff"] = stays["intime"] + pd.Timedelta(hours=48)
+    cohort = stays[(stays["age"] >= 18) & (stays["outtime"] >= stays["cutoff"])
+                   & ~(stays["deathtime"] < stays["cutoff"])]
+    window = cohort[["subject_id", "hadm_id", "stay_id", "intime", "outtime", "cutoff"]]
+
+    def by_window(df):  # labs/micro: subject + time within the stay
+        m = df.merge(window.drop(columns="hadm_id"), on="subject_id")
+        return m[(m["time"] >= m["intime"]) & (m["time"] <= m["outtime"])]
+
+    def by_stay(df):
+        m = df.merge(window.drop(columns=["subject_id", "hadm_id"]), on="stay_id")
+        return m[(m["time"] >= m["intime"]) & (m["time"] <= m["outtime"])]
+
+    parts = []
+    labs = read("hosp/labevents", ["subject_id", "itemid", "charttime", "valuenum"], ["charttime"])
+    rows_read += len(labs)
+    parts.append(by_window(labs.rename(columns={"charttime": "time", "valuenum": "value"}).assign(code=lambda d: "LAB//" + d["itemid"].astype(str))))
+    micro = read("hosp/microbiologyevents", ["subject_id", "charttime", "spec_itemid", "org_itemid"], ["charttime"])
+    rows_read += len(micro)
+    micro = micro.drop_duplicates().rename(columns={"charttime": "time"})
+    parts.append(by_window(micro.assign(code=lambda d: "MICRO//" + d["spec_itemid"].astype(str) + "//" + d["org_itemid"].astype(str))))
+    rx = read("hosp/prescriptions", ["hadm_id", "starttime", "ndc"], ["starttime"])
+    rows_read += len(rx)
+    m = rx.rename(columns={"starttime": "time"}).merge(window.drop(columns="subject_id"), on="hadm_id")
+    parts.append(m[(m["time"] >= m["intime"]) & (m["time"] <= m["outtime"])].assign(code=lambda d: "NDC//" + d["ndc"].astype(str)))
+    for stem, amount in (("icu/procedureevents", "value"), ("icu/ingredientevents", "amount")):
+        df = read(stem, ["stay_id", "starttime", "itemid", amount], ["starttime"])
+        rows_read += len(df)
+        parts.append(by_stay(df.rename(columns={"starttime": "time", amount: "value"}).assign(code=lambda d: "ITEM//" + d["itemid"].astype(str))))
+    events = pd.concat([p[["stay_id", "time", "code"] + (["value"] if "value" in p else [])] for p in parts])
+    events = events.drop_duplicates().sort_values(["stay_id", "time", "code"])
+    events.to_parquet(f"{out}/events.parquet")
+    return {"events": len(events), "rows_read": rows_read}
+
+
+def measure(impl: str, src: str) -> dict:
+    """Run one implementation in this process (called in a subprocess by main)."""
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        result = {"duckdb": run_duckdb, "pandas": run_pandas}[impl](src, out)
+        result["seconds"] = time.perf_counter() - start
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--patients", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--measure", nargs=2, metavar=("IMPL", "SRC"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(*args.measure)))
+        return
+    from ehrseq.sources.synthetic import generate
+
+    for n in args.patients:
+        with tempfile.TemporaryDirectory() as src:
+            t = time.perf_counter()
+            generate(src, n_patients=n, seed=0)
+            print(f"\n{n:,} patients (generated in {time.perf_counter() - t:.0f} s)")
+            results = {}
+            for impl in ("duckdb", "pandas"):
+                proc = subprocess.run([sys.executable, __file__, "--measure", impl, src],
+                                      capture_output=True, text=True, check=True)
+                r = results[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
+                print(f"  {impl:7s} {r['seconds']:7.1f} s  {r['rows_read'] / r['seconds']:>12,.0f} source rows/s  "
+                      f"peak RSS {r['peak_rss_mb']:7.0f} MB  events kept {r['events']:,}")
+            d, p = results["duckdb"], results["pandas"]
+            print(f"  duckdb vs pandas: {p['seconds'] / d['seconds']:.2f}x faster, "
+                  f"{p['peak_rss_mb'] / d['peak_rss_mb']:.2f}x less peak memory")
+
+
+if __name__ == "__main__":
+    main()
