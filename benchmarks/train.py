@@ -1,0 +1,112 @@
+"""Training throughput of the token models: padded vs packed vs length-bucketed batches.
+
+    python benchmarks/train.py [--sequences data/processed/sequences/train.parquet] [--task pretrain]
+
+Times full training steps (forward, backward, AdamW) on the same examples and reports
+real (non-padding) tokens per second, for random batches (much padding) and
+length-bucketed ones (little), and for the LSTM with its input padded (it steps over
+the padding) or packed (`pack_padded_sequence`: it does not).
+Without --sequences it draws long-tailed lengths like the tokenize stage's output (most
+stays 30-150 tokens, a few up to 512).
+"""
+import argparse
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ehrseq.data import TokenSequenceDataset, load_sequences, token_loader
+from ehrseq.models import build_model
+from ehrseq.schema import BOS_ID, EOS_ID, SPECIAL_TOKENS
+from ehrseq.training import MortalityTask, NextTokenTask, make_optimizer, to_device
+
+MODELS = {
+    "lstm": dict(embedding_dim=64, hidden_size=128, num_layers=1, dropout=0.1, bidirectional=False),
+    "lstm_bidirectional": dict(embedding_dim=64, hidden_size=128, num_layers=1, dropout=0.1, bidirectional=True),
+    "transformer": dict(d_model=64, n_layers=2, n_heads=4, dropout=0.1, max_positions=512),
+    "gpt2": dict(n_embd=64, n_layer=2, n_head=4, dropout=0.1, max_positions=512),
+}
+
+
+def skewed_sequences(n: int, vocab_size: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(rng.lognormal(np.log(70), 0.75, n), 8, 512).astype(int)
+    first = len(SPECIAL_TOKENS)
+    ids = [np.r_[BOS_ID, rng.integers(first, vocab_size, k - 2), EOS_ID] for k in lengths]
+    return pd.DataFrame({"stay_id": np.arange(n), "subject_id": np.arange(n), "input_ids": ids,
+                         "mortality": (rng.random(n) < 0.12).astype(np.int8)})
+
+
+def tokens_per_second(model, task, batches) -> float:
+    optimizer = make_optimizer(model, 1e-3, 0.01)
+    model.train()
+
+    def step(batch):
+        loss, _ = task.loss(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step(batches[0])  # warm-up: allocations and lazy initialisation
+    start = time.perf_counter()
+    for batch in batches:
+        step(batch)
+    return sum(int(b["attention_mask"].sum()) for b in batches) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sequences", help="a sequences parquet; default: synthetic long-tailed lengths")
+    parser.add_argument("--stays", type=int, default=2000, help="synthetic stays to draw")
+    parser.add_argument("--vocab-size", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batches", type=int, default=12, help="timed batches per configuration")
+    parser.add_argument("--task", choices=["mortality", "pretrain"], default="mortality")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device("cpu")  # the comparison is about CPU work skipped; GPUs hide it differently
+
+    if args.sequences:
+        frame = load_sequences(args.sequences)
+        vocab_size = int(max(ids.max() for ids in frame["input_ids"])) + 1
+    else:
+        frame, vocab_size = skewed_sequences(args.stays, args.vocab_size, seed=0), args.vocab_size
+    dataset = TokenSequenceDataset(frame)
+    task = MortalityTask() if args.task == "mortality" else NextTokenTask()
+    lengths = dataset.lengths
+    print(f"{len(dataset)} stays, tokens per stay: median {np.median(lengths):.0f}, "
+          f"p90 {np.percentile(lengths, 90):.0f}, max {lengths.max()}; task {args.task}, "
+          f"batch {args.batch_size}, {args.batches} timed batches, {args.threads} thread(s)")
+
+    def batches(pool_batches: int) -> list[dict]:
+        loader = token_loader(dataset, args.batch_size, device=device, seed=0, pool_batches=pool_batches)
+        return [to_device(b, device) for _, b in zip(range(args.batches), loader)]
+
+    random_batches, bucketed_batches = batches(1), batches(50)
+    for name, batch_list in (("random", random_batches), ("bucketed", bucketed_batches)):
+        real = sum(int(b["attention_mask"].sum()) for b in batch_list)
+        total = sum(b["attention_mask"].numel() for b in batch_list)
+        print(f"  {name} batches: {100 * (1 - real / total):.0f}% padding")
+
+    print(f"\n{'model':<20}{'batches':<10}{'LSTM input':<12}{'tokens/s':>10}   vs random+padded")
+    for name in args.models:
+        registry_name = "lstm" if name.startswith("lstm") else name
+        # (batches, LSTM input); the transformers have no packed mode: they mask padding
+        modes = [("random", False), ("random", True), ("bucketed", False), ("bucketed", True)]
+        if registry_name != "lstm":
+            modes = [("random", None), ("bucketed", None)]
+        baseline = None
+        for batch_kind, packed in modes:
+            torch.manual_seed(0)
+            extra = {} if packed is None else {"packed": packed}
+            model = build_model(registry_name, vocab_size=vocab_size, **MODELS[name], **extra).to(device)
+            speed = tokens_per_second(model, task, random_batches if batch_kind == "random" else bucketed_batches)
+            baseline = baseline or speed
+            lstm_input = "-" if packed is None else ("packed" if packed else "padded")
+            print(f"{name:<20}{batch_kind:<10}{lstm_input:<12}{speed:10.0f}   {speed / baseline:.2f}x")
+
+if __name__ == "__main__":
+    main()

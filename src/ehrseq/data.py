@@ -1,0 +1,202 @@
+"""Token sequences as torch data: a Parquet split -> Dataset -> padded batches.
+
+A batch is a plain dict of tensors, so the training loop and the tasks never depend on
+which dataset produced it. Token batches hold:
+
+    input_ids       [B, T] int64, right-padded with PAD_ID
+    attention_mask  [B, T] bool, True on real tokens (always a prefix of the row)
+    lengths         [B]    int64, number of real tokens
+    label           [B]    float32, in-hospital mortality
+    stay_id         [B]    int64, to join predictions back to stays
+
+Right padding is a contract: the LSTM packs by `lengths` and the causal models rely on
+real tokens forming a prefix.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ehrseq.schema import PAD_ID, SPECIAL_TOKENS
+
+log = logging.getLogger(__name__)
+
+# The columns of sequences/{split}.parquet that token models read (see DESIGN.md).
+TOKEN_COLUMNS = ("stay_id", "subject_id", "input_ids", "mortality")
+
+
+def read_vocab_size(path: str | os.PathLike) -> int:
+    """Number of tokens in vocab.csv, after checking ids are 0..n-1 with the specials first."""
+    vocab = pd.read_csv(path)
+    missing = {"token", "str"} - set(vocab.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; has {list(vocab.columns)}")
+    ids = vocab["token"].to_numpy()
+    expected = np.arange(len(vocab))
+    if not np.array_equal(ids, expected):
+        row = int(np.flatnonzero(ids != expected)[0])
+        raise ValueError(f"{path}: column 'token' must be 0..{len(vocab) - 1} in order; row {row} has {ids[row]}")
+    head = tuple(vocab["str"].iloc[: len(SPECIAL_TOKENS)])
+    if head != SPECIAL_TOKENS:
+        raise ValueError(f"{path}: first tokens must be {SPECIAL_TOKENS}, found {head}")
+    return len(vocab)
+
+
+def load_sequences(path: str | os.PathLike, vocab_size: int | None = None) -> pd.DataFrame:
+    """Read the token-model columns of one split and check them against the contract."""
+    names = pq.read_schema(path).names
+    missing = [c for c in TOKEN_COLUMNS if c not in names]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; has {names}")
+    frame = pd.read_parquet(path, columns=list(TOKEN_COLUMNS))
+    if frame.empty:
+        raise ValueError(f"{path}: no rows")
+
+    labels = frame["mortality"]
+    bad = ~labels.isin([0, 1])
+    if bad.any():
+        row = frame[bad].iloc[0]
+        raise ValueError(f"{path}: column 'mortality' must be 0/1; stay_id {row.stay_id} has {row.mortality}")
+
+    lengths = frame["input_ids"].map(len)
+    short = lengths < 2  # next-token prediction needs at least one (input, target) pair
+    if short.any():
+        row = frame[short].iloc[0]
+        raise ValueError(
+            f"{path}: column 'input_ids' needs >= 2 tokens; stay_id {row.stay_id} has {list(row.input_ids)}")
+
+    flat = np.concatenate(frame["input_ids"].to_list())
+    owner = np.repeat(frame["stay_id"].to_numpy(), lengths.to_numpy())
+    invalid = flat == PAD_ID  # a pad inside a sequence would break the prefix masks
+    if vocab_size is not None:
+        invalid |= (flat < 0) | (flat >= vocab_size)
+    if invalid.any():
+        i = int(np.flatnonzero(invalid)[0])
+        limit = f"1..{vocab_size - 1}" if vocab_size is not None else f"not {PAD_ID} (<pad>)"
+        raise ValueError(f"{path}: column 'input_ids' must hold ids {limit}; stay_id {owner[i]} has {flat[i]}")
+
+    log.info("read %s: %d stays, %d tokens, %.1f%% mortality", path, len(frame), len(flat), 100 * labels.mean())
+    return frame
+
+
+class TokenSequenceDataset(Dataset):
+    """One stay per item: its token ids, mortality label and stay id."""
+
+    def __init__(self, frame: pd.DataFrame):
+        self.input_ids = [torch.from_numpy(np.array(ids, dtype=np.int64)) for ids in frame["input_ids"]]
+        self.labels = torch.tensor(frame["mortality"].to_numpy(), dtype=torch.float32)
+        self.stay_ids = torch.tensor(frame["stay_id"].to_numpy(), dtype=torch.long)
+        self.lengths = np.array([len(ids) for ids in self.input_ids])
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids[i], "label": self.labels[i], "stay_id": self.stay_ids[i]}
+
+
+def collate_tokens(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Right-pad a list of items into one batch (see the module docstring for shapes)."""
+    lengths = torch.tensor([len(item["input_ids"]) for item in items])
+    input_ids = pad_sequence([item["input_ids"] for item in items], batch_first=True, padding_value=PAD_ID)  # [B, T]
+    attention_mask = torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]  # [B, T]
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "lengths": lengths,
+        "label": torch.stack([item["label"] for item in items]),
+        "stay_id": torch.stack([item["stay_id"] for item in items]),
+    }
+
+
+class LengthBucketSampler(Sampler[list[int]]):
+    """Batches of similar length, in random order, reproducible from (seed, epoch).
+
+    Training (shuffle=True): each epoch draws an order of the examples -- a permutation,
+    or with `weights` a weighted draw with replacement -- cuts it into pools of
+    `pool_batches` batches, sorts each pool by length, cuts the pool into batches and
+    shuffles all batches. Sorting inside pools rather than globally keeps batches random
+    while cutting most of the padding; `pool_batches=1` gives plain random batches.
+    Evaluation (shuffle=False): one global sort by length, no randomness.
+
+    Call `set_epoch` before iterating so that a resumed run sees the same batches.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        pool_batches: int = 50,
+        weights: Sequence[float] | None = None,
+    ):
+        if batch_size < 1 or pool_batches < 1:
+            raise ValueError(f"batch_size and pool_batches must be >= 1, got {batch_size}, {pool_batches}")
+        if weights is not None and not shuffle:
+            raise ValueError("weighted sampling draws at random; it needs shuffle=True")
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.pool_batches = pool_batches
+        self.weights = None if weights is None else np.asarray(weights, dtype=float) / np.sum(weights)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if not self.shuffle:
+            order = np.argsort(self.lengths, kind="stable")
+            yield from (order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size))
+            return
+        rng = np.random.default_rng([self.seed, self.epoch])
+        n = len(self.lengths)
+        order = rng.choice(n, size=n, p=self.weights) if self.weights is not None else rng.permutation(n)
+        pool_size = self.batch_size * self.pool_batches
+        batches = []
+        for start in range(0, n, pool_size):
+            pool = order[start : start + pool_size]
+            pool = pool[np.argsort(self.lengths[pool], kind="stable")]
+            batches += [pool[i : i + self.batch_size].tolist() for i in range(0, len(pool), self.batch_size)]
+        for b in rng.permutation(len(batches)):
+            yield batches[b]
+
+
+def class_balance_weights(labels: Sequence[int]) -> np.ndarray:
+    """Per-example sampling weights that make both classes equally likely to be drawn."""
+    labels = np.asarray(labels).astype(int)
+    counts = np.bincount(labels, minlength=2)
+    if (counts == 0).any():
+        raise ValueError(f"class-balanced sampling needs both classes; label counts are {counts.tolist()}")
+    return 1.0 / counts[labels]
+
+
+def token_loader(
+    dataset: TokenSequenceDataset,
+    batch_size: int,
+    *,
+    device: torch.device,
+    seed: int = 0,
+    shuffle: bool = True,
+    pool_batches: int = 50,
+    weights: Sequence[float] | None = None,
+) -> DataLoader:
+    """A DataLoader of length-bucketed token batches; pinned memory only when feeding a GPU."""
+    sampler = LengthBucketSampler(
+        dataset.lengths, batch_size, seed=seed, shuffle=shuffle, pool_batches=pool_batches, weights=weights
+    )
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_tokens, pin_memory=device.type == "cuda")

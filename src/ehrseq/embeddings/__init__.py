@@ -1,0 +1,28 @@
+"""Text embeddings of event descriptions, with a persistent content-hash cache.
+
+encoder.py   texts -> vectors with a Hugging Face encoder (cls / mean pooling)
+cache.py     sharded on-disk store of vectors keyed by (model hash, settings, text)
+pipeline.py  distinct texts of the events -> vectors, encoding only cache misses
+"""
+from ehrseq.embeddings.cache import EmbeddingCache
+from ehrseq.embeddings.encoder import TextEncoder, fingerprint_model_dir, pool, resolve_model_dir
+from ehrseq.embeddings.pipeline import (
+    TextEmbeddings,
+    distinct_texts,
+    embed_texts,
+    read_text_embeddings,
+    write_text_embeddings,
+)
+
+__all__ = [
+    "EmbeddingCache",
+    "TextEmbeddings",
+    "TextEncoder",
+    "distinct_texts",
+    "embed_texts",
+    "fingerprint_model_dir",
+    "pool",
+    "read_text_embeddings",
+    "resolve_model_dir",
+    "write_text_embeddings",
+]

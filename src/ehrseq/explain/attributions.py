@@ -1,0 +1,187 @@
+"""Captum attributions for clinical_lf, done the way Captum's contract requires.
+
+- The model has ONE logit: every method attributes that logit with `target=None`, never
+  the sigmoid (it saturates, flattening gradients) and never `target=1` (an index error
+  on a one-logit output, not "the positive class").
+- The model runs in eval mode (dropout would make the integration path random).
+- The padding mask travels in `additional_forward_args`: it is [B, T], so Captum's
+  repetition along dim 0 for every integration step or perturbation is correct.
+- Removing an event means masking it in the padding mask, not zeroing its features: a
+  zeroed step is still a position the encoder and the pooling attend to.
+
+Baseline (`mean_baselines`): the TRAIN-MEAN step (event-kind frequencies, mean text
+embedding, mean time) and the train-mean static vector, rather than zeros. Sentence
+embeddings lie near a sphere far from the origin, so the zero vector is a text the model
+has never seen and the straight path from it crosses inputs off the data; from the mean
+step, an event's attribution answers "how much does THIS event's kind, text and timing
+move the risk logit compared with an average event at its place". Padded positions keep
+the input's own values in the baseline, so input and baseline agree there and IG gives
+them exactly zero.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from captum.attr import FeatureAblation, IntegratedGradients, LayerIntegratedGradients
+from torch import nn
+
+from ehrseq.features import FeatureEncoder
+from ehrseq.schema import EVENT_TYPES
+
+Batch = dict[str, torch.Tensor]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def logit_function(model: nn.Module) -> Callable[..., torch.Tensor]:
+    """(steps, static, padding_mask) -> logits [B]: the quantity every method attributes."""
+    def logits(steps: torch.Tensor, static: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+        return model(steps, static, padding_mask)["logits"]
+    return logits
+
+
+def mean_baselines(batch: Batch, encoder: FeatureEncoder) -> tuple[torch.Tensor, torch.Tensor]:
+    """(steps [B, T, F], static [B, S]) baselines: the train-mean step at real positions, the
+    input itself at padding; the train-mean static vector. See the module docstring."""
+    steps, static, padding = batch["steps"], batch["static"], batch["padding_mask"]
+    step_mean = torch.tensor(encoder.step_mean, dtype=steps.dtype, device=steps.device)  # [F]
+    steps_base = torch.where(padding[..., None], steps, step_mean.expand_as(steps))  # [B, T, F]
+    static_base = torch.tensor(encoder.static_mean, dtype=static.dtype, device=static.device).expand_as(static)
+    return steps_base, static_base.contiguous()
+
+
+@dataclass
+class IGResult:
+    steps: torch.Tensor  # [B, T, F]
+    static: torch.Tensor  # [B, S]
+    delta: torch.Tensor  # [B] sum of attributions - (f(x) - f(baseline)), in logit units
+
+
+def integrated_gradients(
+    model: nn.Module, batch: Batch, baselines: tuple[torch.Tensor, torch.Tensor],
+    n_steps: int = 50, internal_batch_size: int | None = None,
+) -> IGResult:
+    """IG of the logit w.r.t. step and static features together (a tuple input)."""
+    with eval_mode(model):
+        ig = IntegratedGradients(logit_function(model))
+        (steps_attr, static_attr), delta = ig.attribute(
+            (batch["steps"], batch["static"]), baselines=baselines, target=None,
+            additional_forward_args=(batch["padding_mask"],), n_steps=n_steps,
+            internal_batch_size=internal_batch_size, return_convergence_delta=True,
+        )
+    return IGResult(steps_attr.detach(), static_attr.detach(), delta.detach())
+
+
+def layer_integrated_gradients(
+    model: nn.Module, batch: Batch, steps_baseline: torch.Tensor,
+    n_steps: int = 50, internal_batch_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """IG on the output of the input projection: ([B, T, E] attributions, [B] delta).
+
+    Baselines are in INPUT space: Captum passes `steps_baseline` through the projection,
+    so the reference is W @ mean_step + b (a zero input would map to the bias b, not to
+    zero). Static features are held at their real values, so this explains the steps'
+    share of f(x) - f(baseline steps, real static).
+    """
+    with eval_mode(model):
+        lig = LayerIntegratedGradients(logit_function(model), model.input_proj)
+        attr, delta = lig.attribute(
+            batch["steps"], baselines=steps_baseline, target=None,
+            additional_forward_args=(batch["static"], batch["padding_mask"]), n_steps=n_steps,
+            internal_batch_size=internal_batch_size, return_convergence_delta=True,
+        )
+    return attr.detach(), delta.detach()
+
+
+def step_scores(step_attributions: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] one score per event: the sum over its features (or projected dims); 0 on padding."""
+    return step_attributions.sum(dim=-1).masked_fill(padding_mask, 0.0)
+
+
+def event_ablation(model: nn.Module, batch: Batch, perturbations_per_eval: int = 1) -> torch.Tensor:
+    """[B, T] logit(all events) - logit(without event t), by FeatureAblation.
+
+    The ablated input is a presence indicator [B, T] (1 = real event), one feature group
+    per position; its baseline 0 means "absent", which the wrapper turns into padding.
+    Padded positions are already 0 = baseline, so they score exactly 0.
+    """
+    steps, static, padding = batch["steps"], batch["static"], batch["padding_mask"]
+
+    def logits_given_presence(present: torch.Tensor, steps: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
+        return model(steps, static, present == 0)["logits"]
+
+    present = (~padding).to(steps.dtype)  # [B, T]
+    positions = torch.arange(padding.shape[1], device=padding.device).expand_as(padding)  # [B, T]
+    with eval_mode(model), torch.no_grad():
+        attr = FeatureAblation(logits_given_presence).attribute(
+            present, baselines=0.0, target=None, additional_forward_args=(steps, static),
+            feature_mask=positions, perturbations_per_eval=perturbations_per_eval,
+        )
+    return attr.masked_fill(padding, 0.0)
+
+
+def group_ablation(
+    model: nn.Module, batch: Batch, baselines: tuple[torch.Tensor, torch.Tensor], encoder: FeatureEncoder
+) -> dict[str, torch.Tensor]:
+    """{group: [B] logit(x) - logit(x with that group at its baseline)} by FeatureAblation.
+
+    Groups: the event kind, text and time features of all events at once, and each static
+    feature (a categorical's whole one-hot block, or age).
+    """
+    steps, static = batch["steps"], batch["static"]
+    step_mask = torch.zeros(1, 1, steps.shape[-1], dtype=torch.long, device=steps.device)  # [1, 1, F]
+    names = list(encoder.step_groups)
+    for gid, cols in enumerate(encoder.step_groups.values()):
+        step_mask[..., cols] = gid
+    static_mask = torch.zeros(1, static.shape[-1], dtype=torch.long, device=static.device)  # [1, S]
+    for name, cols in encoder.static_groups.items():
+        static_mask[0, cols] = len(names)
+        names.append(name)
+    with eval_mode(model), torch.no_grad():
+        steps_attr, static_attr = FeatureAblation(logit_function(model)).attribute(
+            (steps, static), baselines=baselines, target=None,
+            additional_forward_args=(batch["padding_mask"],), feature_mask=(step_mask, static_mask),
+        )
+    out = {}
+    for name, cols in encoder.step_groups.items():
+        out[name] = steps_attr[:, 0, cols.start]  # every element of a group carries the group's value
+    for name, cols in encoder.static_groups.items():
+        out[name] = static_attr[:, cols[0]]
+    return out
+
+
+def scores_frame(scores: dict[str, torch.Tensor], batch: Batch) -> pd.DataFrame:
+    """Long table of per-event scores mapped back to events.parquet rows: stay_id,
+    event_row, position, event_type, hours_before_cutoff, method, score (real events only)."""
+    real = (~batch["padding_mask"]).cpu().numpy()
+    b, t = np.nonzero(real)
+    base = pd.DataFrame({
+        "stay_id": batch["stay_id"].cpu().numpy()[b],
+        "event_row": batch["event_row"].cpu().numpy()[b, t],
+        "position": t,
+        "event_type": np.array(EVENT_TYPES, dtype=object)[batch["kind"].cpu().numpy()[b, t]],
+        "hours_before_cutoff": batch["hours_before_cutoff"].cpu().numpy()[b, t],
+    })
+    frames = [base.assign(method=name, score=s.detach().cpu().numpy()[b, t]) for name, s in scores.items()]
+    return pd.concat(frames, ignore_index=True)
+
+
+def importance_by(scores: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Global importance per value of `column` (e.g. event_type, code) and method: mean
+    absolute score, mean signed score and number of events, most important first."""
+    grouped = scores.assign(abs_score=scores["score"].abs()).groupby(["method", column], observed=True)
+    table = grouped.agg(mean_abs_score=("abs_score", "mean"), mean_score=("score", "mean"), n_events=("score", "size"))
+    return table.reset_index().sort_values(["method", "mean_abs_score"], ascending=[True, False], ignore_index=True)

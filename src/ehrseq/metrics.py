@@ -1,0 +1,169 @@
+"""Evaluation metrics with bootstrap intervals, shared by every evaluated model.
+
+Plain numpy/sklearn on per-stay arrays. A metric that is undefined on its input (AUROC
+with one class, AUPRC without positives) raises `UndefinedMetricError`; `bootstrap`
+turns that into `{"value": None, "reason": ...}` so a metrics file never holds a silent
+NaN. Intervals resample stays (rows) with replacement.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+
+class UndefinedMetricError(ValueError):
+    """The metric has no value on this input; the message says why."""
+
+
+def _check_binary(y_true: np.ndarray, y_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y_true, y_prob = np.asarray(y_true), np.asarray(y_prob, dtype=float)
+    if y_true.shape != y_prob.shape or y_true.ndim != 1:
+        raise ValueError(f"labels and probabilities must be 1-D of equal length, got {y_true.shape} and {y_prob.shape}")
+    if len(y_true) == 0:
+        raise UndefinedMetricError("no examples")
+    bad = ~np.isin(y_true, (0, 1))
+    if bad.any():
+        raise ValueError(f"labels must be 0/1; index {np.flatnonzero(bad)[0]} is {y_true[bad][0]!r}")
+    bad = ~((y_prob >= 0) & (y_prob <= 1))  # also catches NaN
+    if bad.any():
+        raise ValueError(f"probabilities must be in [0, 1]; index {np.flatnonzero(bad)[0]} is {y_prob[bad][0]!r}")
+    return y_true.astype(int), y_prob
+
+
+def _require_both_classes(y_true: np.ndarray, metric: str) -> None:
+    n_pos = int(y_true.sum())
+    if n_pos == 0 or n_pos == len(y_true):
+        raise UndefinedMetricError(f"{metric} needs both classes; all {len(y_true)} labels are {y_true[0]}")
+
+
+def auroc(y_true, y_prob) -> float:
+    y_true, y_prob = _check_binary(y_true, y_prob)
+    _require_both_classes(y_true, "AUROC")
+    return float(roc_auc_score(y_true, y_prob))
+
+
+def auprc(y_true, y_prob) -> float:
+    """Average precision (the step-wise area under the precision-recall curve)."""
+    y_true, y_prob = _check_binary(y_true, y_prob)
+    if y_true.sum() == 0:
+        raise UndefinedMetricError(f"AUPRC needs at least one positive; all {len(y_true)} labels are 0")
+    return float(average_precision_score(y_true, y_prob))
+
+
+def brier(y_true, y_prob) -> float:
+    y_true, y_prob = _check_binary(y_true, y_prob)
+    return float(np.mean((y_prob - y_true) ** 2))
+
+
+def _calibration_bins(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int) -> pd.DataFrame:
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    # Equal-width bins over [0, 1]; a probability of exactly 1 belongs to the last bin.
+    bins = np.minimum((y_prob * n_bins).astype(int), n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_predicted = np.bincount(bins, weights=y_prob, minlength=n_bins) / count
+        observed_rate = np.bincount(bins, weights=y_true, minlength=n_bins) / count
+    return pd.DataFrame({
+        "bin_low": np.arange(n_bins) / n_bins,
+        "bin_high": np.arange(1, n_bins + 1) / n_bins,
+        "count": count,
+        "mean_predicted": mean_predicted,
+        "observed_rate": observed_rate,
+    })
+
+
+def expected_calibration_error(y_true, y_prob, n_bins: int = 10) -> float:
+    """Count-weighted mean |observed rate - mean predicted probability| over equal-width bins."""
+    y_true, y_prob = _check_binary(y_true, y_prob)
+    table = _calibration_bins(y_true, y_prob, n_bins)
+    filled = table[table["count"] > 0]
+    gaps = (filled["observed_rate"] - filled["mean_predicted"]).abs()
+    return float((gaps * filled["count"]).sum() / len(y_true))
+
+
+def perplexity(nll_sum, n_tokens) -> float:
+    """exp(total negative log-likelihood / total tokens), from per-sequence sums."""
+    total = float(np.sum(n_tokens))
+    if total == 0:
+        raise UndefinedMetricError("perplexity needs at least one predicted token")
+    return float(np.exp(np.sum(nll_sum) / total))
+
+
+def token_accuracy(n_correct, n_tokens) -> float:
+    total = float(np.sum(n_tokens))
+    if total == 0:
+        raise UndefinedMetricError("next-token accuracy needs at least one predicted token")
+    return float(np.sum(n_correct) / total)
+
+
+def bootstrap(
+    metric: Callable[..., float],
+    arrays: tuple[np.ndarray, ...],
+    *,
+    n_resamples: int,
+    seed: int,
+    confidence: float = 0.95,
+) -> dict:
+    """Point estimate and percentile interval of `metric(*arrays)`, resampling rows.
+
+    All arrays are resampled with the same indices (paired), so a metric of several
+    predictions on the same stays -- e.g. a model/oracle AUROC ratio -- gets one interval.
+    Resamples on which the metric is undefined are skipped and counted.
+    """
+    arrays = tuple(np.asarray(a) for a in arrays)
+    try:
+        value = metric(*arrays)
+    except UndefinedMetricError as err:
+        return {"value": None, "reason": str(err)}
+    rng = np.random.default_rng(seed)
+    n = len(arrays[0])
+    values = []
+    for _ in range(n_resamples):
+        idx = rng.integers(0, n, size=n)
+        try:
+            values.append(metric(*(a[idx] for a in arrays)))
+        except UndefinedMetricError:
+            continue
+    result = {"value": value, "n_resamples": len(values)}
+    if not values:
+        return {**result, "ci_low": None, "ci_high": None, "reason": f"undefined on all {n_resamples} resamples"}
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(values, [alpha, 1 - alpha])
+    return {**result, "ci_low": float(low), "ci_high": float(high)}
+
+
+def binary_classification_metrics(y_true, y_prob, *, n_bins: int, n_resamples: int, seed: int) -> dict:
+    """AUROC, AUPRC, Brier score and ECE, each with a bootstrap interval."""
+    y_true, y_prob = _check_binary(y_true, y_prob)
+
+    def ece(y, p):
+        return expected_calibration_error(y, p, n_bins)
+
+    metrics = {"auroc": auroc, "auprc": auprc, "brier": brier, "ece": ece}
+    return {name: bootstrap(fn, (y_true, y_prob), n_resamples=n_resamples, seed=seed) for name, fn in metrics.items()}
+
+
+def classification_curves(y_true, y_prob, n_bins: int) -> dict[str, pd.DataFrame]:
+    """ROC, precision-recall and calibration tables for `dvc plots`.
+
+    ROC and PR are empty (header only) when the labels have one class, where they are
+    undefined; the calibration table always exists.
+    """
+    y_true, y_prob = _check_binary(y_true, y_prob)
+    both_classes = 0 < y_true.sum() < len(y_true)
+    if both_classes:
+        fpr, tpr, roc_thresholds = roc_curve(y_true, y_prob)
+        precision, recall, pr_thresholds = precision_recall_curve(y_true, y_prob)
+        # precision_recall_curve's last point (recall 0, precision 1) has no threshold.
+        pr_thresholds = np.append(pr_thresholds, np.nan)
+    else:
+        fpr = tpr = roc_thresholds = precision = recall = pr_thresholds = np.array([])
+    return {
+        "roc": pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": roc_thresholds}),
+        "pr": pd.DataFrame({"recall": recall, "precision": precision, "threshold": pr_thresholds}),
+        "calibration": _calibration_bins(y_true, y_prob, n_bins),
+    }

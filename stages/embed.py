@@ -1,0 +1,46 @@
+"""DVC stage `embed`: distinct event texts -> data/processed/text_embeddings/.
+
+Vectors persist in `embed.cache_dir` across runs (a `persist: true` output), so a run
+encodes only texts that no earlier run with the same model and settings has seen.
+"""
+import logging
+import time
+
+from ehrseq.embeddings import EmbeddingCache, TextEncoder, distinct_texts, embed_texts, write_text_embeddings
+from ehrseq.io import setup_logging, write_json
+from ehrseq.params import load_params
+
+log = logging.getLogger("ehrseq.stages.embed")
+
+EVENTS = "data/interim/events.parquet"
+OUT = "data/processed/text_embeddings"
+METRICS = "reports/metrics/embed.json"
+
+
+def main() -> None:
+    setup_logging()
+    params = load_params()["embed"]
+    start = time.time()
+    texts, rows = distinct_texts(EVENTS)
+    log.info("read %d events with %d distinct texts from %s", rows, len(texts), EVENTS)
+    encoder = TextEncoder(params["model"], params["pooling"], params["max_length"], params["batch_size"])
+    cache = EmbeddingCache(params["cache_dir"], encoder.settings)
+    vectors, stats = embed_texts(texts, encoder, cache, params["shard_size"])
+    meta = {"model_param": params["model"], **encoder.settings}
+    write_text_embeddings(OUT, texts, vectors, meta)
+    log.info("wrote %d vectors of dim %d to %s", len(texts), encoder.dim, OUT)
+    write_json(METRICS, {
+        "rows": rows,
+        "distinct_texts": len(texts),
+        "cache_hits": stats["cache_hits"],
+        "encoded": stats["encoded"],
+        "texts_per_s": stats["encoded"] / stats["encode_seconds"] if stats["encoded"] else None,
+        "dim": encoder.dim,
+        **meta,
+        "device": str(encoder.device),
+        "seconds": round(time.time() - start, 2),
+    })
+
+
+if __name__ == "__main__":
+    main()

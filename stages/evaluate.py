@@ -1,0 +1,89 @@
+"""DVC stage `evaluate@MODEL`: the trained model on the test split.
+
+    python stages/evaluate.py lstm
+
+Writes reports/metrics/MODEL.json -- AUROC, AUPRC, Brier score and ECE with bootstrap
+95% intervals over stays; the oracle AUROC (the generator's true risk on the same stays)
+and the model/oracle ratio when the synthetic truth exists; perplexity and next-token
+accuracy of the pretrained model -- and ROC, PR and calibration tables under
+reports/plots/MODEL/ for `dvc plots`.
+"""
+import argparse
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from ehrseq import metrics
+from ehrseq.data import TokenSequenceDataset, load_sequences, token_loader
+from ehrseq.io import atomic_path, setup_logging, write_json
+from ehrseq.params import load_params
+from ehrseq.training import MortalityTask, NextTokenTask, load_trained_model, pick_device, predict
+
+log = logging.getLogger("ehrseq.stages.evaluate")
+
+TEST = "data/processed/sequences/test.parquet"
+TRUTH = Path("data/interim/truth/stay_risk.parquet")
+
+
+def oracle_metrics(stay_ids, y, prob, n_resamples: int, seed: int) -> dict:
+    """AUROC of the true risk on the same stays, and the model's share of it (paired bootstrap)."""
+    if not TRUTH.exists():
+        reason = f"{TRUTH} not found (only the synthetic source records true risks)"
+        return {"oracle_auroc": {"value": None, "reason": reason}, "auroc_vs_oracle": {"value": None, "reason": reason}}
+    truth = pd.read_parquet(TRUTH, columns=["stay_id", "true_risk"]).set_index("stay_id")["true_risk"]
+    missing = pd.Index(stay_ids).difference(truth.index)
+    if len(missing):
+        raise ValueError(f"{TRUTH}: column 'stay_id' lacks {len(missing)} test stays, e.g. {missing[0]}")
+    risk = truth.loc[stay_ids].to_numpy()
+
+    def ratio(y_, model, oracle):
+        return metrics.auroc(y_, model) / metrics.auroc(y_, oracle)
+
+    kw = dict(n_resamples=n_resamples, seed=seed)
+    return {"oracle_auroc": metrics.bootstrap(metrics.auroc, (y, risk), **kw),
+            "auroc_vs_oracle": metrics.bootstrap(ratio, (y, prob, risk), **kw)}
+
+
+def pretrain_metrics(path: Path, loader, device, n_resamples: int, seed: int) -> dict:
+    model, _ = load_trained_model(path, device)
+    p = predict(model, NextTokenTask(), loader, device)
+    kw = dict(n_resamples=n_resamples, seed=seed)
+    return {"perplexity": metrics.bootstrap(metrics.perplexity, (p["nll_sum"], p["n_tokens"]), **kw),
+            "next_token_accuracy": metrics.bootstrap(metrics.token_accuracy, (p["n_correct"], p["n_tokens"]), **kw)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    args = parser.parse_args()
+    setup_logging()
+    params = load_params()["evaluate"]
+    device = pick_device()
+    n_resamples, seed, n_bins = params["n_bootstrap"], params["seed"], params["calibration_bins"]
+    checkpoints = Path("models") / args.model
+
+    model, checkpoint = load_trained_model(checkpoints / "finetune" / "best.pt", device)
+    test = load_sequences(TEST, checkpoint["metadata"]["model_config"]["vocab_size"])
+    loader = token_loader(TokenSequenceDataset(test), params["batch_size"], device=device, shuffle=False)
+    p = predict(model, MortalityTask(**checkpoint["task_config"]), loader, device)
+    y, prob = p["label"].astype(int), p["prob"]
+
+    report = {
+        "model": args.model, "split": "test", "stays": len(y), "deaths": int(y.sum()),
+        "best_epoch": checkpoint["epoch"],
+        **metrics.binary_classification_metrics(y, prob, n_bins=n_bins, n_resamples=n_resamples, seed=seed),
+        **oracle_metrics(p["stay_id"], y, prob, n_resamples, seed),
+    }
+    if (checkpoints / "pretrain" / "best.pt").exists():
+        report["pretrain"] = pretrain_metrics(checkpoints / "pretrain" / "best.pt", loader, device, n_resamples, seed)
+    write_json(f"reports/metrics/{args.model}.json", report)
+    for name, table in metrics.classification_curves(y, prob, n_bins).items():
+        with atomic_path(f"reports/plots/{args.model}/{name}.csv") as tmp:
+            table.to_csv(tmp, index=False)
+    log.info("%s on %d test stays: AUROC %s, oracle %s", args.model, len(y), report["auroc"]["value"],
+             report["oracle_auroc"]["value"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+"""clinical_lf features and model on toy data with a planted signal.
+
+`make_toy_data` and `train_tiny` are shared with test_explain.py.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+from torch.utils.data import DataLoader
+
+from ehrseq.features import (
+    MISSING, FeatureEncoder, build_dataset, collate, fit_encoder, select_events,
+)
+from ehrseq.models.clinical_lf import ClinicalLF, clinical_lf_loss, temporal_step_weights
+from ehrseq.schema import EVENT_COLUMNS, EVENT_TYPES
+
+torch.set_num_threads(1)
+
+DIM = 8  # toy text-embedding size
+TINY = dict(d_model=16, n_layers=2, n_heads=4, ff_dim=32, dropout=0.0, pool_heads=4, mlp_hidden=32)
+
+
+def make_toy_data(n_stays: int = 200, seed: int = 0):
+    """Stays whose label is 1 exactly when a "danger" text occurs before the cutoff.
+
+    Danger texts' embeddings carry a fixed direction; the same texts also occur AFTER the
+    cutoff in survivors, so a model that saw post-cutoff events would be misled.
+    Returns events, cohort, texts (text, row), vectors [N, DIM], planted event rows.
+    """
+    rng = np.random.default_rng(seed)
+    direction = np.zeros(DIM, dtype=np.float32)
+    direction[0] = 1.0
+    normal = [f"Lab: routine result {i}" for i in range(30)]
+    danger = [f"Lab: critical lactate {i}" for i in range(3)]
+    texts = normal + danger
+    vectors = rng.normal(size=(len(texts), DIM)).astype(np.float32) / np.sqrt(DIM)
+    vectors[:, 0] = 0.0
+    vectors[len(normal):] += 2.0 * direction
+    origin = pd.Timestamp("2150-01-01")
+    events, cohort, planted = [], [], []
+    for i in range(n_stays):
+        stay_id = 1000 + i
+        intime = origin + pd.Timedelta(days=10 * i)
+        cutoff = intime + pd.Timedelta(hours=48)
+        dies = i % 2 == 0
+        n = int(rng.integers(4, 12))
+        hours = np.sort(rng.uniform(0.5, 47.5, size=n))
+        chosen = list(rng.choice(normal, size=n))
+        if dies:
+            chosen[int(rng.integers(n))] = str(rng.choice(danger))
+        rows = [(h, t, False) for h, t in zip(hours, chosen)]
+        rows += [(48.5, str(rng.choice(danger)), True), (50.0, str(rng.choice(normal)), True)]
+        for h, text, after in rows:
+            if text in danger and not after:
+                planted.append(len(events))
+            events.append(dict(
+                subject_id=i, hadm_id=10 * i, stay_id=stay_id, time=intime + pd.Timedelta(hours=float(h)),
+                hours=float(h), event_type=str(rng.choice(EVENT_TYPES)), code=f"LAB//{texts.index(text)}",
+                text=text, value=float(rng.normal()), unit="mg/dL", flag=None, after_cutoff=after,
+            ))
+        cohort.append(dict(
+            subject_id=i, hadm_id=10 * i, stay_id=stay_id, intime=intime, outtime=cutoff + pd.Timedelta(hours=24),
+            cutoff=cutoff, age=float(rng.uniform(20, 90)), gender=str(rng.choice(["F", "M"])),
+            race=str(rng.choice(["WHITE", "BLACK", "ASIAN"])), admission_type="URGENT",
+            insurance=str(rng.choice(["Medicare", "Other"])), marital_status=rng.choice(["MARRIED", None]),
+            first_careunit=str(rng.choice(["MICU", "SICU"])), mortality=int(dies), event_hours=72.0,
+            event=int(dies), split="train" if i % 10 < 7 else ("val" if i % 10 < 8 else "test"),
+        ))
+    events = pd.DataFrame(events, columns=list(EVENT_COLUMNS))
+    text_table = pd.DataFrame({"text": texts, "row": np.arange(len(texts))})
+    return events, pd.DataFrame(cohort), text_table, vectors, np.array(planted)
+
+
+def train_tiny(dataset, steps: int = 250, seed: int = 0, temporal_lambda: float = 0.0, **overrides) -> ClinicalLF:
+    """A tiny clinical_lf trained with a few lines of loop (the shared loop is tested elsewhere)."""
+    torch.manual_seed(seed)
+    first = dataset[0]
+    model = ClinicalLF(first["steps"].shape[1], first["static"].shape[0], **{**TINY, **overrides})
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    loader = DataLoader(dataset, batch_size=32, shuffle=True, collate_fn=collate,
+                        generator=torch.Generator().manual_seed(seed))
+    model.train()
+    step = 0
+    while step < steps:
+        for batch in loader:
+            out = model(batch["steps"], batch["static"], batch["padding_mask"])
+            loss = clinical_lf_loss(out, batch, temporal_lambda=temporal_lambda)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            if step == steps:
+                break
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return make_toy_data()
+
+
+@pytest.fixture(scope="module")
+def encoder(toy):
+    events, cohort, texts, vectors, _ = toy
+    return fit_encoder(events, cohort, texts, vectors, max_events=8)
+
+
+# ----------------------------------------------------------------------- features
+
+
+def test_select_events_keeps_recent_pre_cutoff_events_in_order(toy):
+    events, cohort, *_ = toy
+    sel = select_events(events, cohort, max_events=5)
+    assert not events.loc[sel["event_row"], "after_cutoff"].any()
+    for stay_id, group in sel.groupby("stay_id"):
+        pre = events[(events["stay_id"] == stay_id) & ~events["after_cutoff"]]
+        assert group["event_row"].tolist() == pre.index[-5:].tolist()  # the most recent 5, oldest first
+    row = sel.iloc[0]
+    cutoff = cohort.set_index("stay_id").loc[row["stay_id"], "cutoff"]
+    expected = (cutoff - events.loc[row["event_row"], "time"]).total_seconds() / 3600
+    assert row["hours_before_cutoff"] == pytest.approx(expected)
+    assert row["kind"] == EVENT_TYPES.index(events.loc[row["event_row"], "event_type"])
+
+
+def test_encoder_is_fitted_on_train_only(toy, encoder):
+    events, cohort, texts, vectors, _ = toy
+    train = cohort[cohort["split"] == "train"]
+    train_hours = select_events(events, train, 8)["hours_before_cutoff"]
+    assert encoder.time_mean == pytest.approx(train_hours.mean())
+    assert encoder.time_std == pytest.approx(train_hours.std(ddof=0))
+    assert encoder.age_mean == pytest.approx(train["age"].mean())
+    # a category that occurs only in the test split is unknown: all zeros in its block
+    changed = cohort.copy()
+    test_idx = changed.index[changed["split"] == "test"][0]
+    changed.loc[test_idx, "race"] = "ONLY_IN_TEST"
+    refit = fit_encoder(events, changed, texts, vectors, max_events=8)
+    assert "ONLY_IN_TEST" not in refit.categories["race"]
+    static = refit.encode_static(changed.loc[[test_idx]])
+    assert static[0, refit.static_groups["race"]].sum() == 0
+    assert static[0, refit.static_groups["gender"]].sum() == 1
+    # nulls are their own category, not dropped
+    assert MISSING in encoder.categories["marital_status"]
+    assert len(encoder.static_names) == encoder.static_dim == sum(len(v) for v in encoder.static_groups.values())
+    # the baseline step is the train mean of what the model sees
+    ds = build_dataset(events, cohort, texts, vectors, encoder, "train")
+    mean = torch.cat([ds[i]["steps"] for i in range(len(ds))]).mean(dim=0)
+    assert torch.allclose(mean, torch.tensor(encoder.step_mean, dtype=torch.float32), atol=1e-5)
+
+
+def test_encoder_round_trips_through_json(encoder, tmp_path):
+    encoder.save(tmp_path / "features.json")
+    assert FeatureEncoder.load(tmp_path / "features.json") == encoder
+
+
+def test_bad_input_names_file_column_and_value(toy, encoder):
+    events, cohort, texts, vectors, _ = toy
+    bad = events.copy()
+    bad.loc[3, "event_type"] = "chartevent"
+    with pytest.raises(ValueError, match=r"event_type has 'chartevent' \(row 3\)"):
+        select_events(bad, cohort, 8)
+    bad = events.copy()
+    bad.loc[4, "text"] = "never embedded"
+    with pytest.raises(KeyError, match="row 4: text='never embedded'"):
+        build_dataset(bad, cohort[cohort["stay_id"] == bad.loc[4, "stay_id"]].assign(split="test"),
+                      texts, vectors, encoder, "test")
+    bad = events.copy()
+    late = bad.index[bad["after_cutoff"]][0]
+    bad.loc[late, "after_cutoff"] = False
+    with pytest.raises(ValueError, match=f"row {late} .* not before the stay's cutoff"):
+        select_events(bad, cohort, 8)
+    with pytest.raises(ValueError, match="lacks columns \\['split'\\]"):
+        fit_encoder(events, cohort.drop(columns="split"), texts, vectors, 8)
+
+
+def test_dataset_steps_and_collate(toy, encoder):
+    events, cohort, texts, vectors, _ = toy
+    ds = build_dataset(events, cohort, texts, vectors, encoder, "test")
+    assert len(ds) == (cohort["split"] == "test").sum()
+    item = ds[0]
+    row = int(item["event_row"][0])
+    k = len(EVENT_TYPES)
+    assert item["steps"][0, :k].tolist() == [float(t == events.loc[row, "event_type"]) for t in EVENT_TYPES]
+    text_vec = vectors[texts.set_index("text").loc[events.loc[row, "text"], "row"]]
+    assert np.allclose(item["steps"][0, k:k + DIM].numpy(), text_vec)
+    scaled = (item["hours_before_cutoff"][0] - encoder.time_mean) / encoder.time_std
+    assert item["steps"][0, -1] == pytest.approx(float(scaled), abs=1e-5)
+
+    batch = collate([ds[0], ds[1]])
+    T = max(len(ds[0]["kind"]), len(ds[1]["kind"]))
+    assert batch["steps"].shape == (2, T, encoder.step_dim)
+    assert batch["static"].shape == (2, encoder.static_dim)
+    n1 = len(ds[1]["kind"])
+    assert batch["padding_mask"][1].tolist() == [False] * n1 + [True] * (T - n1)
+    assert (batch["event_row"][batch["padding_mask"]] == -1).all()
+    assert (batch["steps"][batch["padding_mask"]] == 0).all()
+
+
+def test_stay_without_pre_cutoff_events_is_kept(toy, encoder):
+    events, cohort, texts, vectors, _ = toy
+    stay = cohort[cohort["split"] == "test"]["stay_id"].iloc[0]
+    ds = build_dataset(events[events["stay_id"] != stay], cohort, texts, vectors, encoder, "test")
+    empty = [it for it in (ds[i] for i in range(len(ds))) if int(it["stay_id"]) == stay][0]
+    assert len(empty["kind"]) == 0
+    batch = collate([empty])
+    assert batch["padding_mask"].shape == (1, 1) and batch["padding_mask"].all()
+
+
+# -------------------------------------------------------------------------- model
+
+
+def _random_batch(B=3, T=6, F=12, S=4, lengths=(6, 3, 1), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    padding = torch.arange(T)[None, :] >= torch.tensor(lengths)[:, None]
+    steps = torch.randn(B, T, F, generator=g) * (~padding)[..., None]
+    return steps, torch.randn(B, S, generator=g), padding
+
+
+def test_forward_shapes_and_pooling_weights():
+    steps, static, padding = _random_batch()
+    model = ClinicalLF(12, 4, **TINY).eval()
+    out = model(steps, static, padding, return_pooling_weights=True)
+    assert out["logits"].shape == (3,)
+    assert out["step_logits"].shape == (3, 6)
+    assert out["pooling_weights"].shape == (3, 4, 1, 6)
+    assert (out["pooling_weights"][padding[:, None, None, :].expand(-1, 4, 1, -1)] == 0).all()
+    assert torch.allclose(out["pooling_weights"].sum(-1), torch.ones(3, 4, 1), atol=1e-6)
+    assert (out["step_logits"][padding] == 0).all()
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_more_padding_gives_the_same_logits(norm_first):
+    steps, static, padding = _random_batch()
+    model = ClinicalLF(12, 4, **{**TINY, "norm_first": norm_first}).eval()
+    extra = torch.randn(3, 5, 12)  # garbage in the padding must not matter either
+    longer = torch.cat([steps, extra], dim=1)
+    longer_padding = torch.cat([padding, torch.ones(3, 5, dtype=torch.bool)], dim=1)
+    for grad in (True, False):  # without grad, eval mode may take the fused fast path
+        with torch.set_grad_enabled(grad):
+            a = model(steps, static, padding)["logits"]
+            b = model(longer, static, longer_padding)["logits"]
+        assert torch.allclose(a, b, atol=1e-5), (grad, a, b)
+
+
+def test_stay_without_events_is_predicted_from_static_features():
+    steps, static, padding = _random_batch()
+    padding[2] = True
+    model = ClinicalLF(12, 4, **TINY).eval()
+    with torch.no_grad():
+        out = model(steps, static, padding)
+        from_static = model.classifier(torch.cat([torch.zeros(1, TINY["d_model"]), static[2:3]], dim=-1))
+    assert torch.isfinite(out["logits"]).all()
+    assert float(out["logits"][2]) == pytest.approx(float(from_static), abs=1e-6)
+    # its event features get no gradient, and nothing is NaN
+    steps.requires_grad_(True)
+    model(steps, static, padding)["logits"].sum().backward()
+    assert torch.isfinite(steps.grad).all() and (steps.grad[2] == 0).all()
+
+
+def test_temporal_loss_weights_and_values():
+    hours = torch.tensor([[0.0, 10.0, 30.0], [5.0, 0.0, 0.0]])
+    padding = torch.tensor([[False, False, False], [False, True, True]])
+    w = temporal_step_weights(hours, padding, 0.1)
+    assert torch.allclose(w, torch.tensor([[1.0, math.exp(-1.0), math.exp(-3.0)], [math.exp(-0.5), 0.0, 0.0]]))
+    with pytest.raises(ValueError, match="temporal_lambda"):
+        temporal_step_weights(hours, padding, -1.0)
+
+    outputs = {"logits": torch.tensor([0.3, -1.2]), "step_logits": torch.tensor([[0.5, -0.5, 2.0], [1.0, 9.0, 9.0]])}
+    batch = {"label": torch.tensor([1.0, 0.0]), "padding_mask": padding, "hours_before_cutoff": hours}
+    stay = F.binary_cross_entropy_with_logits(outputs["logits"], batch["label"])
+    off = clinical_lf_loss(outputs, batch, temporal_lambda=0.0)
+    assert off["loss"] == stay and off["step_loss"] == 0
+
+    def bce(z, y):
+        return -(y * math.log(1 / (1 + math.exp(-z))) + (1 - y) * math.log(1 - 1 / (1 + math.exp(-z))))
+
+    by_hand = (1.0 * bce(0.5, 1) + math.exp(-1.0) * bce(-0.5, 1) + math.exp(-3.0) * bce(2.0, 1)
+               + math.exp(-0.5) * bce(1.0, 0)) / 4  # 4 real steps; padded steps (logit 9) never count
+    on = clinical_lf_loss(outputs, batch, temporal_lambda=0.1)
+    assert on["step_loss"] == pytest.approx(by_hand, rel=1e-5)
+    assert on["loss"] == pytest.approx(float(stay) + by_hand, rel=1e-5)
+
+
+def test_tiny_model_learns_the_planted_signal(toy, encoder):
+    events, cohort, texts, vectors, _ = toy
+    train = build_dataset(events, cohort, texts, vectors, encoder, "train")
+    test = build_dataset(events, cohort, texts, vectors, encoder, "test")
+    model = train_tiny(train, steps=200, temporal_lambda=0.05)
+    batch = collate([test[i] for i in range(len(test))])
+    with torch.no_grad():
+        logits = model(batch["steps"], batch["static"], batch["padding_mask"])["logits"]
+    assert roc_auc_score(batch["label"].numpy(), logits.numpy()) > 0.95

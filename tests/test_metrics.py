@@ -1,0 +1,106 @@
+"""Evaluation metrics against sklearn, undefined cases, bootstrap intervals and calibration."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
+from ehrseq import metrics
+
+
+@pytest.fixture
+def scores():
+    rng = np.random.default_rng(0)
+    y = (rng.random(400) < 0.15).astype(int)
+    p = np.clip(0.1 + 0.5 * y + rng.normal(0, 0.25, 400), 0, 1)
+    return y, p
+
+
+def test_point_metrics_match_sklearn(scores):
+    y, p = scores
+    assert metrics.auroc(y, p) == pytest.approx(roc_auc_score(y, p))
+    assert metrics.auprc(y, p) == pytest.approx(average_precision_score(y, p))
+    assert metrics.brier(y, p) == pytest.approx(brier_score_loss(y, p))
+
+
+def test_undefined_auroc_is_null_with_a_reason():
+    y, p = np.zeros(50, dtype=int), np.linspace(0, 1, 50)
+    with pytest.raises(metrics.UndefinedMetricError, match="AUROC needs both classes; all 50 labels are 0"):
+        metrics.auroc(y, p)
+    report = metrics.binary_classification_metrics(y, p, n_bins=10, n_resamples=50, seed=0)
+    assert report["auroc"] == {"value": None, "reason": "AUROC needs both classes; all 50 labels are 0"}
+    assert report["auprc"]["value"] is None and "at least one positive" in report["auprc"]["reason"]
+    assert report["brier"]["value"] == pytest.approx(np.mean(p**2))  # still defined
+    curves = metrics.classification_curves(y, p, n_bins=10)
+    assert curves["roc"].empty and list(curves["roc"].columns) == ["fpr", "tpr", "threshold"]
+    assert curves["calibration"]["count"].sum() == 50
+
+
+def test_bootstrap_interval_contains_the_estimate_and_is_reproducible(scores):
+    y, p = scores
+    a = metrics.bootstrap(metrics.auroc, (y, p), n_resamples=300, seed=1)
+    assert a["ci_low"] < a["value"] < a["ci_high"] and a["n_resamples"] == 300
+    assert a == metrics.bootstrap(metrics.auroc, (y, p), n_resamples=300, seed=1)
+    narrow = metrics.bootstrap(metrics.auroc, (np.tile(y, 16), np.tile(p, 16)), n_resamples=300, seed=1)
+    assert narrow["ci_high"] - narrow["ci_low"] < 0.5 * (a["ci_high"] - a["ci_low"])  # more stays, tighter
+
+
+def test_paired_bootstrap_of_a_ratio(scores):
+    y, p = scores
+    oracle = np.clip(p + 0.05 * y, 0, 1)
+    ratio = metrics.bootstrap(lambda y_, a, b: metrics.auroc(y_, a) / metrics.auroc(y_, b), (y, p, oracle),
+                              n_resamples=200, seed=0)
+    assert ratio["value"] == pytest.approx(roc_auc_score(y, p) / roc_auc_score(y, oracle))
+    assert ratio["ci_low"] <= ratio["value"] <= ratio["ci_high"] <= 1.0
+
+
+def test_resamples_without_both_classes_are_skipped():
+    y, p = np.r_[1, np.zeros(9, dtype=int)], np.linspace(0, 1, 10)
+    result = metrics.bootstrap(metrics.auroc, (y, p), n_resamples=200, seed=0)
+    # a resample misses the single positive with probability 0.9**10 ~ 35 %
+    assert 90 < result["n_resamples"] < 170 and result["ci_low"] <= result["value"] <= result["ci_high"]
+
+
+def test_ece_is_zero_for_a_calibrated_predictor_and_the_gap_for_a_constant_one():
+    rng = np.random.default_rng(0)
+    p = rng.random(200_000)
+    y = (rng.random(200_000) < p).astype(int)
+    assert metrics.expected_calibration_error(y, p, n_bins=10) < 0.01
+    constant = np.full_like(p, 0.3)
+    assert metrics.expected_calibration_error(y, constant, n_bins=10) == pytest.approx(abs(y.mean() - 0.3))
+    table = metrics.classification_curves(y, p, n_bins=10)["calibration"]
+    assert np.allclose(table["observed_rate"], table["mean_predicted"], atol=0.01)
+
+
+def test_probability_one_falls_in_the_last_bin():
+    table = metrics.classification_curves(np.array([0, 1, 1]), np.array([0.0, 0.95, 1.0]), n_bins=10)["calibration"]
+    assert table["count"].tolist() == [1] + [0] * 8 + [2]
+
+
+def test_perplexity_and_accuracy_from_per_sequence_sums():
+    vocab = 37
+    nll = np.full(4, np.log(vocab)) * [3, 5, 1, 2]  # uniform guessing over 11 tokens in 4 sequences
+    assert metrics.perplexity(nll, [3, 5, 1, 2]) == pytest.approx(vocab)
+    assert metrics.token_accuracy([1, 2, 0, 1], [3, 5, 1, 2]) == pytest.approx(4 / 11)
+    with pytest.raises(metrics.UndefinedMetricError):
+        metrics.perplexity([0.0], [0])
+
+
+@pytest.mark.parametrize("y, p, message", [
+    ([0, 2], [0.1, 0.2], "labels must be 0/1; index 1 is"),
+    ([0, 1], [0.1, 1.2], r"probabilities must be in \[0, 1\]; index 1 is"),
+    ([0, 1], [0.1, np.nan], r"probabilities must be in \[0, 1\]; index 1 is"),
+    ([0, 1], [0.1], "1-D of equal length"),
+])
+def test_bad_input_is_an_error_not_a_number(y, p, message):
+    with pytest.raises(ValueError, match=message):
+        metrics.brier(np.array(y), np.array(p))
+
+
+def test_curves_span_the_unit_square(scores):
+    y, p = scores
+    curves = metrics.classification_curves(y, p, n_bins=10)
+    roc, pr = curves["roc"], curves["pr"]
+    assert (roc["fpr"].iloc[0], roc["tpr"].iloc[0], roc["fpr"].iloc[-1], roc["tpr"].iloc[-1]) == (0, 0, 1, 1)
+    assert pr["recall"].max() == 1 and pr["precision"].between(0, 1).all()
+    assert np.trapezoid(roc["tpr"], roc["fpr"]) == pytest.approx(roc_auc_score(y, p))
