@@ -1,6 +1,6 @@
 """DVC stage `evaluate@MODEL`: the trained model on the test split.
 
-    python stages/evaluate.py lstm
+    python -P stages/evaluate.py MODEL
 
 Writes reports/metrics/MODEL.json -- AUROC, AUPRC, Brier score and ECE with bootstrap
 95% intervals over stays; the oracle AUROC (the generator's true risk on the same stays)
@@ -15,14 +15,14 @@ from pathlib import Path
 import pandas as pd
 
 from ehrseq import metrics
-from ehrseq.data import TokenSequenceDataset, load_sequences, token_loader
+from ehrseq.features import FeatureEncoder
 from ehrseq.io import atomic_path, setup_logging, write_json
+from ehrseq.model_data import load_model_data, task_class
 from ehrseq.params import load_params
-from ehrseq.training import MortalityTask, NextTokenTask, load_trained_model, pick_device, predict
+from ehrseq.training import NextTokenTask, load_trained_model, pick_device, predict
 
 log = logging.getLogger("ehrseq.stages.evaluate")
 
-TEST = "data/processed/sequences/test.parquet"
 TRUTH = Path("data/interim/truth/stay_risk.parquet")
 
 
@@ -64,9 +64,10 @@ def main() -> None:
     checkpoints = Path("models") / args.model
 
     model, checkpoint = load_trained_model(checkpoints / "finetune" / "best.pt", device)
-    test = load_sequences(TEST, checkpoint["metadata"]["model_config"]["vocab_size"])
-    loader = token_loader(TokenSequenceDataset(test), params["batch_size"], device=device, shuffle=False)
-    p = predict(model, MortalityTask(**checkpoint["task_config"]), loader, device)
+    encoder = checkpoint["metadata"].get("encoder")
+    data = load_model_data(args.model, ("test",), encoder=encoder and FeatureEncoder.from_dict(encoder))
+    loader = data.loader("test", params["batch_size"], device, shuffle=False)
+    p = predict(model, task_class(args.model)(**checkpoint["task_config"]), loader, device)
     y, prob = p["label"].astype(int), p["prob"]
 
     report = {

@@ -1,25 +1,31 @@
-"""DVC stage `train@MODEL`: next-token pretraining, then mortality fine-tuning.
+"""DVC stage `train@MODEL`: optional next-token pretraining, then mortality fine-tuning.
 
-    python stages/train.py lstm [--resume]
+    python -P stages/train.py MODEL [--resume]
 
 Reads params `train.MODEL`; writes models/MODEL/{pretrain,finetune}/{best,last}.pt and
 DVCLive logs under reports/train/MODEL/{pretrain,finetune}/. `--resume` continues a
 killed run from its last completed epoch (a finished phase is not repeated).
+clinical_lf has no pretraining; its feature encoder (fitted on train) is stored in the
+checkpoint, and every `attention_every` training batches its attention is saved under
+reports/train/clinical_lf/attention/.
 """
 import argparse
 import logging
 import time
 
-from ehrseq.data import TokenSequenceDataset, load_sequences, read_vocab_size, token_loader
+import numpy as np
+
 from ehrseq.io import setup_logging
+from ehrseq.model_data import EMBEDDING_MODELS, load_model_data, task_class
 from ehrseq.models import build_model
 from ehrseq.params import load_params
 from ehrseq.training import FitConfig, NextTokenTask, fit, mortality_task, pick_device, seed_everything
 
 log = logging.getLogger("ehrseq.stages.train")
 
-VOCAB = "data/processed/vocab.csv"
-SEQUENCES = "data/processed/sequences/{split}.parquet"
+# Optimizer settings shared by both phases (`train.MODEL.lr`, ...); a phase section
+# (`pretrain`, `finetune`: epochs, patience) may override any of them.
+OPTIMIZER_KEYS = ("lr", "weight_decay", "warmup_steps", "schedule", "min_lr_ratio", "grad_clip")
 
 
 def main() -> None:
@@ -32,34 +38,39 @@ def main() -> None:
     device = pick_device()
     start = time.time()
 
-    vocab_size = read_vocab_size(VOCAB)
-    train, val = (load_sequences(SEQUENCES.format(split=s), vocab_size) for s in ("train", "val"))
-    train_set, val_set = TokenSequenceDataset(train), TokenSequenceDataset(val)
-    model_config = {"vocab_size": vocab_size, **params["model"]}
+    data = load_model_data(args.model, ("train", "val"), max_events=params.get("max_events"))
+    model_config = {**data.model_inputs, **params["model"]}
     seed_everything(params["seed"])  # the initial weights too are a function of the seed
     model = build_model(args.model, **model_config)
-    log.info("%s: %d parameters on %s", args.model, sum(p.numel() for p in model.parameters()), device)
+    log.info("%s: %d parameters on %s; %d train and %d val stays", args.model,
+             sum(p.numel() for p in model.parameters()), device, len(data.datasets["train"]), len(data.datasets["val"]))
+    metadata = {"model": args.model, "model_config": model_config}
+    if data.encoder is not None:
+        metadata["encoder"] = data.encoder.to_dict()
 
-    def loader(dataset, shuffle=True, weights=None):
-        return token_loader(dataset, params["batch_size"], device=device, seed=params["seed"], shuffle=shuffle,
-                            pool_batches=params["bucket_pool_batches"], weights=weights)
+    def loader(split, shuffle=True, weights=None):
+        return data.loader(split, params["batch_size"], device, seed=params["seed"], shuffle=shuffle,
+                           pool_batches=params["bucket_pool_batches"], weights=weights)
 
-    finetune_task, weights = mortality_task(train["mortality"].to_numpy(), params["imbalance"])
-    phases = [
-        ("pretrain", NextTokenTask(), loader(train_set)),
-        ("finetune", finetune_task, loader(train_set, weights=weights)),
-    ]
+    task_kwargs = {}
+    if args.model in EMBEDDING_MODELS:
+        task_kwargs = {"temporal_lambda": params["temporal_lambda"], "attention_every": params["attention_every"],
+                       "attention_dir": f"reports/train/{args.model}/attention"}
+    labels = np.asarray(data.datasets["train"].labels)
+    finetune_task, weights = mortality_task(labels, params["imbalance"], task_class(args.model), **task_kwargs)
+    phases = [("finetune", finetune_task, lambda: loader("train", weights=weights))]
+    if "pretrain" in params:
+        phases.insert(0, ("pretrain", NextTokenTask(), lambda: loader("train")))
     for phase, task, train_loader in phases:
         if params[phase]["epochs"] == 0:  # pretraining is optional; fine-tuning is not (fit refuses 0 epochs)
             log.info("%s: skipped (0 epochs)", phase)
             continue
         result = fit(
-            model, task, train_loader, loader(val_set, shuffle=False),
-            FitConfig(seed=params["seed"], **params[phase]),
+            model, task, train_loader(), loader("val", shuffle=False),
+            FitConfig(seed=params["seed"], **{**{k: params[k] for k in OPTIMIZER_KEYS}, **params[phase]}),
             checkpoint_dir=f"models/{args.model}/{phase}",
             live_dir=f"reports/train/{args.model}/{phase}",
-            resume=args.resume, device=device,
-            metadata={"model": args.model, "model_config": model_config},
+            resume=args.resume, device=device, metadata=metadata,
         )
         log.info("%s: best val %s %.4f at epoch %d of %d%s", phase, task.monitor, result.best_metric,
                  result.best_epoch + 1, result.epochs_run, " (stopped early)" if result.stopped_early else "")

@@ -15,6 +15,22 @@ def write_table(root: Path, stem: str, rows: list[dict], columns: list[str]) -> 
     pd.DataFrame(rows, columns=columns).to_csv(path, index=False)
 
 
+PROC_COLUMNS = ["subject_id", "hadm_id", "stay_id", "starttime", "endtime", "itemid", "value", "valueuom"]
+MICRO_COLUMNS = ["subject_id", "hadm_id", "micro_specimen_id", "chartdate", "charttime", "spec_itemid",
+                 "spec_type_desc", "test_itemid", "org_itemid", "org_name", "ab_itemid", "ab_name",
+                 "storedate", "storetime"]
+INGREDIENT_COLUMNS = ["subject_id", "hadm_id", "stay_id", "starttime", "endtime", "itemid", "amount", "amountuom"]
+
+
+def append_rows(root: Path, stem: str, rows: list[dict], columns: list[str]) -> None:
+    """Add rows to a table written by write_table (or create it)."""
+    path = root / f"{stem}.csv.gz"
+    old = [pd.read_csv(path, dtype=str)] if path.exists() else []
+    new = pd.DataFrame(rows, columns=columns, dtype=object)  # object: ids with a None stay integers
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.concat([*old, new], ignore_index=True).to_csv(path, index=False)
+
+
 def build_tiny_mimic4(root: Path) -> Path:
     """Four ICU stays, two kept; events chosen to hit every drop reason once.
 
@@ -70,19 +86,21 @@ def build_tiny_mimic4(root: Path) -> Path:
         dict(subject_id=2, hadm_id=21, starttime=None, drug="Heparin", ndc="0",
              prod_strength=None, dose_val_rx="5000", dose_unit_rx="UNIT", route="SC"),  # missing_time
     ], rx_cols)
-    proc_cols = ["subject_id", "hadm_id", "stay_id", "starttime", "itemid", "value", "valueuom"]
+    # procedure values (durations) are known at endtime; this one ends before the cutoff
     write_table(root, "icu/procedureevents", [
-        dict(subject_id=1, hadm_id=11, stay_id=100, starttime="2150-01-01 10:00:00", itemid=225792, value=600, valueuom="min"),
-        dict(subject_id=1, hadm_id=11, stay_id=555, starttime="2150-01-01 10:00:00", itemid=225792, value=600, valueuom="min"),  # orphan stay
-    ], proc_cols)
-    micro_cols = ["subject_id", "hadm_id", "micro_specimen_id", "chartdate", "charttime", "spec_itemid",
-                  "spec_type_desc", "test_itemid", "org_itemid", "org_name", "ab_itemid", "ab_name"]
+        dict(subject_id=1, hadm_id=11, stay_id=100, starttime="2150-01-01 10:00:00", endtime="2150-01-01 20:00:00",
+             itemid=225792, value=600, valueuom="min"),
+        dict(subject_id=1, hadm_id=11, stay_id=555, starttime="2150-01-01 10:00:00", endtime="2150-01-01 20:00:00",
+             itemid=225792, value=600, valueuom="min"),  # orphan stay
+    ], PROC_COLUMNS)
+    # culture results are known when stored; this one is stored before stay 200's cutoff
     culture = dict(subject_id=2, hadm_id=21, micro_specimen_id=7, chartdate="2150-02-02", charttime="2150-02-02 00:00:00",
-                   spec_itemid=70012, spec_type_desc="BLOOD CULTURE", test_itemid=90201, org_itemid=80002, org_name="E. COLI")
+                   spec_itemid=70012, spec_type_desc="BLOOD CULTURE", test_itemid=90201, org_itemid=80002, org_name="E. COLI",
+                   storedate="2150-02-02", storetime="2150-02-02 20:00:00")
     write_table(root, "hosp/microbiologyevents", [
         {**culture, "ab_itemid": None, "ab_name": None},
         {**culture, "ab_itemid": 90015, "ab_name": "VANCOMYCIN"},  # susceptibility row: merged
-    ], micro_cols)
+    ], MICRO_COLUMNS)
     write_table(root, "hosp/d_labitems", [dict(itemid=50912, label="Creatinine")], ["itemid", "label"])
     write_table(root, "icu/d_items", [dict(itemid=225792, label="Invasive Ventilation")], ["itemid", "label"])
     write_table(root, "hosp/diagnoses_icd", [

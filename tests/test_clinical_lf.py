@@ -295,3 +295,80 @@ def test_tiny_model_learns_the_planted_signal(toy, encoder):
     with torch.no_grad():
         logits = model(batch["steps"], batch["static"], batch["padding_mask"])["logits"]
     assert roc_auc_score(batch["label"].numpy(), logits.numpy()) > 0.95
+
+
+# -------------------------------------------------------------------------- stages
+
+LF_STAGE_PARAMS = """
+train:
+  clinical_lf:
+    seed: 0
+    batch_size: 16
+    bucket_pool_batches: 4
+    imbalance: pos_weight
+    max_events: 16
+    temporal_lambda: 0.1
+    attention_every: 5
+    model: {d_model: 16, n_layers: 2, n_heads: 4, ff_dim: 32, dropout: 0.0, pool_heads: 4, mlp_hidden: 32,
+            norm_first: false}
+    lr: 3.0e-3
+    weight_decay: 0.01
+    warmup_steps: 2
+    schedule: cosine
+    min_lr_ratio: 0.1
+    grad_clip: 1.0
+    finetune: {epochs: 6, patience: 6}
+evaluate: {batch_size: 32, n_bootstrap: 50, calibration_bins: 5, seed: 0}
+explain: {batch_size: 8, ig_steps: 16, internal_batch_size: 64, k_max: 3, precision_k: [1, 3], n_random: 3,
+          n_permutations: 20, plot_stays: 1, attention_batches: 1, max_stays: null, seed: 0}
+"""
+
+
+def test_train_evaluate_explain_stages_for_clinical_lf(tmp_path):
+    """The three stages as DVC runs them, on files laid out as the pipeline writes them."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ehrseq.embeddings import write_text_embeddings
+
+    repo = Path(__file__).resolve().parents[1]
+    events, cohort, texts, vectors, planted = make_toy_data(n_stays=300)
+    position = np.arange(len(cohort)) % 20  # deaths are the even stays: every split gets both classes
+    cohort["split"] = np.where(position < 14, "train", np.where(position < 17, "val", "test"))
+    (tmp_path / "params.yaml").write_text(LF_STAGE_PARAMS)
+    (tmp_path / "data/interim/truth").mkdir(parents=True)
+    events.to_parquet(tmp_path / "data/interim/events.parquet")
+    cohort.to_parquet(tmp_path / "data/interim/cohort.parquet")
+    write_text_embeddings(tmp_path / "data/processed/text_embeddings", texts["text"].tolist(), vectors, {"model": "toy"})
+    pd.DataFrame({"stay_id": events.loc[planted, "stay_id"].to_numpy(), "event_row": planted, "rule": "danger"}).to_parquet(
+        tmp_path / "data/interim/truth/planted_events.parquet")
+    cohort.assign(true_risk=cohort["mortality"] * 0.8 + 0.1)[["stay_id", "true_risk"]].to_parquet(
+        tmp_path / "data/interim/truth/stay_risk.parquet")
+
+    def stage(*args):
+        done = subprocess.run([sys.executable, "-P", str(repo / "stages" / args[0]), *args[1:]], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    stage("train.py", "clinical_lf")
+    assert {p.name for p in (tmp_path / "models/clinical_lf/finetune").iterdir()} == {"best.pt", "last.pt"}
+    assert not (tmp_path / "models/clinical_lf/pretrain").exists()  # clinical_lf has no pretraining
+    snapshots = sorted((tmp_path / "reports/train/clinical_lf/attention").glob("batch_*.npz"))
+    assert len(snapshots) >= 2  # 210 train stays / 16 = 14 batches an epoch, every 5th saved
+    with np.load(snapshots[0]) as snap:
+        assert snap["layer_0"].shape[1] == 4 and snap["pooling"].shape[1] == 4  # per head, not averaged
+
+    stage("evaluate.py", "clinical_lf")
+    report = json.loads((tmp_path / "reports/metrics/clinical_lf.json").read_text())
+    assert report["stays"] == int((cohort["split"] == "test").sum())
+    assert report["auroc"]["value"] > 0.9  # the planted signal is learnable: label = a danger text before cutoff
+    assert report["oracle_auroc"]["value"] == 1.0
+
+    stage("explain.py")
+    explain = json.loads((tmp_path / "reports/metrics/explain.json").read_text())
+    assert explain["stays"] == report["stays"]
+    assert explain["recall_precision_at_k"]["k=1"]["integrated_gradients"] > 2 * explain["recall_precision_at_k"]["k=1"]["random"]
+    assert explain["aopc"]["integrated_gradients"] > explain["aopc"]["random"]
+    assert (tmp_path / "reports/explain/deletion.png").stat().st_size > 0

@@ -298,6 +298,10 @@ def test_precision_at_k_by_hand():
     assert table["stay_id"].tolist() == [1, 2]  # stay 3 has nothing planted
     assert table["precision"].tolist() == [0.5, 0.5]  # stay 1: top-2 = 11, 12; stay 2: 20, 21
     assert table["random_precision"].tolist() == [0.5, 0.5]
+    # stay 1 has 2 planted events (11, 13), stay 2 one (21): hits / min(k, planted)
+    assert table["recall_precision"].tolist() == [0.5, 1.0]
+    # a random top-2 holds k * planted / events planted ones: 2 * 2/4 = 1 of 2, 2 * 1/2 = 1 of 1
+    assert table["random_recall_precision"].tolist() == [0.5, 1.0]
 
 
 def test_attributions_beat_random_deletion(setup):

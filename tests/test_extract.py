@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import DEMO
+from conftest import DEMO, INGREDIENT_COLUMNS, MICRO_COLUMNS, PROC_COLUMNS, append_rows
 from ehrseq.schema import EVENT_COLUMNS
 from ehrseq.sources.extract import COHORT_COLUMNS, extract
 from ehrseq.sources.tables import SourceDataError
@@ -73,6 +73,106 @@ def test_event_rows_text_and_drop_counts(tiny_mimic4, tmp_path):
     assert ev["kept_total"] + ev["dropped_total"] + ev["microbiology_susceptibility_rows_merged"] == (
         read["labevents"] + read["prescriptions"] + read["procedureevents"] + read["microbiologyevents"]
     )
+
+
+def add_results_known_late(root: Path) -> None:
+    """Stay 100 (cutoff 2150-01-03 06:00): events that start before the cutoff and whose
+    value or result becomes known only after it, next to ones known in time."""
+    stay = dict(subject_id=1, hadm_id=11, stay_id=100)
+    append_rows(root, "icu/procedureevents", [
+        # ventilation from hour 30 to hour 100: its duration is known only at the end
+        {**stay, "starttime": "2150-01-02 12:00:00", "endtime": "2150-01-05 10:00:00", "itemid": 225792,
+         "value": 4200, "valueuom": "min"},
+        # after the cutoff: the full value, as before
+        {**stay, "starttime": "2150-01-04 01:00:00", "endtime": "2150-01-04 03:00:00", "itemid": 225792,
+         "value": 120, "valueuom": "min"},
+    ], PROC_COLUMNS)
+    append_rows(root, "icu/ingredientevents", [
+        {**stay, "starttime": "2150-01-02 00:00:00", "endtime": "2150-01-02 01:00:00", "itemid": 225166,
+         "amount": 40, "amountuom": "mEq"},                      # delivered before the cutoff
+        {**stay, "starttime": "2150-01-03 00:00:00", "endtime": "2150-01-03 08:00:00", "itemid": 225158,
+         "amount": 500, "amountuom": "mL"},                      # amount known at 08:00, after the cutoff
+    ], INGREDIENT_COLUMNS)
+    append_rows(root, "icu/d_items", [dict(itemid=225166, label="Potassium Chloride"),
+                                      dict(itemid=225158, label="NaCl 0.9%")], ["itemid", "label"])
+    blood = dict(subject_id=1, hadm_id=11, micro_specimen_id=8, chartdate="2150-01-02", charttime="2150-01-02 08:00:00",
+                 spec_itemid=70012, spec_type_desc="BLOOD CULTURE", test_itemid=90201,
+                 storedate="2150-01-04", storetime="2150-01-04 09:00:00")
+    append_rows(root, "hosp/microbiologyevents", [
+        # drawn at hour 26, result stored at hour 75: two organisms and a susceptibility row
+        {**blood, "org_itemid": 80023, "org_name": "STAPH AUREUS COAG +"},
+        {**blood, "org_itemid": 80023, "org_name": "STAPH AUREUS COAG +", "ab_itemid": 90025, "ab_name": "OXACILLIN"},
+        {**blood, "org_itemid": 80002, "org_name": "E. COLI"},
+        # a urine culture with only a store date (the cutoff's day): known by the end of that day
+        dict(subject_id=1, hadm_id=11, micro_specimen_id=9, chartdate="2150-01-02", charttime="2150-01-02 09:00:00",
+             spec_itemid=70079, spec_type_desc="URINE", test_itemid=90039, storedate="2150-01-03"),
+        # drawn after the cutoff: the full result
+        {**blood, "micro_specimen_id": 10, "charttime": "2150-01-04 00:00:00", "chartdate": "2150-01-04",
+         "storetime": "2150-01-05 10:00:00", "storedate": "2150-01-05", "org_itemid": 80002, "org_name": "E. COLI"},
+    ], MICRO_COLUMNS)
+
+
+def test_values_known_after_the_cutoff_are_withheld_before_it(tiny_mimic4, tmp_path):
+    add_results_known_late(tiny_mimic4)
+    metrics, events, _, _ = run("mimic4", tiny_mimic4, tmp_path)
+    assert list(events.columns) == list(EVENT_COLUMNS)  # known_time stays internal
+    s100 = events[events["stay_id"] == 100]
+    got = s100[["hours", "event_type", "code", "text", "after_cutoff"]].values.tolist()
+    assert got == [
+        [1.0, "lab", "LAB//50912", "Lab: Creatinine 2.3 mg/dL (abnormal)", False],
+        [2.0, "lab", "LAB//50912", "Lab: Creatinine mg/dL (abnormal)", False],
+        [4.0, "procedure", "ITEM//225792", "Procedure: Invasive Ventilation 600.0 min", False],  # ended at hour 14
+        [18.0, "ingredient", "ITEM//225166", "Ingredient: Potassium Chloride 40.0 mEq", False],
+        [26.0, "microbiology", "MICRO//70012//PENDING", "Microbiology: BLOOD CULTURE - pending", False],
+        [27.0, "microbiology", "MICRO//70079//PENDING", "Microbiology: URINE - pending", False],
+        [30.0, "procedure", "ITEM//225792", "Procedure: Invasive Ventilation", False],
+        [42.0, "ingredient", "ITEM//225158", "Ingredient: NaCl 0.9%", False],
+        [66.0, "lab", "LAB//50912", "Lab: Creatinine 2.3 mg/dL", True],
+        [66.0, "microbiology", "MICRO//70012//80002", "Microbiology: BLOOD CULTURE - E. COLI", True],
+        [67.0, "procedure", "ITEM//225792", "Procedure: Invasive Ventilation 120.0 min", True],
+    ]
+    by_hour = s100.set_index("hours")
+    # the withheld value is gone, not only from the text; what was known in time stays
+    assert pd.isna(by_hour.loc[30.0, "value"]) and pd.isna(by_hour.loc[42.0, "value"])
+    assert by_hour.loc[4.0, "value"] == 600 and by_hour.loc[18.0, "value"] == 40 and by_hour.loc[67.0, "value"] == 120
+    assert by_hour.loc[30.0, "unit"] == "min"  # the item's unit is known at the start
+    assert pd.isna(by_hour.loc[26.0, "flag"]) and pd.isna(by_hour.loc[26.0, "value"])
+    pre = s100[~s100["after_cutoff"]]
+    assert not pre["text"].str.contains("4200|500.0|STAPH|E. COLI|no growth").any()
+    assert not pre["code"].str.contains("80023|80002|NEG").any()
+    # the culture drawn before the cutoff at stay 200 was stored before it: full result
+    s200 = events[(events["stay_id"] == 200) & (events["event_type"] == "microbiology")]
+    assert s200["code"].tolist() == ["MICRO//70012//80002"]
+
+    ev = metrics["events"]
+    assert ev["values_withheld_at_cutoff"] == {
+        "prescription": 0, "procedure": 1, "lab": 0, "microbiology": 2, "ingredient": 1}
+    assert ev["values_withheld_at_cutoff_total"] == 4
+    assert ev["kept"] == {"prescription": 1, "procedure": 3, "lab": 3, "microbiology": 4, "ingredient": 2}
+    # the two organisms of one culture show as one pending culture: the second is counted
+    assert ev["dropped"]["merged_when_withheld"] == {
+        "prescription": 0, "procedure": 0, "lab": 0, "microbiology": 1, "ingredient": 0}
+    read = metrics["tables_read"]
+    assert ev["kept_total"] + ev["dropped_total"] + ev["microbiology_susceptibility_rows_merged"] == sum(
+        read[t] for t in ("labevents", "prescriptions", "procedureevents", "microbiologyevents", "ingredientevents"))
+
+
+def test_what_is_withheld_depends_on_the_window(tiny_mimic4, tmp_path):
+    """A 72 h window (cutoff 2150-01-04 06:00) sees the urine result (known by the end of
+    2150-01-03), the NaCl amount (known 2150-01-03 08:00) and the hour-67 ventilation's
+    duration (ended 2150-01-04 03:00); not the first ventilation's duration (known
+    2150-01-05 10:00) nor either blood culture (stored 2150-01-04 09:00 and 2150-01-05 10:00)."""
+    add_results_known_late(tiny_mimic4)
+    metrics, events, _, _ = run("mimic4", tiny_mimic4, tmp_path, hours=72)
+    pre = events[(events["stay_id"] == 100) & ~events["after_cutoff"]].set_index("hours")
+    assert pre.loc[27.0, "text"] == "Microbiology: URINE - no growth" and pre.loc[27.0, "code"] == "MICRO//70079//NEG"
+    assert pre.loc[42.0, "text"] == "Ingredient: NaCl 0.9% 500.0 mL" and pre.loc[42.0, "value"] == 500
+    assert pre.loc[30.0, "text"] == "Procedure: Invasive Ventilation"
+    assert pre.loc[67.0, "text"] == "Procedure: Invasive Ventilation 120.0 min"
+    micro = pre[pre["event_type"] == "microbiology"]
+    assert micro["code"].tolist() == ["MICRO//70012//PENDING", "MICRO//70079//NEG", "MICRO//70012//PENDING"]
+    assert metrics["events"]["values_withheld_at_cutoff"] == {
+        "prescription": 0, "procedure": 1, "lab": 0, "microbiology": 2, "ingredient": 0}
 
 
 def test_missing_optional_table_is_reported(tiny_mimic4, tmp_path, caplog):
@@ -164,6 +264,37 @@ def test_mimic3_demo_counts(demo, tmp_path):
     assert all(metrics["splits"][s]["deaths"] > 0 for s in ("train", "val", "test"))
     assert all(metrics["splits"][s]["deaths"] < metrics["splits"][s]["stays"] for s in ("train", "val", "test"))
     assert diagnoses["code"].str.startswith("ICD9//").all()
+
+
+def test_mimic3_demo_withholds_what_is_known_after_the_cutoff(demo, tmp_path):
+    metrics, events, cohort, _ = run("mimic3", demo, tmp_path)
+    withheld = metrics["events"]["values_withheld_at_cutoff"]
+    pre = events[~events["after_cutoff"]]
+    # MIMIC-III stores no result time for cultures: every culture before the cutoff is pending
+    micro = pre[pre["event_type"] == "microbiology"]
+    assert len(micro) > 0 and micro["code"].str.endswith("//PENDING").all()
+    assert micro["text"].str.endswith(" - pending").all() and micro["flag"].isna().all()
+    assert withheld["microbiology"] == len(micro)
+    assert not events.loc[events["after_cutoff"] & (events["event_type"] == "microbiology"), "code"].str.endswith(
+        "PENDING").any()
+    # procedures and inputs: a value shown before the cutoff comes from a row that ended
+    # before it; a row that ended at or after it shows up without its value
+    cut = cohort.set_index("stay_id")["cutoff"]
+    key = ["stay_id", "time", "itemid"]
+    for table, kind, amount in (("PROCEDUREEVENTS_MV", "procedure", "value"), ("INPUTEVENTS_MV", "ingredient", "amount")):
+        src = pd.read_csv(demo / f"{table}.csv", parse_dates=["starttime", "endtime"])
+        src = src[src["icustay_id"].isin(cut.index) & src[amount].notna()].rename(
+            columns={"icustay_id": "stay_id", "starttime": "time", amount: "source_value"})
+        src = src[src["time"] < src["stay_id"].map(cut)]
+        ended_late = src["endtime"] >= src["stay_id"].map(cut)
+        shown = pre[(pre["event_type"] == kind)].assign(itemid=lambda d: d["code"].str.split("//").str[1].astype(int))
+        with_value = shown[shown["value"].notna()].merge(
+            src[~ended_late], left_on=[*key, "value"], right_on=[*key, "source_value"], how="left", indicator=True)
+        assert len(with_value) > 0 and (with_value["_merge"] == "both").all(), table
+        late = src[ended_late][key].drop_duplicates()
+        assert len(late) > 0 and withheld[kind] > 0, table
+        blank = shown[shown["value"].isna()][key].drop_duplicates()
+        assert len(late.merge(blank, on=key)) == len(late), table
 
 
 def test_mimic3_upper_case_file_and_column_names(demo, tmp_path):

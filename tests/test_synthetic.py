@@ -206,8 +206,9 @@ def _recompute_rules(data) -> tuple[pd.DataFrame, pd.DataFrame]:
     potassium = labs[abnormal & (labs["itemid"] == codes["potassium_itemid"])]
     both = set(creat["stay_id"]) & set(potassium["stay_id"])
     recent = labs["charttime"] >= labs["cutoff"] - pd.Timedelta(hours=codes["troponin_recent_hours"])
+    # a positive blood culture counts only when its result is stored before the cutoff
     positive_blood = micro[(micro["spec_itemid"] == codes["blood_culture_spec_itemid"]) & micro["org_itemid"].notna()
-                           & micro["ab_itemid"].isna()]
+                           & micro["ab_itemid"].isna() & (micro["storetime"] < micro["cutoff"])]
     fired = {
         "vasopressor": (rx[rx["ndc"].isin(codes["norepinephrine_ndcs"])], "starttime", "ndc"),
         "lactate_over_4": (labs[(labs["itemid"] == codes["lactate_itemid"])
@@ -312,3 +313,72 @@ def test_events_per_stay_in_window(data):
     # long-tailed code frequencies: the top lab is far more common than the median one
     freq = data["hosp/labevents"]["itemid"].value_counts()
     assert len(freq) > 150 and freq.iloc[0] > 50 * freq.median()
+
+
+def test_planted_blood_cultures_are_stored_before_the_cutoff(data):
+    """positive_blood_culture fires on a result known in the window, not on a draw whose
+    result arrives after the cutoff (those are only pending at the cutoff)."""
+    stays = data["icu/icustays"].assign(cutoff=lambda s: s["intime"] + pd.Timedelta(hours=HOURS))
+    micro = data["hosp/microbiologyevents"]
+    micro = micro[micro["ab_itemid"].isna()].assign(org=micro["org_itemid"].astype("Int64").astype(str))
+    planted = data["truth/planted_events"]
+    bc = planted[planted["rule"] == "positive_blood_culture"].assign(time=lambda d: pd.to_datetime(d["time"]))
+    assert len(bc) > 50
+    rows = bc.merge(micro, left_on=["subject_id", "time", "itemid_or_ndc"], right_on=["subject_id", "charttime", "org"])
+    assert len(rows) == len(bc)
+    rows = rows.merge(stays[["stay_id", "cutoff"]], on="stay_id")
+    assert (rows["charttime"] < rows["storetime"]).all() and (rows["storetime"] < rows["cutoff"]).all()
+    # positive blood cultures drawn in the window but stored after the cutoff exist and fire nothing
+    positive = _window_events(micro[(micro["spec_itemid"] == 70012) & micro["org_itemid"].notna()], stays,
+                              "charttime", "subject_id")
+    late = positive[positive["storetime"] >= positive["cutoff"]]
+    assert len(late) > 20
+    assert not late.merge(bc, left_on=["stay_id", "charttime"], right_on=["stay_id", "time"]).shape[0]
+
+
+def test_planted_events_all_found_in_the_extraction(data, tmp_path):
+    """Through the real extraction: every planted event of a cohort stay is an extracted
+    event (cultures keep their organism code, ventilation its start), and before the
+    cutoff no culture shows a result stored after it nor a procedure a duration that ends after it."""
+    from ehrseq.sources.extract import extract
+    from ehrseq.sources.truth import match_planted_events
+
+    metrics = extract("synthetic", data["dir"], tmp_path / "events.parquet", tmp_path / "cohort.parquet",
+                      tmp_path / "diagnoses.parquet", observation_hours=HOURS, min_age=18,
+                      split_fractions={"train": 0.7, "val": 0.15, "test": 0.15}, seed=0)
+    events = pd.read_parquet(tmp_path / "events.parquet")
+    cohort = pd.read_parquet(tmp_path / "cohort.parquet")
+    planted = data["truth/planted_events"]
+    planted = planted[planted["stay_id"].isin(cohort["stay_id"])]
+    matched = match_planted_events(planted, events)
+    assert len(matched) == len(planted)
+    counts = matched["rule"].value_counts()
+    assert counts["positive_blood_culture"] > 50 and counts["invasive_ventilation"] > 100
+    rows = events.loc[matched["event_row"]]
+    assert not rows["after_cutoff"].any()
+    bc_rows = events.loc[matched.loc[matched["rule"] == "positive_blood_culture", "event_row"]]
+    assert bc_rows["code"].str.match(r"MICRO//70012//\d+$").all() and (bc_rows["flag"] == "positive").all()
+
+    withheld = metrics["events"]["values_withheld_at_cutoff"]
+    assert withheld["microbiology"] > 0 and withheld["procedure"] > 0 and withheld["ingredient"] > 0
+    assert withheld["lab"] == withheld["prescription"] == 0
+    pre = events[~events["after_cutoff"]].merge(cohort[["stay_id", "cutoff"]], on="stay_id")
+    pending = pre["code"].str.endswith("//PENDING")
+    assert pending.sum() == withheld["microbiology"]
+    # a culture shown with its result before the cutoff was stored before the cutoff
+    micro = data["hosp/microbiologyevents"].groupby(["subject_id", "charttime", "spec_itemid"], as_index=False)[
+        "storetime"].min()
+    shown = pre[(pre["event_type"] == "microbiology") & ~pending].assign(
+        spec_itemid=lambda d: d["code"].str.split("//").str[1].astype(int))
+    shown = shown.merge(micro, left_on=["subject_id", "time", "spec_itemid"],
+                        right_on=["subject_id", "charttime", "spec_itemid"])
+    assert len(shown) > 0 and (shown["storetime"] < shown["cutoff"]).all()
+    # a ventilation shown with its duration before the cutoff ended before it
+    vent = data["icu/procedureevents"]
+    vent = vent[vent["itemid"] == 225792][["stay_id", "starttime", "endtime"]]
+    shown = pre[pre["code"] == "ITEM//225792"].merge(vent, left_on=["stay_id", "time"], right_on=["stay_id", "starttime"])
+    with_duration = shown["value"].notna()
+    assert with_duration.any() and (~with_duration).any()
+    assert (shown.loc[with_duration, "endtime"] < shown.loc[with_duration, "cutoff"]).all()
+    assert (shown.loc[~with_duration, "endtime"] >= shown.loc[~with_duration, "cutoff"]).all()
+    assert (shown.loc[~with_duration, "text"] == "Procedure: Invasive Ventilation").all()

@@ -356,10 +356,14 @@ train:
     bucket_pool_batches: 4
     imbalance: sampler
     model: {embedding_dim: 8, hidden_size: 16, num_layers: 1, bidirectional: true, dropout: 0.1, packed: auto}
-    pretrain: {epochs: 1, lr: 3.0e-3, weight_decay: 0.01, warmup_steps: 2, schedule: cosine, min_lr_ratio: 0.1,
-               grad_clip: 1.0, patience: null}
-    finetune: {epochs: 3, lr: 1.0e-2, weight_decay: 0.01, warmup_steps: 2, schedule: linear, min_lr_ratio: 0.0,
-               grad_clip: 1.0, patience: 2}
+    lr: 3.0e-3
+    weight_decay: 0.01
+    warmup_steps: 2
+    schedule: cosine
+    min_lr_ratio: 0.1
+    grad_clip: 1.0
+    pretrain: {epochs: 1, patience: null}
+    finetune: {epochs: 3, lr: 1.0e-2, schedule: linear, min_lr_ratio: 0.0, patience: 2}  # a phase overrides
 evaluate: {batch_size: 64, n_bootstrap: 50, calibration_bins: 5, seed: 0}
 """
 

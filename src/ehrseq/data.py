@@ -186,7 +186,7 @@ def class_balance_weights(labels: Sequence[int]) -> np.ndarray:
 
 
 def token_loader(
-    dataset: TokenSequenceDataset,
+    dataset: Dataset,
     batch_size: int,
     *,
     device: torch.device,
@@ -194,9 +194,12 @@ def token_loader(
     shuffle: bool = True,
     pool_batches: int = 50,
     weights: Sequence[float] | None = None,
+    collate_fn=collate_tokens,
 ) -> DataLoader:
-    """A DataLoader of length-bucketed token batches; pinned memory only when feeding a GPU."""
+    """A DataLoader of length-bucketed batches (the dataset has `lengths`); pinned memory
+    only when feeding a GPU. `collate_fn` defaults to token batches; clinical_lf passes
+    `features.collate`."""
     sampler = LengthBucketSampler(
         dataset.lengths, batch_size, seed=seed, shuffle=shuffle, pool_batches=pool_batches, weights=weights
     )
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_tokens, pin_memory=device.type == "cuda")
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, pin_memory=device.type == "cuda")

@@ -237,6 +237,15 @@ class ClinicalLFDataset(Dataset):
     def __len__(self) -> int:
         return len(self.stays)
 
+    @property
+    def lengths(self) -> np.ndarray:
+        """Events per stay, for length-bucketed batching."""
+        return np.array([len(s["kind"]) for s in self.stays])
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([s["label"] for s in self.stays])
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         s = self.stays[i]
         kind = np.eye(len(EVENT_TYPES), dtype=np.float32)[s["kind"]]  # [T, 5]

@@ -33,8 +33,11 @@ from tqdm import tqdm
 
 from ehrseq import metrics
 from ehrseq.data import class_balance_weights
+from ehrseq.explain.attention import forward_with_attention, save_attention
+from ehrseq.explain.attributions import eval_mode
 from ehrseq.io import atomic_path
 from ehrseq.models import build_model
+from ehrseq.models.clinical_lf import clinical_lf_loss
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +104,7 @@ class NextTokenTask:
 
 
 class MortalityTask:
-    """In-hospital mortality from the model's single logit.
+    """In-hospital mortality from the model's single logit (token models).
 
     Rare positives are up-weighted either in the loss (`pos_weight`) or by a
     class-balanced sampler. Both raise the training odds of death by a known factor, so
@@ -117,13 +120,17 @@ class MortalityTask:
         self.pos_weight = pos_weight
         self.logit_shift = logit_shift
 
+    def outputs(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        out = model(batch["input_ids"], batch["attention_mask"])
+        return {"logits": out["mortality_logit"]}
+
     def loss(self, model, batch):
-        logit = model(batch["input_ids"], batch["attention_mask"])["mortality_logit"].float()  # [B]
+        logit = self.outputs(model, batch)["logits"].float()  # [B]
         pos_weight = torch.tensor(self.pos_weight, device=logit.device)
         return F.binary_cross_entropy_with_logits(logit, batch["label"], pos_weight=pos_weight), {}
 
     def predict(self, model, batch):
-        logit = model(batch["input_ids"], batch["attention_mask"])["mortality_logit"].float() - self.logit_shift
+        logit = self.outputs(model, batch)["logits"].float() - self.logit_shift
         return {"stay_id": batch["stay_id"], "label": batch["label"], "logit": logit, "prob": torch.sigmoid(logit)}
 
     def metrics(self, p):
@@ -134,10 +141,48 @@ class MortalityTask:
         return {"pos_weight": self.pos_weight, "logit_shift": self.logit_shift}
 
 
+class ClinicalLFTask(MortalityTask):
+    """Mortality for `clinical_lf`: its stay logit, plus the temporal auxiliary loss when
+    `temporal_lambda` > 0 (see `models.clinical_lf.clinical_lf_loss`).
+
+    With `attention_every` > 0 and an `attention_dir`, every N-th training batch's
+    attention weights (every encoder layer and the pooling, per head) are saved as
+    compressed npz, read by hooks on a real forward pass in eval mode, so the snapshot
+    draws no dropout randomness and cannot change the training run.
+    """
+
+    def __init__(self, pos_weight: float = 1.0, logit_shift: float = 0.0, temporal_lambda: float = 0.0,
+                 attention_every: int = 0, attention_dir: str | None = None):
+        super().__init__(pos_weight, logit_shift)
+        self.temporal_lambda = temporal_lambda
+        self.attention_every = attention_every
+        self.attention_dir = attention_dir
+        self.batches_seen = 0
+
+    def outputs(self, model, batch):
+        return model(batch["steps"], batch["static"], batch["padding_mask"])
+
+    def loss(self, model, batch):
+        if self.attention_every and self.attention_dir and self.batches_seen % self.attention_every == 0:
+            with eval_mode(model):
+                _, attention = forward_with_attention(model, batch)
+            save_attention(Path(self.attention_dir) / f"batch_{self.batches_seen:07d}.npz", attention, batch)
+        self.batches_seen += 1
+        out = {k: v.float() for k, v in self.outputs(model, batch).items()}
+        losses = clinical_lf_loss(out, batch, self.temporal_lambda, self.pos_weight)
+        return losses["loss"], {"stay_loss": losses["stay_loss"].item(), "step_loss": losses["step_loss"].item()}
+
+    def config(self):
+        # Prediction needs only the shift; the snapshot settings are training-time I/O.
+        return {"pos_weight": self.pos_weight, "logit_shift": self.logit_shift, "temporal_lambda": self.temporal_lambda}
+
+
 IMBALANCE_STRATEGIES = ("pos_weight", "sampler", "none")
 
 
-def mortality_task(labels: np.ndarray, imbalance: str) -> tuple[MortalityTask, np.ndarray | None]:
+def mortality_task(
+    labels: np.ndarray, imbalance: str, task_class: type[MortalityTask] = MortalityTask, **task_kwargs
+) -> tuple[MortalityTask, np.ndarray | None]:
     """The mortality task for one imbalance strategy, and sampling weights if it needs them."""
     if imbalance not in IMBALANCE_STRATEGIES:
         raise ValueError(f"imbalance must be one of {IMBALANCE_STRATEGIES}, got {imbalance!r}")
@@ -147,10 +192,10 @@ def mortality_task(labels: np.ndarray, imbalance: str) -> tuple[MortalityTask, n
         raise ValueError(f"training labels have one class ({n_pos} deaths in {len(labels)} stays)")
     odds_factor = (len(labels) - n_pos) / n_pos  # negatives per positive
     if imbalance == "pos_weight":
-        return MortalityTask(pos_weight=odds_factor, logit_shift=math.log(odds_factor)), None
+        return task_class(pos_weight=odds_factor, logit_shift=math.log(odds_factor), **task_kwargs), None
     if imbalance == "sampler":
-        return MortalityTask(logit_shift=math.log(odds_factor)), class_balance_weights(labels)
-    return MortalityTask(), None
+        return task_class(logit_shift=math.log(odds_factor), **task_kwargs), class_balance_weights(labels)
+    return task_class(**task_kwargs), None
 
 
 # ----------------------------------------------------------------- loop machinery

@@ -64,7 +64,8 @@ def embed_texts(
     if missing:
         _ = encoder.model  # load the weights before the clock starts: texts/s times encoding only
     start = time.perf_counter()
-    with tqdm(total=len(missing), unit="text", desc="embed", disable=not progress or not missing) as bar:
+    with tqdm(total=len(missing), unit="text", desc="embed", disable=None if progress and missing else True) as bar:
+        # disable=None: a live bar on a terminal, none in CI logs
         for first in range(0, len(missing), shard_size):
             chunk = missing[first : first + shard_size]
             cache.add([keys[i] for i in chunk], encoder.encode([texts[i] for i in chunk], progress=bar))

@@ -76,11 +76,18 @@ def deletion_table(curves: dict[str, torch.Tensor]) -> pd.DataFrame:
 
 
 def precision_at_k(scores: torch.Tensor, batch: Batch, planted_rows: np.ndarray, k: int) -> pd.DataFrame:
-    """Per stay with at least one planted event among its (visible) events: the share of
-    planted events among its top-k by `scores`, and the random ranking's expected share
-    (planted / events). A stay with fewer than k events uses all of them.
+    """Per stay with at least one planted event among its (visible) events, how many of
+    its top-k events by `scores` are planted, as
 
-    `planted_rows`: event_row values (events.parquet rows) of planted events.
+    - `precision`: hits / k -- the share of planted events among the top k, and
+      `random_precision`, its expectation under a random ranking (planted / events);
+    - `recall_precision`: hits / min(k, planted) -- the same hits against the most a
+      perfect ranking could get (1.0 when the top k holds k planted events, or all of
+      them when the stay has fewer), and `random_recall_precision`, its expectation.
+      A stay with 2 planted events caps `precision@5` at 0.4; this one does not.
+
+    A stay with fewer than k events uses all of them. `planted_rows`: event_row values
+    (events.parquet rows) of planted events.
     """
     padding = batch["padding_mask"]
     order = _rank(scores, padding).cpu().numpy()  # [B, T]
@@ -94,9 +101,13 @@ def precision_at_k(scores: torch.Tensor, batch: Batch, planted_rows: np.ndarray,
             continue
         k_eff = int(min(k, n_real[b]))
         hits = int(is_planted[b, order[b, :k_eff]].sum())
+        random_hits = k_eff * n_planted / int(n_real[b])  # hypergeometric mean
+        best = min(k_eff, n_planted)
         rows.append({"stay_id": int(stay_id), "n_events": int(n_real[b]), "n_planted": n_planted, "k": k_eff,
-                     "precision": hits / k_eff, "random_precision": n_planted / int(n_real[b])})
-    return pd.DataFrame(rows, columns=["stay_id", "n_events", "n_planted", "k", "precision", "random_precision"])
+                     "precision": hits / k_eff, "random_precision": random_hits / k_eff,
+                     "recall_precision": hits / best, "random_recall_precision": random_hits / best})
+    return pd.DataFrame(rows, columns=["stay_id", "n_events", "n_planted", "k", "precision", "random_precision",
+                                       "recall_precision", "random_recall_precision"])
 
 
 def _jsd(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

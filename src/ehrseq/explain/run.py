@@ -182,12 +182,19 @@ def explain_split(
     if planted_rows is not None and frames["precision"]:
         precision = pd.concat(frames["precision"], ignore_index=True)
         summary = precision.groupby(["k_requested", "method"]).agg(
-            precision=("precision", "mean"), random_precision=("random_precision", "mean"), stays=("stay_id", "size"),
+            precision=("precision", "mean"), random_precision=("random_precision", "mean"),
+            recall_precision=("recall_precision", "mean"), random_recall_precision=("random_recall_precision", "mean"),
+            stays=("stay_id", "size"),
         ).reset_index()
         write_csv(out_dir / "precision_at_k.csv", summary)
         metrics["precision_at_k"] = {
             f"k={k}": {**dict(zip(part["method"], part["precision"])), "random": float(part["random_precision"].iloc[0]),
                        "stays": int(part["stays"].iloc[0])}
+            for k, part in summary.groupby("k_requested")
+        }
+        metrics["recall_precision_at_k"] = {
+            f"k={k}": {**dict(zip(part["method"], part["recall_precision"])),
+                       "random": float(part["random_recall_precision"].iloc[0]), "stays": int(part["stays"].iloc[0])}
             for k, part in summary.groupby("k_requested")
         }
     metrics["seconds"] = round(time.time() - start, 2)

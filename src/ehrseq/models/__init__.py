@@ -17,6 +17,7 @@ REGISTRY = {
     "lstm": "ehrseq.models.lstm:LSTMTokenModel",
     "transformer": "ehrseq.models.transformer:TransformerTokenModel",
     "gpt2": "ehrseq.models.gpt2:GPT2TokenModel",
+    "clinical_lf": "ehrseq.models.clinical_lf:ClinicalLF",
 }
 
 

@@ -4,6 +4,13 @@ The SQL runs directly on the source files (csv, csv.gz or parquet). Per-source S
 (`sql/<source>/canonical.sql`) only renames and builds readable event text; stay
 selection, labels, attachment of events to stays, and every drop with its reason are
 shared (`sql/common/`), so MIMIC-IV, MIMIC-III and the synthetic data obey the same rules.
+
+Events sit at their start time, but some values are known only later (a procedure's
+duration and an infusion's amount at its end, a culture's organism when the result is
+stored). An event that starts before the cutoff and becomes known at or after it is
+written as it looked at its start (value withheld, culture "pending"), so nothing before
+the cutoff carries information from after it; `events.values_withheld_at_cutoff` in
+extract.json counts these per event kind.
 """
 from __future__ import annotations
 
@@ -94,7 +101,7 @@ def extract(
                          event_type, code, text, value, unit, flag,
                          time >= cutoff AS after_cutoff
                   FROM events_classified WHERE reason IS NULL
-                  ORDER BY stay_id, time, CASE event_type {kind_order} END, code, text, value
+                  ORDER BY stay_id, time, CASE event_type {kind_order} END, code, text, value, unit, flag
                ) TO '{tmp}' (FORMAT parquet)"""
         ).fetchall()
     diagnoses = _write_diagnoses(con, cohort, diagnoses_path)
@@ -127,7 +134,7 @@ def _write_diagnoses(con, cohort: pd.DataFrame, path) -> pd.DataFrame:
 
 def _metrics(con, source: str, observation_hours: float, tables: dict, cohort: pd.DataFrame) -> dict:
     counts = con.execute(
-        "SELECT event_type, coalesce(reason, 'kept'), count(*) FROM events_classified GROUP BY ALL"
+        "SELECT event_type, coalesce(reason, 'kept'), count(*) FROM events_classified GROUP BY ALL ORDER BY ALL"
     ).fetchall()
     kept = {k: 0 for k in EVENT_TYPES}
     dropped: dict[str, dict[str, int]] = {}
@@ -141,6 +148,10 @@ def _metrics(con, source: str, observation_hours: float, tables: dict, cohort: p
     after_cutoff = con.execute(
         "SELECT count(*) FROM events_classified WHERE reason IS NULL AND time >= cutoff"
     ).fetchall()[0][0]
+    withheld = {k: 0 for k in EVENT_TYPES}
+    withheld.update(dict(con.execute(
+        "SELECT event_type, count(*) FROM events_classified WHERE reason IS NULL AND withheld GROUP BY ALL"
+    ).fetchall()))
     stays = dict(con.execute(
         "SELECT coalesce(exclusion, 'kept'), count(*) FROM cohort_all GROUP BY ALL"
     ).fetchall())
@@ -162,6 +173,9 @@ def _metrics(con, source: str, observation_hours: float, tables: dict, cohort: p
             "kept": kept,
             "kept_total": sum(kept.values()),
             "after_cutoff": after_cutoff,
+            # kept events before the cutoff shown without their later-known value/result
+            "values_withheld_at_cutoff": withheld,
+            "values_withheld_at_cutoff_total": sum(withheld.values()),
             "dropped": dropped,
             "dropped_total": sum(sum(d.values()) for d in dropped.values()),
             "microbiology_susceptibility_rows_merged": (

@@ -17,18 +17,22 @@ TABLES = [
         "dose_val_rx": V, "dose_unit_rx": V, "route": V,
     }),
     TableSpec("procedureevents_mv", "PROCEDUREEVENTS_MV", {
-        "subject_id": B, "hadm_id": B, "icustay_id": B, "starttime": T, "itemid": B, "value": D, "valueuom": V,
+        "subject_id": B, "hadm_id": B, "icustay_id": B, "starttime": T, "endtime": T, "itemid": B, "value": D,
+        "valueuom": V,
     }),
     TableSpec("labevents", "LABEVENTS", {
         "subject_id": B, "hadm_id": B, "itemid": B, "charttime": T, "value": V, "valuenum": D,
         "valueuom": V, "flag": V,
     }),
+    # No storetime/storedate in MIMIC-III: results count as known only from the cutoff on
+    # (sql/mimic3/canonical.sql).
     TableSpec("microbiologyevents", "MICROBIOLOGYEVENTS", {
         "subject_id": B, "hadm_id": B, "chartdate": T, "charttime": T, "spec_itemid": B,
         "spec_type_desc": V, "org_itemid": B, "org_name": V,
     }),
     TableSpec("inputevents_mv", "INPUTEVENTS_MV", {
-        "subject_id": B, "hadm_id": B, "icustay_id": B, "starttime": T, "itemid": B, "amount": D, "amountuom": V,
+        "subject_id": B, "hadm_id": B, "icustay_id": B, "starttime": T, "endtime": T, "itemid": B, "amount": D,
+        "amountuom": V,
     }),
     TableSpec("diagnoses_icd", "DIAGNOSES_ICD", {"subject_id": B, "hadm_id": B, "seq_num": B, "icd9_code": V}),
     TableSpec("d_labitems", "D_LABITEMS", {"itemid": B, "label": V}),

@@ -17,7 +17,8 @@ TABLES = [
         "dose_val_rx": V, "dose_unit_rx": V, "route": V,
     }),
     TableSpec("procedureevents", "icu/procedureevents", {
-        "subject_id": B, "hadm_id": B, "stay_id": B, "starttime": T, "itemid": B, "value": D, "valueuom": V,
+        "subject_id": B, "hadm_id": B, "stay_id": B, "starttime": T, "endtime": T, "itemid": B, "value": D,
+        "valueuom": V,
     }),
     TableSpec("labevents", "hosp/labevents", {
         "subject_id": B, "hadm_id": B, "itemid": B, "charttime": T, "value": V, "valuenum": D,
@@ -26,9 +27,11 @@ TABLES = [
     TableSpec("microbiologyevents", "hosp/microbiologyevents", {
         "subject_id": B, "hadm_id": B, "micro_specimen_id": B, "chartdate": T, "charttime": T,
         "spec_itemid": B, "spec_type_desc": V, "test_itemid": B, "org_itemid": B, "org_name": V,
+        "storedate": T, "storetime": T,
     }),
     TableSpec("ingredientevents", "icu/ingredientevents", {
-        "subject_id": B, "hadm_id": B, "stay_id": B, "starttime": T, "itemid": B, "amount": D, "amountuom": V,
+        "subject_id": B, "hadm_id": B, "stay_id": B, "starttime": T, "endtime": T, "itemid": B, "amount": D,
+        "amountuom": V,
     }),
     TableSpec("diagnoses_icd", "hosp/diagnoses_icd", {
         "subject_id": B, "hadm_id": B, "seq_num": B, "icd_code": V, "icd_version": B,

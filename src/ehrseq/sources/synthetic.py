@@ -40,8 +40,11 @@ Rules (each fires at most once per stay; see RULES for the effect sizes):
 - vasopressor: a Norepinephrine prescription (any of its NDCs) starts in the window.
 - lactate_over_4: a Lactate (50813) result > 4 mmol/L in the window.
 - positive_blood_culture: a BLOOD CULTURE (spec_itemid 70012) with an organism is charted
-  in the window.
-- invasive_ventilation: an Invasive Ventilation (225792) procedure starts in the window.
+  in the window AND its result is stored (storetime, 12-120 h after the draw) before the
+  cutoff. A culture whose result arrives later is only "pending" at the cutoff (the
+  extraction shows it so), so it adds nothing.
+- invasive_ventilation: an Invasive Ventilation (225792) procedure starts in the window
+  (its duration, known only at endtime, plays no part).
 - creatinine_and_potassium_abnormal: both an abnormal Creatinine (50912) and an abnormal
   Potassium (50971) in the window; either one alone adds nothing (an interaction).
 - recent_troponin_abnormal: an abnormal Troponin T (51003) in the last
@@ -57,7 +60,8 @@ hospitalisation after this stay's cutoff. For the earlier stay of an admission w
 *later* stay dies that label is 1 although its own draw survived, exactly as the label
 means in MIMIC (a few percent of deaths). `truth/planted_events.csv.gz` lists every event
 that fired a rule (both events of the interaction; only the recent troponin), with its
-time exactly as in the source table; for cultures `itemid_or_ndc` is the org_itemid.
+time exactly as in the source table; for cultures `itemid_or_ndc` is the org_itemid and
+the time is the charttime (the draw), as the extracted event has it.
 
 Deliberate defects, counted in rules.json: exact duplicate lab rows (inside cohort stays),
 prescriptions whose hadm_id is not in admissions, procedureevents whose stay_id is not in
@@ -115,8 +119,10 @@ RULES = (
     Rule("vasopressor", 1.6, "prescriptions", "Norepinephrine prescription (any of its NDCs) started in the window"),
     Rule("lactate_over_4", 1.5, "labevents", "Lactate (itemid 50813) valuenum > 4 mmol/L in the window"),
     Rule("positive_blood_culture", 1.0, "microbiologyevents",
-         "BLOOD CULTURE (spec_itemid 70012) with an organism (org_itemid set), charttime in the window"),
-    Rule("invasive_ventilation", 0.9, "procedureevents", "Invasive Ventilation (itemid 225792) started in the window"),
+         "BLOOD CULTURE (spec_itemid 70012) with an organism (org_itemid set), charttime in the window and "
+         "result stored (storetime) before the cutoff; a result still pending at the cutoff adds 0"),
+    Rule("invasive_ventilation", 0.9, "procedureevents",
+         "Invasive Ventilation (itemid 225792) started in the window (its duration is not used)"),
     Rule("creatinine_and_potassium_abnormal", 1.4, "labevents",
          "abnormal Creatinine (50912) AND abnormal Potassium (50971) both in the window; either alone adds 0"),
     Rule("recent_troponin_abnormal", 1.2, "labevents",
@@ -1088,7 +1094,8 @@ def _prescriptions(rng, stays: pd.DataFrame, first_blood_culture: np.ndarray) ->
 
 
 def _cultures(rng, stays: pd.DataFrame) -> pd.DataFrame:
-    """One row per culture: specimen kind and organism (-1: no growth)."""
+    """One row per culture: specimen kind, organism (-1: no growth), and the minute its
+    result is stored (12-120 h after the draw; the rule and storetime both use it)."""
     owner, minute = _timed(rng, stays, stays["events_per_hour"].to_numpy() * SHARE["microbiology"])
     spec = rng.choice(len(SPECIMENS), len(owner), p=SPECIMENS["share"].to_numpy())
     positive = rng.random(len(owner)) < SPECIMENS["positive_rate"].to_numpy()[spec]
@@ -1106,8 +1113,9 @@ def _cultures(rng, stays: pd.DataFrame) -> pd.DataFrame:
     organism = np.where(positive, rng.choice(len(ORGANISMS), len(owner), p=org_p), -1)
     # A few non-blood cultures are charted with a date only (charttime empty), as in MIMIC.
     date_only = (spec != BLOOD_CULTURE) & (rng.random(len(owner)) < 0.1)
+    store_min = minute + (_lognormal(rng, 40, 0.4, len(owner), 12, 120) * HOUR).astype(np.int64) // MINUTE
     return pd.DataFrame({"stay": owner, "minute": minute, "spec": spec, "organism": organism,
-                         "date_only": date_only})
+                         "date_only": date_only, "store_min": store_min})
 
 
 def _procedures(rng, stays: pd.DataFrame) -> pd.DataFrame:
@@ -1192,7 +1200,9 @@ def _score(stays, labs, rx, cultures, procs) -> tuple[np.ndarray, pd.DataFrame]:
                                                                             > LACTATE_THRESHOLD)]),
         "positive_blood_culture": ("microbiologyevents", cultures[
             in_window(cultures) & (cultures["spec"].to_numpy() == BLOOD_CULTURE) & (cultures["organism"] >= 0)
-            & ~cultures["date_only"].to_numpy()]),
+            & ~cultures["date_only"].to_numpy()
+            # the organism must be known (stored) before the cutoff: a pending result shows nothing
+            & (cultures["store_min"].to_numpy() < cut_min[cultures["stay"].to_numpy()])]),
         "invasive_ventilation": ("procedureevents", procs[
             in_window(procs) & (procs["proc"].to_numpy() == PROC_INDEX[INVASIVE_VENTILATION])]),
     }
@@ -1483,7 +1493,7 @@ def _format_micro(rng, cultures: pd.DataFrame, stays: pd.DataFrame, ids: _Ids) -
     date_only = cultures["date_only"].to_numpy()[k]
     chart = cultures["minute"].to_numpy()[k] * MINUTE
     chartdate = cultures["day"].to_numpy()[k] * DAY
-    store = chart + (_lognormal(rng, 40, 0.4, c, 12, 120) * HOUR).astype(np.int64)[k] // MINUTE * MINUTE
+    store = cultures["store_min"].to_numpy()[k] * MINUTE  # drawn in _cultures, used by _score
     dilution = _DILUTIONS[rng.integers(0, len(_DILUTIONS), n)]
     comparison = np.where(rng.random(n) < 0.7, "<=", np.where(rng.random(n) < 0.5, "=", ">="))
     interpretation = _choice(rng, (["S", "R", "I"], [0.72, 0.22, 0.06]), n)

@@ -28,7 +28,9 @@ def match_planted_events(planted: pd.DataFrame, events: pd.DataFrame) -> pd.Data
     """Find each planted event's row in events.parquet by stay, kind, time and code.
 
     The generator names the item (itemid or NDC); the extracted code contains it as one
-    of its `//`-separated parts (`LAB//50813`, `NDC//...`, `MICRO//70012//80002`).
+    of its `//`-separated parts (`LAB//50813`, `NDC//...`, `MICRO//70012//80002`). A
+    culture keeps its organism code only when its result was stored before the cutoff
+    (otherwise it is `MICRO//70012//PENDING`); the generator plants only such cultures.
     """
     ev = events[["stay_id", "event_type", "time", "code"]].reset_index(names="event_row")
     pl = planted.assign(

@@ -1,0 +1,77 @@
+"""What each model reads from the pipeline's files: datasets, loaders and its task class.
+
+Token models (`lstm`, `transformer`, `gpt2`) read `sequences/{split}.parquet`;
+`clinical_lf` reads events, cohort and the text embeddings, encoded by a
+`FeatureEncoder` fitted on the train split (and stored in the checkpoint, so evaluation
+and explanation encode exactly as training did). Stages pass paths in; nothing here
+reads params.yaml.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ehrseq.data import TokenSequenceDataset, collate_tokens, load_sequences, read_vocab_size, token_loader
+from ehrseq.embeddings import read_text_embeddings
+from ehrseq.features import FeatureEncoder, build_dataset, collate, fit_encoder
+from ehrseq.training import ClinicalLFTask, MortalityTask
+
+TOKEN_MODELS = ("lstm", "transformer", "gpt2")
+EMBEDDING_MODELS = ("clinical_lf",)
+
+
+@dataclass
+class PipelinePaths:
+    sequences_dir: Path = Path("data/processed/sequences")
+    vocab: Path = Path("data/processed/vocab.csv")
+    events: Path = Path("data/interim/events.parquet")
+    cohort: Path = Path("data/interim/cohort.parquet")
+    embeddings_dir: Path = Path("data/processed/text_embeddings")
+
+
+@dataclass
+class ModelData:
+    datasets: dict[str, Dataset]  # split -> dataset (with `lengths` and `labels`)
+    model_inputs: dict[str, Any]  # constructor arguments the data fixes (vocab_size, step_dim, ...)
+    collate_fn: Callable
+    encoder: FeatureEncoder | None = None
+    events: pd.DataFrame | None = field(default=None, repr=False)  # clinical_lf: to name explained events
+
+    def loader(self, split: str, batch_size: int, device: torch.device, **kwargs) -> DataLoader:
+        return token_loader(self.datasets[split], batch_size, device=device, collate_fn=self.collate_fn, **kwargs)
+
+
+def task_class(model: str) -> type[MortalityTask]:
+    return ClinicalLFTask if model in EMBEDDING_MODELS else MortalityTask
+
+
+def load_model_data(
+    model: str, splits: Sequence[str], paths: PipelinePaths = PipelinePaths(), *,
+    max_events: int | None = None, encoder: FeatureEncoder | None = None,
+) -> ModelData:
+    """Datasets of `splits` for `model`. For clinical_lf, pass `max_events` to fit a new
+    encoder on train (training) or a fitted `encoder` (evaluation, explanation)."""
+    if model in TOKEN_MODELS:
+        vocab_size = read_vocab_size(paths.vocab)
+        datasets = {
+            s: TokenSequenceDataset(load_sequences(paths.sequences_dir / f"{s}.parquet", vocab_size)) for s in splits
+        }
+        return ModelData(datasets, {"vocab_size": vocab_size}, collate_tokens)
+    if model in EMBEDDING_MODELS:
+        events = pd.read_parquet(paths.events)
+        cohort = pd.read_parquet(paths.cohort)
+        embeddings = read_text_embeddings(paths.embeddings_dir)
+        if encoder is None:
+            if max_events is None:
+                raise ValueError("clinical_lf needs max_events to fit a feature encoder, or a fitted encoder")
+            encoder = fit_encoder(events, cohort, embeddings.texts, embeddings.vectors, max_events)
+        datasets = {s: build_dataset(events, cohort, embeddings.texts, embeddings.vectors, encoder, s) for s in splits}
+        return ModelData(datasets, {"step_dim": encoder.step_dim, "static_dim": encoder.static_dim}, collate,
+                         encoder, events)
+    raise KeyError(f"unknown model {model!r}; token models {TOKEN_MODELS}, embedding models {EMBEDDING_MODELS}")
+
