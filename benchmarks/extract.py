@@ -26,7 +26,7 @@ def run_duckdb(src: str, out: str) -> dict:
     from ehrseq.sources.extract import extract
 
     m = extract("synthetic", src, f"{out}/events.parquet", f"{out}/cohort.parquet", f"{out}/diagnoses.parquet",
-                observation_hours=48, min_age=18, split_fractions=SPLIT, seed=0, threads=2)
+                observation_hours=48, min_age=18, split_fractions=SPLIT, seed=0, threads=2, memory_limit="8GB")
     return {"events": m["events"]["kept_total"], "rows_read": sum(m["tables_read"].values())}
 
 

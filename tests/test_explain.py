@@ -400,3 +400,18 @@ def test_explain_split_writes_every_artifact(setup, tmp_path):
                            ExplainConfig(batch_size=8, ig_steps=16, k_max=2, n_random=2, n_permutations=10,
                                          plot_stays=1, max_stays=10))
     assert sample["stays"] == 10 and "precision_at_k" not in sample  # no planted truth given
+
+
+def test_importance_by_code_names_each_code_for_a_reader():
+    scores = pd.DataFrame({
+        "method": "integrated_gradients",
+        "code": ["LAB//50813", "LAB//50813", "LAB//50813", "ITEM//225792"],
+        "text": ["Lab: Lactate 5.2 mmol/L (abnormal)", "Lab: Lactate 4.7 mmol/L (abnormal)",
+                 "Lab: Lactate 1.1 mmol/L", "Procedure: Invasive Ventilation"],
+        "score": [0.9, 0.7, -0.1, 0.3],
+    })
+    table = importance_by(scores, "code").set_index("code")
+    assert table.loc["LAB//50813", "description"] == "Lab: Lactate mmol/L (abnormal)"
+    assert table.loc["ITEM//225792", "description"] == "Procedure: Invasive Ventilation"
+    assert table.loc["LAB//50813", "mean_abs_score"] == pytest.approx(1.7 / 3)
+    assert table.loc["LAB//50813", "n_events"] == 3

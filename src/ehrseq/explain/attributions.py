@@ -181,7 +181,13 @@ def scores_frame(scores: dict[str, torch.Tensor], batch: Batch) -> pd.DataFrame:
 
 def importance_by(scores: pd.DataFrame, column: str) -> pd.DataFrame:
     """Global importance per value of `column` (e.g. event_type, code) and method: mean
-    absolute score, mean signed score and number of events, most important first."""
+    absolute score, mean signed score and number of events, most important first. With a
+    `text` column, `description` names the group for a reader: its most frequent event
+    text with standalone numbers removed ("Lab: Lactate mmol/L (abnormal)" for LAB//50813)."""
     grouped = scores.assign(abs_score=scores["score"].abs()).groupby(["method", column], observed=True)
     table = grouped.agg(mean_abs_score=("abs_score", "mean"), mean_score=("score", "mean"), n_events=("score", "size"))
+    if "text" in scores.columns:
+        plain = scores["text"].str.replace(r"\s-?\d[\d.,]*(?=\s|$)", "", regex=True)
+        table["description"] = plain.groupby([scores["method"], scores[column]], observed=True).agg(
+            lambda t: t.mode().iat[0])
     return table.reset_index().sort_values(["method", "mean_abs_score"], ascending=[True, False], ignore_index=True)

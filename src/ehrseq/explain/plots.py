@@ -95,8 +95,8 @@ def importance_bars(table: pd.DataFrame, label: str, value: str, png_path: str |
                     top_n: int = 20) -> pd.DataFrame:
     """Horizontal bars of `value` per `label` (the `top_n` largest), largest on top."""
     data = table.nlargest(top_n, value)[[label, value]].reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(8, 1 + 0.3 * len(data)))
-    ax.barh([_short(v, 50) for v in data[label]][::-1], data[value].to_numpy()[::-1], color="tab:red")
+    fig, ax = plt.subplots(figsize=(9, 1 + 0.3 * len(data)))
+    ax.barh([_short(v, 70) for v in data[label]][::-1], data[value].to_numpy()[::-1], color="tab:red")
     ax.set_xlabel(value.replace("_", " "))
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)

@@ -155,7 +155,10 @@ def explain_split(
     for level in ("event_type", "code"):
         table = importance_by(event_scores, level)
         write_csv(out_dir / f"importance_{level}.csv", table)
-        importance_bars(table[table["method"] == "integrated_gradients"], level, "mean_abs_score",
+        ig_table = table[table["method"] == "integrated_gradients"]
+        if level == "code":  # a code alone (ITEM//225792) means nothing to a clinician
+            ig_table = ig_table.assign(code=ig_table["code"] + "  " + ig_table["description"])
+        importance_bars(ig_table, level, "mean_abs_score",
                         out_dir / f"importance_{level}_ig.png", f"Mean |IG attribution| per {level.replace('_', ' ')}")
 
     stay_index = {int(s): n for n, s in enumerate(predictions["stay_id"])}

@@ -15,6 +15,7 @@ extract.json counts these per event kind.
 from __future__ import annotations
 
 import logging
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -70,51 +71,57 @@ def extract(
     if source not in SOURCES:
         raise ValueError(f"data.source must be one of {sorted(SOURCES)}, got {source!r}")
     specs, sql_dir = SOURCES[source]
-    con = duckdb.connect()
-    if threads:
-        con.execute(f"SET threads = {int(threads)}")
-    if memory_limit:
-        con.execute(f"SET memory_limit = '{memory_limit}'")
+    Path(events_path).parent.mkdir(parents=True, exist_ok=True)
+    # A scratch database on disk, not in memory: every source file is read and parsed
+    # once into a compressed table (a view over a csv.gz would be decompressed again by
+    # every query), and DuckDB's buffer manager keeps memory under `memory_limit` even
+    # at MIMIC-IV scale. Deleted when the extraction ends, crash or not.
+    with tempfile.TemporaryDirectory(prefix=".extract-", dir=Path(events_path).parent) as scratch, \
+            duckdb.connect(str(Path(scratch) / "scratch.duckdb")) as con:
+        if threads:
+            con.execute(f"SET threads = {int(threads)}")
+        if memory_limit:
+            con.execute(f"SET memory_limit = '{memory_limit}'")
 
-    tables = register_tables(con, path, specs)
-    _run_sql_file(con, f"{sql_dir}/canonical.sql")
-    _run_sql_file(con, "common/cohort.sql", {"observation_hours": float(observation_hours), "min_age": float(min_age)})
-    _run_sql_file(con, "common/events.sql")
+        tables = register_tables(con, path, specs)
+        _run_sql_file(con, f"{sql_dir}/canonical.sql")
+        _run_sql_file(con, "common/cohort.sql", {"observation_hours": float(observation_hours), "min_age": float(min_age)})
+        _run_sql_file(con, "common/events.sql")
 
-    cohort = con.execute(
-        """SELECT subject_id, hadm_id, stay_id, intime, outtime, cutoff, age, gender, race,
-                  admission_type, insurance, marital_status, first_careunit,
-                  CAST(died AS TINYINT) AS mortality, end_hours AS event_hours,
-                  CAST(died AS TINYINT) AS event
-           FROM cohort_all WHERE exclusion IS NULL ORDER BY stay_id"""
-    ).df()
-    cohort["split"] = assign_splits(cohort, split_fractions, seed)
-    cohort = cohort[COHORT_COLUMNS]
-    write_parquet(cohort_path, cohort)
+        cohort = con.execute(
+            """SELECT subject_id, hadm_id, stay_id, intime, outtime, cutoff, age, gender, race,
+                      admission_type, insurance, marital_status, first_careunit,
+                      CAST(died AS TINYINT) AS mortality, end_hours AS event_hours,
+                      CAST(died AS TINYINT) AS event
+               FROM cohort_all WHERE exclusion IS NULL ORDER BY stay_id"""
+        ).df()
+        cohort["split"] = assign_splits(cohort, split_fractions, seed)
+        cohort = cohort[COHORT_COLUMNS]
+        write_parquet(cohort_path, cohort)
 
-    kind_order = " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(EVENT_TYPES))
-    with atomic_path(events_path) as tmp:
-        con.execute(
-            f"""COPY (
-                  SELECT subject_id, hadm_id, stay_id, time,
-                         date_diff('microsecond', intime, time) / 3.6e9 AS hours,
-                         event_type, code, text, value, unit, flag,
-                         time >= cutoff AS after_cutoff
-                  FROM events_classified WHERE reason IS NULL
-                  ORDER BY stay_id, time, CASE event_type {kind_order} END, code, text, value, unit, flag
-               ) TO '{tmp}' (FORMAT parquet)"""
-        ).fetchall()
-    diagnoses = _write_diagnoses(con, cohort, diagnoses_path)
-    metrics = _metrics(con, source, observation_hours, tables, cohort)
-    metrics["diagnoses"] = {
-        "read": tables["diagnoses_icd"]["rows"],
-        "kept": len(diagnoses),
-        "dropped": {
-            "orphan_or_missing_code": tables["diagnoses_icd"]["rows"] - diagnoses.attrs["resolved"],
-            "patient_not_in_cohort": diagnoses.attrs["resolved"] - len(diagnoses),
-        },
-    }
-    return metrics
+        kind_order = " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(EVENT_TYPES))
+        with atomic_path(events_path) as tmp:
+            con.execute(
+                f"""COPY (
+                      SELECT subject_id, hadm_id, stay_id, time,
+                             date_diff('microsecond', intime, time) / 3.6e9 AS hours,
+                             event_type, code, text, value, unit, flag,
+                             time >= cutoff AS after_cutoff
+                      FROM events_classified WHERE reason IS NULL
+                      ORDER BY stay_id, time, CASE event_type {kind_order} END, code, text, value, unit, flag
+                   ) TO '{tmp}' (FORMAT parquet)"""
+            ).fetchall()
+        diagnoses = _write_diagnoses(con, cohort, diagnoses_path)
+        metrics = _metrics(con, source, observation_hours, tables, cohort)
+        metrics["diagnoses"] = {
+            "read": tables["diagnoses_icd"]["rows"],
+            "kept": len(diagnoses),
+            "dropped": {
+                "orphan_or_missing_code": tables["diagnoses_icd"]["rows"] - diagnoses.attrs["resolved"],
+                "patient_not_in_cohort": diagnoses.attrs["resolved"] - len(diagnoses),
+            },
+        }
+        return metrics
 
 
 def _write_diagnoses(con, cohort: pd.DataFrame, path) -> pd.DataFrame:

@@ -1,8 +1,8 @@
-"""Source tables as typed DuckDB views, read straight from csv, csv.gz or parquet files.
+"""Source tables as typed DuckDB tables, read once from csv, csv.gz or parquet files.
 
 Every source (MIMIC-IV, MIMIC-III, the synthetic generator) goes through this one layer,
 so file discovery, case-insensitive column names, type checks and the handling of
-missing optional tables live in one place. Source SQL then sees clean lower-case views
+missing optional tables live in one place. Source SQL then sees clean lower-case tables
 with real types.
 
 Timestamps are parsed with explicit formats, never guessed: a spreadsheet that rewrote
@@ -82,7 +82,7 @@ def _typed_expression(column: str, sql_type: str, source_type: str) -> str:
 def register_tables(
     con: duckdb.DuckDBPyConnection, root: str | Path, specs: list[TableSpec]
 ) -> dict[str, dict]:
-    """Create one typed view per table found under `root`; validate its columns.
+    """Load one typed temp table per table found under `root`; validate its columns.
 
     Returns per table: the file read (or None when missing) and the number of rows.
     A missing required table or column, or a value that does not parse as its type,
@@ -107,54 +107,61 @@ def register_tables(
         reader = _reader(path)
         described = con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()
         actual = {row[0].lower(): (row[0], row[1]) for row in described}
-        selects = []
-        for column, sql_type in spec.columns.items():
-            if column not in actual:
-                if column in spec.optional_columns:
-                    selects.append(f"CAST(NULL AS {sql_type}) AS {column}")
-                    continue
-                raise SourceDataError(
-                    f"{path}: column '{column}' is missing (columns present: "
-                    f"{', '.join(sorted(actual))})"
-                )
-            original, source_type = actual[column]
-            selects.append(f"{_typed_expression(original, sql_type, source_type)} AS {column}")
-        con.execute(f"CREATE OR REPLACE VIEW {spec.name} AS SELECT {', '.join(selects)} FROM {reader}").fetchall()
-        _validate(con, spec, path, reader, actual)
-        rows = con.execute(f"SELECT count(*) FROM {reader}").fetchall()[0][0]
+        rows = _load_table(con, spec, path, reader, actual)
         log.info("read %s: %d rows", path, rows)
         report[spec.name] = {"file": str(path), "rows": rows}
     return report
 
 
+def _load_table(con, spec: TableSpec, path: Path, reader: str, actual: dict) -> int:
+    """Read the file ONCE into a typed table, checking every value on the way.
+
+    A view over a gzipped CSV would be decompressed and parsed again by every query
+    that touches it (validation, row count, each join). The connection's database is a
+    scratch file (see `extract`), so the table is stored compressed on disk and memory
+    stays under DuckDB's `memory_limit`. Each typed column that is not VARCHAR gets a
+    `__bad_<column>` twin holding the raw text wherever parsing failed; the twins are
+    checked and dropped before anyone reads the table.
+    """
+    typed, checked = [], []
+    for column, sql_type in spec.columns.items():
+        if column not in actual:
+            if column in spec.optional_columns:
+                typed.append(f"CAST(NULL AS {sql_type}) AS {column}")
+                continue
+            raise SourceDataError(
+                f"{path}: column '{column}' is missing (columns present: {', '.join(sorted(actual))})"
+            )
+        original, source_type = actual[column]
+        typed.append(f"{_typed_expression(original, sql_type, source_type)} AS {column}")
+        if sql_type != "VARCHAR":
+            typed.append(f"NULLIF(TRIM(CAST(\"{original}\" AS VARCHAR)), '') AS __raw_{column}")
+            checked.append((column, sql_type))
+    bad = [f"CASE WHEN __raw_{c} IS NOT NULL AND {c} IS NULL THEN __raw_{c} END AS __bad_{c}" for c, _ in checked]
+    outer = ", ".join([*spec.columns, *bad])
+    con.execute(
+        f"CREATE OR REPLACE TABLE {spec.name} AS SELECT {outer} FROM (SELECT {', '.join(typed)} FROM {reader})"
+    ).fetchall()
+    if checked:
+        exprs = ", ".join(f"count(__bad_{c}), min(__bad_{c})" for c, _ in checked)
+        values = con.execute(f"SELECT {exprs} FROM {spec.name}").fetchall()[0]
+        for i, (column, sql_type) in enumerate(checked):
+            n_bad, example = values[2 * i], values[2 * i + 1]
+            if n_bad:
+                expected = (
+                    f"a timestamp in one of the formats {TIMESTAMP_FORMATS}"
+                    if sql_type == "TIMESTAMP" else f"a value of type {sql_type}"
+                )
+                raise SourceDataError(
+                    f"{path}: column '{column}' has {n_bad} value(s) that are not {expected}; "
+                    f"example: {example!r}. Was the file re-saved by a spreadsheet? "
+                    "Restore the original export."
+                )
+        for column, _ in checked:
+            con.execute(f"ALTER TABLE {spec.name} DROP COLUMN __bad_{column}").fetchall()
+    return con.execute(f"SELECT count(*) FROM {spec.name}").fetchall()[0][0]
+
+
 def _register_empty(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> None:
     cols = ", ".join(f"CAST(NULL AS {t}) AS {c}" for c, t in spec.columns.items())
     con.execute(f"CREATE OR REPLACE VIEW {spec.name} AS SELECT {cols} WHERE false").fetchall()
-
-
-def _validate(con, spec: TableSpec, path: Path, reader: str, actual: dict) -> None:
-    """One scan per table: any non-empty value that failed to parse is an error."""
-    checks = []
-    for column, sql_type in spec.columns.items():
-        if column not in actual or sql_type == "VARCHAR":
-            continue
-        original, source_type = actual[column]
-        raw = f"NULLIF(TRIM(CAST(\"{original}\" AS VARCHAR)), '')"
-        bad = f"{raw} IS NOT NULL AND {_typed_expression(original, sql_type, source_type)} IS NULL"
-        checks.append((column, sql_type, f"count(*) FILTER (WHERE {bad})", f"min({raw}) FILTER (WHERE {bad})"))
-    if not checks:
-        return
-    exprs = ", ".join(f"{count}, {example}" for _, _, count, example in checks)
-    values = con.execute(f"SELECT {exprs} FROM {reader}").fetchall()[0]
-    for i, (column, sql_type, _, _) in enumerate(checks):
-        n_bad, example = values[2 * i], values[2 * i + 1]
-        if n_bad:
-            expected = (
-                f"a timestamp in one of the formats {TIMESTAMP_FORMATS}"
-                if sql_type == "TIMESTAMP" else f"a value of type {sql_type}"
-            )
-            raise SourceDataError(
-                f"{path}: column '{column}' has {n_bad} value(s) that are not {expected}; "
-                f"example: {example!r}. Was the file re-saved by a spreadsheet? "
-                "Restore the original export."
-            )

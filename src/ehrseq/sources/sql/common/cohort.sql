@@ -2,7 +2,7 @@
 -- Parameters: $observation_hours, $min_age.
 -- Every ICU stay gets exactly one outcome: kept (exclusion IS NULL) or one named reason,
 -- so extract.json accounts for all of them.
-CREATE OR REPLACE TEMP TABLE cohort_all AS
+CREATE OR REPLACE TABLE cohort_all AS
 WITH s AS (
     SELECT *,
            intime + to_microseconds(CAST(round($observation_hours * 3600e6) AS BIGINT)) AS cutoff,

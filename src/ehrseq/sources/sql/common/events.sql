@@ -3,7 +3,7 @@
 -- and patients. Labs and microbiology have no stay_id in MIMIC: they attach by subject
 -- (and admission when known) and time within [intime, outtime]. Before the cutoff, an
 -- event shows only what was known by the cutoff (see `shown` below).
-CREATE OR REPLACE TEMP TABLE events_classified AS
+CREATE OR REPLACE TABLE events_classified AS
 WITH stays AS (
     SELECT stay_id, subject_id, hadm_id, intime, outtime, cutoff, exclusion
     FROM cohort_all
