@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# A fresh clone has no DVC cache and no dvc.lock outputs: repro rebuilds from params.
-.venv/bin/dvc repro "$@"
-.venv/bin/dvc metrics show
+# The stages run `python ...`: it must be the venv's, with ehrseq installed.
+export PATH="$PWD/.venv/bin:$PATH"
+# A fresh clone has no DVC cache: repro rebuilds every output from params.yaml.
+dvc repro "$@"
+dvc metrics show

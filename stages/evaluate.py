@@ -15,9 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from ehrseq import metrics
-from ehrseq.features import FeatureEncoder
 from ehrseq.io import atomic_path, setup_logging, write_json
-from ehrseq.model_data import load_model_data, task_class
+from ehrseq.model_data import checkpoint_encoder, load_model_data, task_class
 from ehrseq.params import load_params
 from ehrseq.training import NextTokenTask, load_trained_model, pick_device, predict
 
@@ -64,8 +63,7 @@ def main() -> None:
     checkpoints = Path("models") / args.model
 
     model, checkpoint = load_trained_model(checkpoints / "finetune" / "best.pt", device)
-    encoder = checkpoint["metadata"].get("encoder")
-    data = load_model_data(args.model, ("test",), encoder=encoder and FeatureEncoder.from_dict(encoder))
+    data = load_model_data(args.model, ("test",), encoder=checkpoint_encoder(checkpoint))
     loader = data.loader("test", params["batch_size"], device, shuffle=False)
     p = predict(model, task_class(args.model)(**checkpoint["task_config"]), loader, device)
     y, prob = p["label"].astype(int), p["prob"]

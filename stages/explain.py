@@ -16,9 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from ehrseq.explain.run import ExplainConfig, explain_split
-from ehrseq.features import FeatureEncoder
 from ehrseq.io import atomic_path, setup_logging, write_json
-from ehrseq.model_data import load_model_data
+from ehrseq.model_data import checkpoint_encoder, load_model_data
 from ehrseq.params import load_params
 from ehrseq.training import load_trained_model, pick_device
 
@@ -34,7 +33,7 @@ def main() -> None:
     params = load_params()["explain"]
     config = ExplainConfig(**{**params, "precision_k": tuple(params["precision_k"])})
     model, checkpoint = load_trained_model(CHECKPOINT, pick_device())
-    encoder = FeatureEncoder.from_dict(checkpoint["metadata"]["encoder"])
+    encoder = checkpoint_encoder(checkpoint)
     data = load_model_data("clinical_lf", ("test",), encoder=encoder)
     planted = pd.read_parquet(PLANTED)["event_row"].to_numpy() if PLANTED.exists() else None
     if planted is None:

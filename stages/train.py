@@ -58,15 +58,15 @@ def main() -> None:
                        "attention_dir": f"reports/train/{args.model}/attention"}
     labels = np.asarray(data.datasets["train"].labels)
     finetune_task, weights = mortality_task(labels, params["imbalance"], task_class(args.model), **task_kwargs)
-    phases = [("finetune", finetune_task, lambda: loader("train", weights=weights))]
-    if "pretrain" in params:
-        phases.insert(0, ("pretrain", NextTokenTask(), lambda: loader("train")))
-    for phase, task, train_loader in phases:
+    # (phase, task, sampling weights): pretraining reads every stay once an epoch.
+    phases = [("pretrain", NextTokenTask(), None)] if "pretrain" in params else []
+    phases.append(("finetune", finetune_task, weights))
+    for phase, task, phase_weights in phases:
         if params[phase]["epochs"] == 0:  # pretraining is optional; fine-tuning is not (fit refuses 0 epochs)
             log.info("%s: skipped (0 epochs)", phase)
             continue
         result = fit(
-            model, task, train_loader(), loader("val", shuffle=False),
+            model, task, loader("train", weights=phase_weights), loader("val", shuffle=False),
             FitConfig(seed=params["seed"], **{**{k: params[k] for k in OPTIMIZER_KEYS}, **params[phase]}),
             checkpoint_dir=f"models/{args.model}/{phase}",
             live_dir=f"reports/train/{args.model}/{phase}",

@@ -50,6 +50,12 @@ def task_class(model: str) -> type[MortalityTask]:
     return ClinicalLFTask if model in EMBEDDING_MODELS else MortalityTask
 
 
+def checkpoint_encoder(checkpoint: dict[str, Any]) -> FeatureEncoder | None:
+    """The feature encoder a checkpoint was trained with (None for token models)."""
+    encoder = checkpoint["metadata"].get("encoder")
+    return None if encoder is None else FeatureEncoder.from_dict(encoder)
+
+
 def load_model_data(
     model: str, splits: Sequence[str], paths: PipelinePaths = PipelinePaths(), *,
     max_events: int | None = None, encoder: FeatureEncoder | None = None,
