@@ -341,7 +341,7 @@ def test_planted_events_all_found_in_the_extraction(data, tmp_path):
     event (cultures keep their organism code, ventilation its start), and before the
     cutoff no culture shows a result stored after it nor a procedure a duration that ends after it."""
     from ehrseq.sources.extract import extract
-    from ehrseq.sources.truth import match_planted_events
+    from ehrseq.sources.truth import export_truth
 
     metrics = extract("synthetic", data["dir"], tmp_path / "events.parquet", tmp_path / "cohort.parquet",
                       tmp_path / "diagnoses.parquet", observation_hours=HOURS, min_age=18,
@@ -350,8 +350,13 @@ def test_planted_events_all_found_in_the_extraction(data, tmp_path):
     cohort = pd.read_parquet(tmp_path / "cohort.parquet")
     planted = data["truth/planted_events"]
     planted = planted[planted["stay_id"].isin(cohort["stay_id"])]
-    matched = match_planted_events(planted, events)
-    assert len(matched) == len(planted)
+    # the truth folder exactly as the extract stage writes it (reading the CSV itself, so
+    # an NDC such as 00121963886 must keep its leading zeros to match its event)
+    truth = export_truth("synthetic", data["dir"], tmp_path / "events.parquet", tmp_path / "truth")
+    matched = pd.read_parquet(tmp_path / "truth/planted_events.parquet")
+    assert len(matched) == len(planted) == truth["planted_events_matched"]
+    vasopressor_codes = events.loc[matched.loc[matched["rule"] == "vasopressor", "event_row"], "code"]
+    assert vasopressor_codes.str.startswith("NDC//00").any()
     counts = matched["rule"].value_counts()
     assert counts["positive_blood_culture"] > 50 and counts["invasive_ventilation"] > 100
     rows = events.loc[matched["event_row"]]

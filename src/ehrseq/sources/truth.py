@@ -52,7 +52,8 @@ def export_truth(source: str, path: str | Path, events_path: str | Path, out_dir
         if source != "synthetic" or not truth_in.is_dir():
             return {"available": False}
         risk = pd.read_csv(truth_in / "stay_risk.csv.gz")
-        planted = pd.read_csv(truth_in / "planted_events.csv.gz")
+        # as text: NDCs keep their leading zeros (00121963886), or they never match a code
+        planted = pd.read_csv(truth_in / "planted_events.csv.gz", dtype={"itemid_or_ndc": str})
         events = pd.read_parquet(events_path, columns=["stay_id", "event_type", "time", "code"])
         matched = match_planted_events(planted, events)
         risk[["stay_id", "true_risk"]].to_parquet(tmp / "stay_risk.parquet", index=False)
