@@ -12,12 +12,16 @@ import argparse
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ehrseq import metrics
 from ehrseq.io import atomic_path, setup_logging, write_json
-from ehrseq.model_data import checkpoint_encoder, load_model_data, task_class
+from ehrseq.model_data import SURVIVAL_MODELS, PipelinePaths, checkpoint_encoder, load_model_data, task_class
 from ehrseq.params import load_params
+from ehrseq.survival import SurvivalTask
+from ehrseq.survival_data import load_survival
+from ehrseq.survival_eval import evaluate_curves, plot_tertiles, tertile_table
 from ehrseq.training import NextTokenTask, load_trained_model, pick_device, predict
 
 log = logging.getLogger("ehrseq.stages.evaluate")
@@ -52,6 +56,38 @@ def pretrain_metrics(path: Path, loader, device, n_resamples: int, seed: int) ->
             "next_token_accuracy": metrics.bootstrap(metrics.token_accuracy, (p["n_correct"], p["n_tokens"]), **kw)}
 
 
+def evaluate_survival(model_name: str, params: dict, survival: dict, visit_hours: float, device) -> None:
+    """survival_lstm: landmark curves on test beside the oracle, Kaplan-Meier and Cox
+    (reports/metrics/MODEL.json), and predicted vs Kaplan-Meier survival by risk tertile
+    (reports/plots/MODEL/tertiles.{csv,png})."""
+    model, checkpoint = load_trained_model(Path("models") / model_name / "finetune" / "best.pt", device)
+    data = load_model_data(model_name, ("test",))
+    loader = data.loader("test", params["batch_size"], device, shuffle=False)
+    p = predict(model, SurvivalTask(), loader, device)
+    paths = PipelinePaths()
+    frames, dropped = {}, {}
+    for split in ("train", "val", "test"):
+        frames[split], dropped[split] = load_survival(paths.sequences_dir / "survival" / f"{split}.parquet")
+    test = frames["test"].set_index("stay_id").loc[p["stay_id"]].reset_index()  # prediction order
+    report, curves = evaluate_curves(
+        model_curve=p["survival"], test=test, train=frames["train"], val=frames["val"],
+        vocab_size=data.model_inputs["vocab_size"], visit_hours=visit_hours,
+        truth_path=TRUTH.parent / "stay_survival.parquet", auc_hours=survival["auc_hours"],
+        tau_hours=survival["tau_hours"], cox=survival["cox"], n_resamples=survival["n_bootstrap"], seed=params["seed"])
+    write_json(f"reports/metrics/{model_name}.json",
+               {"model": model_name, "best_epoch": checkpoint["epoch"], **report, "dropped": dropped})
+    table = tertile_table(curves["model"], test["time_hours"].to_numpy(), test["event"].to_numpy(),
+                          visit_hours * np.arange(curves["model"].shape[1]))
+    with atomic_path(f"reports/plots/{model_name}/tertiles.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    with atomic_path(f"reports/plots/{model_name}/tertiles.png") as tmp:
+        plot_tertiles(table, tmp, f"{model_name}: predicted vs Kaplan-Meier survival by risk tertile (test)")
+    m = report["metrics"]
+    log.info("%s on %d test stays: Antolini C %s (oracle %s, Cox %s); IBS %s (Cox %s)", model_name, len(test),
+             m["model"]["antolini_c"]["value"], m["oracle"]["antolini_c"]["value"], m["cox"]["antolini_c"]["value"],
+             m["model"]["integrated_brier_score"]["value"], m["cox"]["integrated_brier_score"]["value"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
@@ -61,6 +97,10 @@ def main() -> None:
     device = pick_device()
     n_resamples, seed, n_bins = params["n_bootstrap"], params["seed"], params["calibration_bins"]
     checkpoints = Path("models") / args.model
+    if args.model in SURVIVAL_MODELS:
+        all_params = load_params()
+        evaluate_survival(args.model, params, all_params["survival"], all_params["tokenize"]["visit_hours"], device)
+        return
 
     model, checkpoint = load_trained_model(checkpoints / "finetune" / "best.pt", device)
     data = load_model_data(args.model, ("test",), encoder=checkpoint_encoder(checkpoint))

@@ -29,7 +29,7 @@ def main() -> None:
     for split in SPLITS:
         part = cohort[cohort["split"] == split].sort_values("stay_id").reset_index(drop=True)
         stays, s1 = stay_sequences(events, part, vocab, p["max_length"], v["time_gap_tokens"])
-        survival, s2 = survival_sequences(events, part, vocab, p["visit_hours"], p["max_visits"])
+        survival, s2 = survival_sequences(events, part, vocab, p["visit_hours"], params["survival"]["horizon_hours"])
         patients, s3 = patient_sequences(diagnoses[diagnoses["split"] == split], vocab)
         write_sequences(f"{OUT}/{split}.parquet", stays)
         write_sequences(f"{OUT}/survival/{split}.parquet", survival)

@@ -16,9 +16,10 @@ import time
 import numpy as np
 
 from ehrseq.io import setup_logging
-from ehrseq.model_data import EMBEDDING_MODELS, load_model_data, task_class
+from ehrseq.model_data import EMBEDDING_MODELS, SURVIVAL_MODELS, load_model_data, task_class
 from ehrseq.models import build_model
 from ehrseq.params import load_params
+from ehrseq.survival import SurvivalTask
 from ehrseq.training import FitConfig, NextTokenTask, fit, mortality_task, pick_device, seed_everything
 
 log = logging.getLogger("ehrseq.stages.train")
@@ -56,8 +57,12 @@ def main() -> None:
     if args.model in EMBEDDING_MODELS:
         task_kwargs = {"temporal_lambda": params["temporal_lambda"], "attention_every": params["attention_every"],
                        "attention_dir": f"reports/train/{args.model}/attention"}
-    labels = np.asarray(data.datasets["train"].labels)
-    finetune_task, weights = mortality_task(labels, params["imbalance"], task_class(args.model), **task_kwargs)
+    if args.model in SURVIVAL_MODELS:  # discrete-time survival: no class imbalance to correct
+        log.info("%s: rows dropped by reason %s", args.model, data.dropped)
+        finetune_task, weights = SurvivalTask(), None
+    else:
+        labels = np.asarray(data.datasets["train"].labels)
+        finetune_task, weights = mortality_task(labels, params["imbalance"], task_class(args.model), **task_kwargs)
     # (phase, task, sampling weights): pretraining reads every stay once an epoch.
     phases = [("pretrain", NextTokenTask(), None)] if "pretrain" in params else []
     phases.append(("finetune", finetune_task, weights))

@@ -19,10 +19,12 @@ from torch.utils.data import DataLoader, Dataset
 from ehrseq.data import TokenSequenceDataset, collate_tokens, load_sequences, read_vocab_size, token_loader
 from ehrseq.embeddings import read_text_embeddings
 from ehrseq.features import FeatureEncoder, build_dataset, collate, fit_encoder
+from ehrseq.survival_data import SurvivalDataset, collate_visits, load_survival
 from ehrseq.training import ClinicalLFTask, MortalityTask
 
 TOKEN_MODELS = ("lstm", "transformer", "gpt2")
 EMBEDDING_MODELS = ("clinical_lf",)
+SURVIVAL_MODELS = ("survival_lstm",)  # read sequences/survival/{split}.parquet (the landmark view)
 
 
 @dataclass
@@ -41,6 +43,7 @@ class ModelData:
     collate_fn: Callable
     encoder: FeatureEncoder | None = None
     events: pd.DataFrame | None = field(default=None, repr=False)  # clinical_lf: to name explained events
+    dropped: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> rows dropped by reason
 
     def loader(self, split: str, batch_size: int, device: torch.device, **kwargs) -> DataLoader:
         return token_loader(self.datasets[split], batch_size, device=device, collate_fn=self.collate_fn, **kwargs)
@@ -79,5 +82,15 @@ def load_model_data(
         datasets = {s: build_dataset(events, cohort, embeddings.texts, embeddings.vectors, encoder, s) for s in splits}
         return ModelData(datasets, {"step_dim": encoder.step_dim, "static_dim": encoder.static_dim}, collate,
                          encoder, events)
-    raise KeyError(f"unknown model {model!r}; token models {TOKEN_MODELS}, embedding models {EMBEDDING_MODELS}")
+    if model in SURVIVAL_MODELS:
+        vocab_size = read_vocab_size(paths.vocab)
+        loaded = {s: load_survival(paths.sequences_dir / "survival" / f"{s}.parquet", vocab_size) for s in splits}
+        datasets = {s: SurvivalDataset(frame) for s, (frame, _) in loaded.items()}
+        horizons = {d.horizon_bins for d in datasets.values()} - {None}
+        if len(horizons) != 1:
+            raise ValueError(f"survival splits {list(splits)} must share one horizon; found {sorted(horizons)}")
+        return ModelData(datasets, {"vocab_size": vocab_size, "horizon_bins": horizons.pop()}, collate_visits,
+                         dropped={s: dropped for s, (_, dropped) in loaded.items()})
+    raise KeyError(f"unknown model {model!r}; token models {TOKEN_MODELS}, embedding models {EMBEDDING_MODELS}, "
+                   f"survival models {SURVIVAL_MODELS}")
 
