@@ -2,7 +2,9 @@
 
     python -P stages/evaluate.py MODEL
 
-Writes reports/metrics/MODEL.json -- AUROC, AUPRC, Brier score and ECE with bootstrap
+survival_lstm: see `evaluate_survival` (survival metrics against the oracle, Kaplan-Meier
+and Cox; plots by risk tertile). The others:
+writes reports/metrics/MODEL.json -- AUROC, AUPRC, Brier score and ECE with bootstrap
 95% intervals over stays; the oracle AUROC (the generator's true risk on the same stays)
 and the model/oracle ratio when the synthetic truth exists; perplexity and next-token
 accuracy of the pretrained model -- and ROC, PR and calibration tables under
@@ -82,6 +84,14 @@ def evaluate_survival(model_name: str, params: dict, survival: dict, visit_hours
         table.to_csv(tmp, index=False)
     with atomic_path(f"reports/plots/{model_name}/tertiles.png") as tmp:
         plot_tertiles(table, tmp, f"{model_name}: predicted vs Kaplan-Meier survival by risk tertile (test)")
+    # The stage's shared plots (roc, pr, calibration), for in-hospital death within the horizon
+    # against 1 - S(H). Discharge ends the risk of an in-hospital death, so this label is fully
+    # observed; the survival curve treats discharge as censoring, so its calibration here shows
+    # how far that assumption moves the risk.
+    died, risk = test["event"].to_numpy(int), 1.0 - p["survival"][:, -1]
+    for name, curve_table in metrics.classification_curves(died, risk, params["calibration_bins"]).items():
+        with atomic_path(f"reports/plots/{model_name}/{name}.csv") as tmp:
+            curve_table.to_csv(tmp, index=False)
     m = report["metrics"]
     log.info("%s on %d test stays: Antolini C %s (oracle %s, Cox %s); IBS %s (Cox %s)", model_name, len(test),
              m["model"]["antolini_c"]["value"], m["oracle"]["antolini_c"]["value"], m["cox"]["antolini_c"]["value"],
