@@ -3,7 +3,8 @@
 Token models (`lstm`, `transformer`, `gpt2`) read `sequences/{split}.parquet`;
 `clinical_lf` reads events, cohort and the text embeddings, encoded by a
 `FeatureEncoder` fitted on the train split (and stored in the checkpoint, so evaluation
-and explanation encode exactly as training did). Stages pass paths in; nothing here
+and explanation encode exactly as training did). `survival_lstm` reads the landmark view
+`sequences/survival/{split}.parquet` (rows breaking its contract dropped and counted). Stages pass paths in; nothing here
 reads params.yaml.
 """
 from __future__ import annotations
