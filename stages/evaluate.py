@@ -83,7 +83,7 @@ def evaluate_survival(model_name: str, params: dict, survival: dict, visit_hours
     with atomic_path(f"reports/plots/{model_name}/tertiles.csv") as tmp:
         table.to_csv(tmp, index=False)
     with atomic_path(f"reports/plots/{model_name}/tertiles.png") as tmp:
-        plot_tertiles(table, tmp, f"{model_name}: predicted vs Kaplan-Meier survival by risk tertile (test)")
+        plot_tertiles(table, tmp, f"{model_name} (test): predicted vs Kaplan-Meier by risk tertile")
     # The stage's shared plots (roc, pr, calibration), for in-hospital death within the horizon
     # against 1 - S(H). Discharge ends the risk of an in-hospital death, so this label is fully
     # observed; the survival curve treats discharge as censoring, so its calibration here shows

@@ -13,7 +13,14 @@ import torch
 from ehrseq import survival_metrics as sm
 from ehrseq.data import token_loader
 from ehrseq.models import build_model
-from ehrseq.survival import SurvivalTask, discrete_time_nll, landmark_logits, log_likelihood, loss_masks, survival_curve
+from ehrseq.survival import (
+    SurvivalTask,
+    discrete_time_nll,
+    landmark_logits,
+    log_likelihood,
+    loss_masks,
+    survival_curve,
+)
 from ehrseq.survival_data import SurvivalDataset, collate_visits, load_survival
 from ehrseq.survival_eval import evaluate_curves, tertile_table
 from ehrseq.tokenize import survival_sequences

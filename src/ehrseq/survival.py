@@ -39,7 +39,7 @@ def loss_masks(sequence_mask: torch.Tensor, landmark: torch.Tensor, event_bin: t
 
     `max_state=0` keeps the landmark state only (evaluation: the landmark NLL).
     """
-    B, V = sequence_mask.shape
+    V = sequence_mask.shape[1]
     device = sequence_mask.device
     j = torch.arange(V, device=device)[None, :] - landmark[:, None]  # [B, V] post-cutoff bins the state has seen
     state = sequence_mask & (j >= 0)  # [B, V]

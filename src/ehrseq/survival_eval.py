@@ -101,7 +101,7 @@ def evaluate_curves(
         "visit_hours": visit_hours, "horizon_hours": float(grid[-1]), "auc_hours": list(auc_hours),
         "tau_hours": tau_hours, "ibs_hours": [float(ibs_times[0]), float(ibs_times[-1])] if len(ibs_times) else None,
         "metrics": metrics, "c_index_vs_oracle": flat["c_index_vs_oracle"], "targets": targets,
-        "cox_baseline": {"codes": int(len(baseline.columns)), "alpha": float(baseline.alpha), **cox},
+        "cox_baseline": {"codes": len(baseline.columns), "alpha": float(baseline.alpha), **cox},
     }
     return report, curves
 
@@ -137,7 +137,7 @@ def plot_tertiles(table: pd.DataFrame, path: Path, title: str) -> None:
         ax.plot(table["hours"], table[f"{name}_predicted"], "--", color=color, label=f"{name} risk: predicted (mean)")
     ax.set_xlabel("hours after the cutoff")
     ax.set_ylabel("survival")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -19,14 +19,18 @@ A metric without a value raises `metrics.UndefinedMetricError` with the reason.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 from pycox.evaluation import EvalSurv
 from scipy import sparse
 from sksurv.linear_model import CoxnetSurvivalAnalysis
-from sksurv.metrics import concordance_index_ipcw, cumulative_dynamic_auc, integrated_brier_score
+from sksurv.metrics import (
+    concordance_index_ipcw,
+    cumulative_dynamic_auc,
+    integrated_brier_score,
+)
 from sksurv.nonparametric import kaplan_meier_estimator
 from sksurv.util import Surv
 
@@ -126,7 +130,7 @@ class CoxBaseline:
         x = np.log1p(counts[:, self.columns].toarray())
         return (x - self.mean) / self.scale
 
-    def fit(self, counts_train, y_train, counts_val, y_val, grid: np.ndarray) -> "CoxBaseline":
+    def fit(self, counts_train, y_train, counts_val, y_val, grid: np.ndarray) -> CoxBaseline:
         self.columns = np.flatnonzero(np.asarray((counts_train > 0).sum(axis=0)).ravel() >= self.min_stays)
         if len(self.columns) == 0:
             raise UndefinedMetricError(f"Cox baseline: no code occurs in >= {self.min_stays} train stays")
