@@ -16,6 +16,7 @@ from ehrseq.models import build_model
 from ehrseq.survival import (
     SurvivalTask,
     discrete_time_nll,
+    kaplan_meier_hazards,
     landmark_logits,
     log_likelihood,
     loss_masks,
@@ -231,7 +232,7 @@ def test_an_all_empty_batch_keeps_a_code_dimension():
     batch = collate_visits(items)
     assert batch["visit_codes"].shape == (1, 2, 1) and not batch["visit_mask"].any()
     model = build_model("survival_lstm", vocab_size=10, horizon_bins=3, embedding_dim=4, hidden_size=4)
-    logits = model(batch["visit_codes"], batch["visit_mask"], batch["sequence_mask"])
+    logits = model(batch["visit_codes"], batch["visit_mask"], batch["sequence_mask"], batch["landmark"])
     assert logits.shape == (1, 2, 3) and torch.isfinite(logits).all()
 
 
@@ -241,9 +242,10 @@ def test_packed_and_padded_give_the_same_hazards_and_padding_is_zero_hazard():
     torch.manual_seed(0)
     model = build_model("survival_lstm", vocab_size=30, horizon_bins=4, embedding_dim=8, hidden_size=8, packed=False)
     model.eval()
-    padded = model(batch["visit_codes"], batch["visit_mask"], batch["sequence_mask"])
+    inputs = (batch["visit_codes"], batch["visit_mask"], batch["sequence_mask"], batch["landmark"])
+    padded = model(*inputs)
     model.packed = True
-    packed = model(batch["visit_codes"], batch["visit_mask"], batch["sequence_mask"])
+    packed = model(*inputs)
     real = batch["sequence_mask"]
     torch.testing.assert_close(packed[real], padded[real])
     assert (packed[~real] == NEG_INF).all() and (padded[~real] == NEG_INF).all()
@@ -255,6 +257,26 @@ def test_packed_and_padded_give_the_same_hazards_and_padding_is_zero_hazard():
     torch.testing.assert_close(vec, expected)
 
 
+def test_the_untrained_model_starts_at_kaplan_meier():
+    # 4 stays: deaths in bins 1 and 2, censored after 1 and 3 whole bins
+    hazards = kaplan_meier_hazards(np.array([1, 1, 2, 3]), np.array([1, 0, 1, 0]), horizon_bins=3)
+    assert hazards == pytest.approx([1 / 4, 1 / 2, 0.0])  # bin 2: 2 at risk, 1 death; bin 3: 1 at risk
+    frame = survival_frame(4, seed=0)
+    batch = collate_visits([SurvivalDataset(frame)[i] for i in range(4)])
+    model = build_model("survival_lstm", vocab_size=30, horizon_bins=4, embedding_dim=4, hidden_size=4,
+                        initial_hazard=[0.1, 0.2, 0.3, 0.4])
+    torch.nn.init.zeros_(model.hazard_head.weight)
+    torch.nn.init.zeros_(model.hazard_head.bias)
+    p = SurvivalTask().predict(model.eval(), batch)
+    np.testing.assert_allclose(p["survival"].detach().numpy(), np.tile(np.cumprod([0.9, 0.8, 0.7, 0.6]), (4, 1)),
+                               rtol=1e-5)
+    # a later state predicts later bins: the state after post-cutoff bin 1 reads alpha_2, alpha_3, alpha_4
+    logits = SurvivalTask().logits(model, batch)
+    row = int(np.argmax(batch["sequence_mask"].sum(1)))
+    state1 = logits[row, int(batch["landmark"][row]) + 1]
+    np.testing.assert_allclose(torch.sigmoid(state1[:3]).detach().numpy(), [0.2, 0.3, 0.4], rtol=1e-5)
+
+
 def test_training_learns_the_planted_hazard(tmp_path):
     train, val = survival_frame(400, seed=2), survival_frame(200, seed=3)
 
@@ -262,7 +284,8 @@ def test_training_learns_the_planted_hazard(tmp_path):
         return token_loader(SurvivalDataset(frame), 32, device=CPU, seed=0, shuffle=shuffle, collate_fn=collate_visits)
 
     torch.manual_seed(0)
-    model = build_model("survival_lstm", vocab_size=30, horizon_bins=4, embedding_dim=16, hidden_size=16)
+    model = build_model("survival_lstm", vocab_size=30, horizon_bins=4, embedding_dim=16, hidden_size=16,
+                        initial_hazard=kaplan_meier_hazards(train["event_bin"], train["event"], 4))
     config = FitConfig(epochs=10, lr=2e-2, weight_decay=0.0, warmup_steps=2, schedule="cosine", min_lr_ratio=0.1,
                        grad_clip=1.0, patience=None, seed=0)
     fit(model, SurvivalTask(), loader(train, True), loader(val, False), config,

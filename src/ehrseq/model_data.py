@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from ehrseq.data import TokenSequenceDataset, collate_tokens, load_sequences, read_vocab_size, token_loader
 from ehrseq.embeddings import read_text_embeddings
 from ehrseq.features import FeatureEncoder, build_dataset, collate, fit_encoder
+from ehrseq.survival import kaplan_meier_hazards
 from ehrseq.survival_data import SurvivalDataset, collate_visits, load_survival
 from ehrseq.training import ClinicalLFTask, MortalityTask
 
@@ -90,8 +91,11 @@ def load_model_data(
         horizons = {d.horizon_bins for d in datasets.values()} - {None}
         if len(horizons) != 1:
             raise ValueError(f"survival splits {list(splits)} must share one horizon; found {sorted(horizons)}")
-        return ModelData(datasets, {"vocab_size": vocab_size, "horizon_bins": horizons.pop()}, collate_visits,
-                         dropped={s: dropped for s, (_, dropped) in loaded.items()})
+        inputs = {"vocab_size": vocab_size, "horizon_bins": horizons.pop()}
+        if "train" in loaded:  # the baseline hazard starts at the train split's Kaplan-Meier hazards
+            train = loaded["train"][0]
+            inputs["initial_hazard"] = kaplan_meier_hazards(train["event_bin"], train["event"], inputs["horizon_bins"])
+        return ModelData(datasets, inputs, collate_visits, dropped={s: dropped for s, (_, dropped) in loaded.items()})
     raise KeyError(f"unknown model {model!r}; token models {TOKEN_MODELS}, embedding models {EMBEDDING_MODELS}, "
                    f"survival models {SURVIVAL_MODELS}")
 

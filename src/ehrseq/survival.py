@@ -75,6 +75,17 @@ def discrete_time_nll(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     return torch.where(informative, per_stay, 0.0).sum() / informative.sum().clamp(min=1)
 
 
+def kaplan_meier_hazards(event_bin: np.ndarray, event: np.ndarray, horizon_bins: int) -> list[float]:
+    """Discrete hazards of bins 1..H: deaths in bin k / stays at risk in it (a death in
+    bin k or a censored stay that survived k or more bins)."""
+    event_bin, died = np.asarray(event_bin), np.asarray(event) > 0
+    hazards = []
+    for k in range(1, horizon_bins + 1):
+        at_risk = np.sum((event_bin >= k) & died) + np.sum((event_bin >= k) & ~died)
+        hazards.append(float(np.sum((event_bin == k) & died) / at_risk) if at_risk else 0.0)
+    return hazards
+
+
 def landmark_logits(logits: torch.Tensor, landmark: torch.Tensor) -> torch.Tensor:
     """The landmark state's H hazard logits. [B, V, H] -> [B, H]"""
     index = landmark.view(-1, 1, 1).expand(-1, 1, logits.shape[-1])
@@ -95,11 +106,13 @@ class SurvivalTask:
     monitor, mode = "landmark_nll", "min"
 
     def loss(self, model: nn.Module, batch: Batch):
-        logits = model(batch["visit_codes"], batch["visit_mask"], batch["sequence_mask"]).float()
-        return discrete_time_nll(logits, batch), {}
+        return discrete_time_nll(self.logits(model, batch), batch), {}
+
+    def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return model(batch["visit_codes"], batch["visit_mask"], batch["sequence_mask"], batch["landmark"]).float()
 
     def predict(self, model: nn.Module, batch: Batch):
-        logits = model(batch["visit_codes"], batch["visit_mask"], batch["sequence_mask"]).float()  # [B, V, H]
+        logits = self.logits(model, batch)  # [B, V, H]
         survived, at_event = loss_masks(batch["sequence_mask"], batch["landmark"], batch["event_bin"], batch["event"],
                                         logits.shape[-1], max_state=0)
         return {
