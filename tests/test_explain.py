@@ -15,10 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ehrseq.explain.attention import (
-    attention_rollout, forward_with_attention, load_attention, pooling_event_scores, record_attention,
-    save_attention,
-)
+from ehrseq.explain.attention import attention_rollout, pooling_event_scores
 from ehrseq.explain.attributions import (
     event_ablation, group_ablation, importance_by, integrated_gradients, layer_integrated_gradients,
     mean_baselines, scores_frame, step_scores,
@@ -28,6 +25,7 @@ from ehrseq.explain.faithfulness import (
 )
 from ehrseq.explain.plots import head_heatmap, importance_bars, stay_timeline
 from ehrseq.features import build_dataset, collate, fit_encoder
+from ehrseq.models.attention import forward_with_attention, record_attention, save_attention
 from ehrseq.models.clinical_lf import ClinicalLF, sinusoidal_positions
 from test_clinical_lf import TINY, make_toy_data, train_tiny
 
@@ -152,7 +150,8 @@ def test_attention_npz_round_trip(setup, tmp_path):
     batch = setup["batch"]
     _, att = forward_with_attention(setup["model"], batch)
     save_attention(tmp_path / "attention" / "test.npz", att, batch)
-    loaded = load_attention(tmp_path / "attention" / "test.npz")
+    with np.load(tmp_path / "attention" / "test.npz") as npz:
+        loaded = {key: npz[key] for key in npz.files}
     assert set(loaded) == {"layer_0", "layer_1", "pooling", "padding_mask", "stay_id", "event_row"}
     assert np.array_equal(loaded["layer_1"], att.layers[1].numpy())
     assert np.array_equal(loaded["event_row"], batch["event_row"].numpy())

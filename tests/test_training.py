@@ -19,10 +19,8 @@ from ehrseq.data import (
 )
 from ehrseq.models import build_model
 from ehrseq.schema import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS
-from ehrseq.training import (
-    EarlyStopping, FitConfig, MortalityTask, NextTokenTask, fit, load_checkpoint, load_trained_model,
-    lr_multiplier, mortality_task, predict,
-)
+from ehrseq.tasks import MortalityTask, NextTokenTask, mortality_task
+from ehrseq.training import EarlyStopping, FitConfig, fit, load_checkpoint, load_trained_model, lr_multiplier, predict
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")
@@ -316,7 +314,7 @@ class BiasOnly(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1))
 
     def forward(self, input_ids, attention_mask):
-        return {"mortality_logit": self.bias.expand(input_ids.shape[0])}
+        return {"logits": self.bias.expand(input_ids.shape[0])}
 
 
 @pytest.mark.parametrize("imbalance", ["pos_weight", "sampler", "none"])

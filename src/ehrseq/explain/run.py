@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ehrseq.explain.attention import attention_rollout, forward_with_attention, pooling_event_scores, save_attention
+from ehrseq.explain.attention import attention_rollout, pooling_event_scores
 from ehrseq.explain.attributions import (
     event_ablation, group_ablation, importance_by, integrated_gradients, layer_integrated_gradients,
     mean_baselines, scores_frame, step_scores,
@@ -41,6 +41,7 @@ from ehrseq.explain.faithfulness import deletion_curves, deletion_table, head_sp
 from ehrseq.explain.plots import deletion_plot, head_heatmap, importance_bars, stay_timeline, write_csv
 from ehrseq.features import FeatureEncoder, collate
 from ehrseq.io import write_parquet
+from ehrseq.models.attention import forward_with_attention, save_attention
 
 log = logging.getLogger(__name__)
 
