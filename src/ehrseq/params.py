@@ -83,6 +83,7 @@ class Choice(Spec):
     options: tuple
 
     def check(self, value, key):
+        # `True in (1, 0)` holds in Python: a bool matches only a bool option, and vice versa.
         if isinstance(value, bool) != any(isinstance(o, bool) for o in self.options) or value not in self.options:
             return [f"{key} = {value!r}: expected one of {', '.join(map(repr, self.options))}"]
         return []
@@ -120,17 +121,17 @@ class AnyMapping(Spec):
 
 
 @dataclass(frozen=True)
-class Optional:
+class Omittable:
     """A key that may be absent (`Section` only)."""
 
     spec: Spec
 
 
 class Section(Spec):
-    """A mapping with exactly these keys (those wrapped in `Optional` may be absent), and
+    """A mapping with exactly these keys (those wrapped in `Omittable` may be absent), and
     optional whole-section checks `(value, key) -> problems` that run once the keys are valid."""
 
-    def __init__(self, fields: Mapping[str, Spec | Optional], *checks: Callable[[dict, str], list[str]]):
+    def __init__(self, fields: Mapping[str, Spec | Omittable], *checks: Callable[[dict, str], list[str]]):
         self.fields = dict(fields)
         self.checks = checks
 
@@ -143,10 +144,10 @@ class Section(Spec):
                     for k in value if k not in self.fields]
         for name, spec in self.fields.items():
             if name not in value:
-                if not isinstance(spec, Optional):
+                if not isinstance(spec, Omittable):
                     problems.append(f"{prefix}{name}: missing (required; see params.yaml's comments)")
                 continue
-            problems += (spec.spec if isinstance(spec, Optional) else spec).check(value[name], prefix + name)
+            problems += (spec.spec if isinstance(spec, Omittable) else spec).check(value[name], prefix + name)
         if not problems:
             for check in self.checks:
                 problems += check(value, key)
@@ -182,7 +183,7 @@ OPTIMIZER = {
     "min_lr_ratio": FRACTION,
     "grad_clip": Nullable(Num(min=0)),
 }
-PHASE = Section({"epochs": COUNT, "patience": Nullable(POSITIVE), **{k: Optional(v) for k, v in OPTIMIZER.items()}})
+PHASE = Section({"epochs": COUNT, "patience": Nullable(POSITIVE), **{k: Omittable(v) for k, v in OPTIMIZER.items()}})
 TRAIN_COMMON = {
     "seed": INT,
     "batch_size": POSITIVE,
@@ -191,17 +192,17 @@ TRAIN_COMMON = {
     "model": AnyMapping(),  # the constructor's keyword arguments: check_model_kwargs
     **OPTIMIZER,
 }
-TOKEN_MODEL = Section({**TRAIN_COMMON, "pretrain": Optional(PHASE), "finetune": PHASE})
+TOKEN_MODEL = Section({**TRAIN_COMMON, "pretrain": Omittable(PHASE), "finetune": PHASE})
 
 # Sections, and models under `train`, may be absent from a file: a stage names the ones
 # it reads (`load_params("cohort", ...)`), and those must be there.
-SCHEMA = Section({name: Optional(spec) for name, spec in {
+SCHEMA = Section({name: Omittable(spec) for name, spec in {
     "synthetic": Section({"n_patients": POSITIVE, "seed": INT}),
     "data": Section({
         "source": Choice(("synthetic", "mimic4", "mimic3")),
         "path": STR,
-        "threads": Optional(Nullable(POSITIVE)),
-        "memory_limit": Optional(Nullable(STR)),
+        "threads": Omittable(Nullable(POSITIVE)),
+        "memory_limit": Omittable(Nullable(STR)),
     }),
     "cohort": Section({
         "observation_hours": Num(min=0),
@@ -226,7 +227,7 @@ SCHEMA = Section({name: Optional(spec) for name, spec in {
         "shard_size": POSITIVE,
         "cache_dir": STR,
     }),
-    "train": Section({name: Optional(spec) for name, spec in {  # one entry per registered model
+    "train": Section({name: Omittable(spec) for name, spec in {  # one entry per registered model
         "lstm": TOKEN_MODEL,
         "transformer": TOKEN_MODEL,
         "gpt2": TOKEN_MODEL,
