@@ -184,3 +184,14 @@ def test_every_model_has_its_training_curves_in_dvc_plots():
     plotted = set(map(Path, _entries(DVC, "plots")))
     for model in REGISTRY:
         assert paths.train_reports(model) / "finetune" / "plots" / "metrics" in plotted, model
+
+
+def test_every_params_key_dvc_yaml_tracks_exists_in_params_yaml():
+    """A stage re-runs when a tracked key changes; a tracked key that does not exist (a
+    typo in dvc.yaml, or a section renamed in params.yaml) would never trigger it."""
+    for name, stage in STAGES.items():
+        for key in stage.get("params", []):
+            node = PARAMS
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"{name}: params key {key} is not in params.yaml"
+                node = node[part]
