@@ -24,16 +24,17 @@ import torch
 from ehrseq.data import TokenSequenceDataset, load_sequences, token_loader
 from ehrseq.models import build_model
 from ehrseq.schema import BOS_ID, EOS_ID, SPECIAL_TOKENS
-from ehrseq.survival import SurvivalTask
 from ehrseq.survival_data import SurvivalDataset, collate_visits, load_survival
-from ehrseq.training import MortalityTask, NextTokenTask, make_optimizer, to_device
+from ehrseq.tasks import MortalityTask, NextTokenTask, SurvivalTask
+from ehrseq.torch_utils import to_device
+from ehrseq.training import make_optimizer
 
 MODELS = {
     "lstm": dict(embedding_dim=64, hidden_size=128, num_layers=1, dropout=0.1, bidirectional=False),
     "lstm_bidirectional": dict(embedding_dim=64, hidden_size=128, num_layers=1, dropout=0.1, bidirectional=True),
     "transformer": dict(d_model=64, n_layers=2, n_heads=4, dropout=0.1, max_positions=512),
     "gpt2": dict(n_embd=64, n_layer=2, n_head=4, dropout=0.1, max_positions=512),
-    "survival_lstm": dict(embedding_dim=64, hidden_size=64, num_layers=1, dropout=0.1),
+    "survival_lstm": dict(embedding_dim=64, hidden_size=64, num_layers=1, dropout=0.1, initial_hazard=None),
 }
 
 

@@ -17,18 +17,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ehrseq import metrics
+from ehrseq import metrics, paths
 from ehrseq.io import atomic_path, setup_logging, write_json
-from ehrseq.model_data import SURVIVAL_MODELS, PipelinePaths, checkpoint_encoder, load_model_data, task_class
+from ehrseq.model_data import SURVIVAL_MODELS, checkpoint_encoder, load_model_data, task_class
 from ehrseq.params import load_params
-from ehrseq.survival import SurvivalTask
 from ehrseq.survival_data import load_survival
 from ehrseq.survival_eval import evaluate_curves, plot_tertiles, tertile_table
-from ehrseq.training import NextTokenTask, load_trained_model, pick_device, predict
+from ehrseq.tasks import NextTokenTask, SurvivalTask
+from ehrseq.torch_utils import pick_device
+from ehrseq.training import load_trained_model, predict
 
 log = logging.getLogger("ehrseq.stages.evaluate")
 
-TRUTH = Path("data/interim/truth/stay_risk.parquet")
+TRUTH = paths.STAY_RISK
 
 
 def oracle_metrics(stay_ids, y, prob, n_resamples: int, seed: int) -> dict:
@@ -62,27 +63,26 @@ def evaluate_survival(model_name: str, params: dict, survival: dict, visit_hours
     """survival_lstm: landmark curves on test beside the oracle, Kaplan-Meier and Cox
     (reports/metrics/MODEL.json), and predicted vs Kaplan-Meier survival by risk tertile
     (reports/plots/MODEL/tertiles.{csv,png})."""
-    model, checkpoint = load_trained_model(Path("models") / model_name / "finetune" / "best.pt", device)
+    model, checkpoint = load_trained_model(paths.checkpoint(model_name, "finetune"), device)
     data = load_model_data(model_name, ("test",))
     loader = data.loader("test", params["batch_size"], device, shuffle=False)
     p = predict(model, SurvivalTask(), loader, device)
-    paths = PipelinePaths()
     frames, dropped = {}, {}
     for split in ("train", "val", "test"):
-        frames[split], dropped[split] = load_survival(paths.sequences_dir / "survival" / f"{split}.parquet")
+        frames[split], dropped[split] = load_survival(paths.SURVIVAL_SEQUENCES / f"{split}.parquet")
     test = frames["test"].set_index("stay_id").loc[p["stay_id"]].reset_index()  # prediction order
     report, curves = evaluate_curves(
         model_curve=p["survival"], test=test, train=frames["train"], val=frames["val"],
         vocab_size=data.model_inputs["vocab_size"], visit_hours=visit_hours,
-        truth_path=TRUTH.parent / "stay_survival.parquet", auc_hours=survival["auc_hours"],
+        truth_path=paths.STAY_SURVIVAL, auc_hours=survival["auc_hours"],
         tau_hours=survival["tau_hours"], cox=survival["cox"], n_resamples=survival["n_bootstrap"], seed=params["seed"])
-    write_json(f"reports/metrics/{model_name}.json",
+    write_json(paths.metrics_json(model_name),
                {"model": model_name, "best_epoch": checkpoint["epoch"], **report, "dropped": dropped})
     table = tertile_table(curves["model"], test["time_hours"].to_numpy(), test["event"].to_numpy(),
                           visit_hours * np.arange(curves["model"].shape[1]))
-    with atomic_path(f"reports/plots/{model_name}/tertiles.csv") as tmp:
+    with atomic_path(paths.tertile_plot(model_name, "csv")) as tmp:
         table.to_csv(tmp, index=False)
-    with atomic_path(f"reports/plots/{model_name}/tertiles.png") as tmp:
+    with atomic_path(paths.tertile_plot(model_name, "png")) as tmp:
         plot_tertiles(table, tmp, f"{model_name} (test): predicted vs Kaplan-Meier by risk tertile")
     # The stage's shared plots (roc, pr, calibration), for in-hospital death within the horizon
     # against 1 - S(H). Discharge ends the risk of an in-hospital death, so this label is fully
@@ -90,7 +90,7 @@ def evaluate_survival(model_name: str, params: dict, survival: dict, visit_hours
     # how far that assumption moves the risk.
     died, risk = test["event"].to_numpy(int), 1.0 - p["survival"][:, -1]
     for name, curve_table in metrics.classification_curves(died, risk, params["calibration_bins"]).items():
-        with atomic_path(f"reports/plots/{model_name}/{name}.csv") as tmp:
+        with atomic_path(paths.plots_dir(model_name) / f"{name}.csv") as tmp:
             curve_table.to_csv(tmp, index=False)
     m = report["metrics"]
     log.info("%s on %d test stays: Antolini C %s (oracle %s, Cox %s); IBS %s (Cox %s)", model_name, len(test),
@@ -103,16 +103,14 @@ def main() -> None:
     parser.add_argument("model")
     args = parser.parse_args()
     setup_logging()
-    params = load_params()["evaluate"]
+    params = load_params("evaluate")["evaluate"]
     device = pick_device()
     n_resamples, seed, n_bins = params["n_bootstrap"], params["seed"], params["calibration_bins"]
-    checkpoints = Path("models") / args.model
     if args.model in SURVIVAL_MODELS:
-        all_params = load_params()
+        all_params = load_params("evaluate", "survival", "tokenize")
         evaluate_survival(args.model, params, all_params["survival"], all_params["tokenize"]["visit_hours"], device)
         return
-
-    model, checkpoint = load_trained_model(checkpoints / "finetune" / "best.pt", device)
+    model, checkpoint = load_trained_model(paths.checkpoint(args.model, "finetune"), device)
     data = load_model_data(args.model, ("test",), encoder=checkpoint_encoder(checkpoint))
     loader = data.loader("test", params["batch_size"], device, shuffle=False)
     p = predict(model, task_class(args.model)(**checkpoint["task_config"]), loader, device)
@@ -124,11 +122,12 @@ def main() -> None:
         **metrics.binary_classification_metrics(y, prob, n_bins=n_bins, n_resamples=n_resamples, seed=seed),
         **oracle_metrics(p["stay_id"], y, prob, n_resamples, seed),
     }
-    if (checkpoints / "pretrain" / "best.pt").exists():
-        report["pretrain"] = pretrain_metrics(checkpoints / "pretrain" / "best.pt", loader, device, n_resamples, seed)
-    write_json(f"reports/metrics/{args.model}.json", report)
+    pretrained = paths.checkpoint(args.model, "pretrain")
+    if pretrained.exists():
+        report["pretrain"] = pretrain_metrics(pretrained, loader, device, n_resamples, seed)
+    write_json(paths.metrics_json(args.model), report)
     for name, table in metrics.classification_curves(y, prob, n_bins).items():
-        with atomic_path(f"reports/plots/{args.model}/{name}.csv") as tmp:
+        with atomic_path(paths.plots_dir(args.model) / f"{name}.csv") as tmp:
             table.to_csv(tmp, index=False)
     log.info("%s on %d test stays: AUROC %s, oracle %s", args.model, len(y), report["auroc"]["value"],
              report["oracle_auroc"]["value"])

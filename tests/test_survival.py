@@ -14,7 +14,6 @@ from ehrseq import survival_metrics as sm
 from ehrseq.data import token_loader
 from ehrseq.models import build_model
 from ehrseq.survival import (
-    SurvivalTask,
     discrete_time_nll,
     kaplan_meier_hazards,
     landmark_logits,
@@ -24,6 +23,7 @@ from ehrseq.survival import (
 )
 from ehrseq.survival_data import SurvivalDataset, collate_visits, load_survival
 from ehrseq.survival_eval import evaluate_curves, tertile_table
+from ehrseq.tasks import SurvivalTask
 from ehrseq.tokenize import survival_sequences
 from ehrseq.training import FitConfig, fit, predict
 from ehrseq.vocab import fit_vocab
@@ -182,6 +182,12 @@ def test_stays_without_a_term_give_a_zero_loss_not_nan():
 # ---------------------------------------------------------- data, collate and model
 
 
+def small(size: int) -> dict:
+    """Constructor arguments of a small survival_lstm (params.yaml sets them in the pipeline)."""
+    return {"embedding_dim": size, "hidden_size": size, "num_layers": 1, "dropout": 0.0, "packed": "auto",
+            "initial_hazard": None}
+
+
 def survival_frame(n: int, seed: int, horizon: int = 4, n_pre: int = 3, vocab: int = 30) -> pd.DataFrame:
     """Stays in the survival view contract with a planted signal: code 5 in a pre-cutoff
     visit gives a hazard of 0.5 per bin, otherwise 0.03. `true_risk` records it."""
@@ -231,8 +237,8 @@ def test_an_all_empty_batch_keeps_a_code_dimension():
               "time_hours": 7.0, "stay_id": 1, "subject_id": 1}]
     batch = collate_visits(items)
     assert batch["visit_codes"].shape == (1, 2, 1) and not batch["visit_mask"].any()
-    model = build_model("survival_lstm", vocab_size=10, horizon_bins=3, embedding_dim=4, hidden_size=4)
-    logits = model(batch["visit_codes"], batch["visit_mask"], batch["sequence_mask"], batch["landmark"])
+    model = build_model("survival_lstm", vocab_size=10, horizon_bins=3, **small(4))
+    logits = model(batch["visit_codes"], batch["visit_mask"], batch["sequence_mask"], batch["landmark"])["logits"]
     assert logits.shape == (1, 2, 3) and torch.isfinite(logits).all()
 
 
@@ -240,12 +246,12 @@ def test_packed_and_padded_give_the_same_hazards_and_padding_is_zero_hazard():
     frame = survival_frame(8, seed=1)
     batch = collate_visits([SurvivalDataset(frame)[i] for i in range(8)])
     torch.manual_seed(0)
-    model = build_model("survival_lstm", vocab_size=30, horizon_bins=4, embedding_dim=8, hidden_size=8, packed=False)
+    model = build_model("survival_lstm", vocab_size=30, horizon_bins=4, **{**small(8), "packed": False})
     model.eval()
     inputs = (batch["visit_codes"], batch["visit_mask"], batch["sequence_mask"], batch["landmark"])
-    padded = model(*inputs)
+    padded = model(*inputs)["logits"]
     model.packed = True
-    packed = model(*inputs)
+    packed = model(*inputs)["logits"]
     real = batch["sequence_mask"]
     torch.testing.assert_close(packed[real], padded[real])
     assert (packed[~real] == NEG_INF).all() and (padded[~real] == NEG_INF).all()
@@ -263,8 +269,7 @@ def test_the_untrained_model_starts_at_kaplan_meier():
     assert hazards == pytest.approx([1 / 4, 1 / 2, 0.0])  # bin 2: 2 at risk, 1 death; bin 3: 1 at risk
     frame = survival_frame(4, seed=0)
     batch = collate_visits([SurvivalDataset(frame)[i] for i in range(4)])
-    model = build_model("survival_lstm", vocab_size=30, horizon_bins=4, embedding_dim=4, hidden_size=4,
-                        initial_hazard=[0.1, 0.2, 0.3, 0.4])
+    model = build_model("survival_lstm", vocab_size=30, horizon_bins=4, **{**small(4), "initial_hazard": [0.1, 0.2, 0.3, 0.4]})
     torch.nn.init.zeros_(model.hazard_head.weight)
     torch.nn.init.zeros_(model.hazard_head.bias)
     p = SurvivalTask().predict(model.eval(), batch)
@@ -284,8 +289,8 @@ def test_training_learns_the_planted_hazard(tmp_path):
         return token_loader(SurvivalDataset(frame), 32, device=CPU, seed=0, shuffle=shuffle, collate_fn=collate_visits)
 
     torch.manual_seed(0)
-    model = build_model("survival_lstm", vocab_size=30, horizon_bins=4, embedding_dim=16, hidden_size=16,
-                        initial_hazard=kaplan_meier_hazards(train["event_bin"], train["event"], 4))
+    model = build_model("survival_lstm", vocab_size=30, horizon_bins=4, **{
+        **small(16), "initial_hazard": kaplan_meier_hazards(train["event_bin"], train["event"], 4)})
     config = FitConfig(epochs=10, lr=2e-2, weight_decay=0.0, warmup_steps=2, schedule="cosine", min_lr_ratio=0.1,
                        grad_clip=1.0, patience=None, seed=0)
     fit(model, SurvivalTask(), loader(train, True), loader(val, False), config,

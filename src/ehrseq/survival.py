@@ -1,4 +1,5 @@
-"""Discrete-time survival on the landmark view: the loss, the landmark curve and the task.
+"""Discrete-time survival on the landmark view: the loss and the landmark curve
+(`tasks.SurvivalTask` plugs them into the training loop).
 
 Bins after the cutoff: bin k covers ((k-1)w, kw]. The state after post-cutoff bin j
 (j = 0 is the landmark: pre-cutoff visits only) gives logits of the hazards of bins
@@ -26,9 +27,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from ehrseq import survival_metrics
 
 Batch = dict[str, torch.Tensor]
 
@@ -95,42 +93,3 @@ def landmark_logits(logits: torch.Tensor, landmark: torch.Tensor) -> torch.Tenso
 def survival_curve(hazard_logits: torch.Tensor) -> torch.Tensor:
     """S(k) = prod_{m <= k} (1 - h_m), k = 1..H, in log space. [B, H] -> [B, H]"""
     return torch.exp(torch.cumsum(F.logsigmoid(-hazard_logits), dim=-1))
-
-
-class SurvivalTask:
-    """survival_lstm's task for `training.fit`: trains on every at-risk state, predicts
-    and monitors at the landmark (the landmark NLL on val: a proper score of the curve
-    that is evaluated)."""
-
-    name = "survival"
-    monitor, mode = "landmark_nll", "min"
-
-    def loss(self, model: nn.Module, batch: Batch):
-        return discrete_time_nll(self.logits(model, batch), batch), {}
-
-    def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        return model(batch["visit_codes"], batch["visit_mask"], batch["sequence_mask"], batch["landmark"]).float()
-
-    def predict(self, model: nn.Module, batch: Batch):
-        logits = self.logits(model, batch)  # [B, V, H]
-        survived, at_event = loss_masks(batch["sequence_mask"], batch["landmark"], batch["event_bin"], batch["event"],
-                                        logits.shape[-1], max_state=0)
-        return {
-            "stay_id": batch["stay_id"], "subject_id": batch["subject_id"], "time_hours": batch["time_hours"],
-            "event": batch["event"], "event_bin": batch["event_bin"],
-            "survival": survival_curve(landmark_logits(logits, batch["landmark"])),  # [B, H]
-            "landmark_nll": -log_likelihood(logits, survived, at_event),  # [B]
-        }
-
-    def metrics(self, p):
-        n_bins = p["survival"].shape[1]
-        curve = np.hstack([np.ones((len(p["survival"]), 1)), p["survival"]])  # S(0) = 1
-        out = {"landmark_nll": float(p["landmark_nll"].mean())}
-        try:  # in bin units: enough to watch ranking during training
-            out["c_index"] = survival_metrics.antolini_c(curve, np.arange(n_bins + 1.0), p["event_bin"], p["event"])
-        except survival_metrics.UndefinedMetricError:
-            pass
-        return out
-
-    def config(self):
-        return {}

@@ -40,10 +40,10 @@ class SurvivalLSTM(nn.Module):
         horizon_bins: int,
         embedding_dim: int,
         hidden_size: int,
-        num_layers: int = 1,
-        dropout: float = 0.0,
-        packed: bool | str = "auto",
-        initial_hazard: list[float] | None = None,
+        num_layers: int,
+        dropout: float,
+        packed: bool | str,
+        initial_hazard: list[float] | None,  # None: start every bin at hazard 0.5
     ):
         super().__init__()
         if packed not in (True, False, "auto"):
@@ -71,9 +71,9 @@ class SurvivalLSTM(nn.Module):
         return summed / count
 
     def forward(self, visit_codes: torch.Tensor, visit_mask: torch.Tensor, sequence_mask: torch.Tensor,
-                landmark: torch.Tensor) -> torch.Tensor:
-        """Hazard logits [B, V, H]; -inf on padded visits (hazard 0). `landmark` [B]: the
-        position of the last pre-cutoff visit (state j = position - landmark)."""
+                landmark: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{"logits": hazard logits [B, V, H]}, -inf on padded visits (hazard 0). `landmark` [B]:
+        the position of the last pre-cutoff visit (state j = position - landmark)."""
         V, H = visit_codes.shape[1], self.horizon_bins
         lengths = sequence_mask.sum(dim=1)  # [B]; real visits form a prefix of each row
         x = self.drop(self.visit_vectors(visit_codes, visit_mask))  # [B, V, E]
@@ -88,4 +88,4 @@ class SurvivalLSTM(nn.Module):
         k = j[:, :, None] + torch.arange(1, H + 1, device=landmark.device)  # [B, V, H] bin predicted
         # bins outside 1..H (pre-cutoff states, beyond the horizon) never enter the loss or the curve
         logits = logits + self.baseline[(k.clamp(1, H) - 1)]
-        return logits.masked_fill(~sequence_mask.unsqueeze(-1), float("-inf"))
+        return {"logits": logits.masked_fill(~sequence_mask.unsqueeze(-1), float("-inf"))}
