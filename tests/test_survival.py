@@ -361,6 +361,10 @@ def test_auroc_at_the_horizon_is_undefined_with_the_reason():
     with pytest.raises(sm.UndefinedMetricError, match="follow-up beyond it"):
         sm.time_dependent_auc(y, y, curve, grid, 12.0)
     assert sm.time_dependent_auc(y, y, curve, grid, 6.0) == pytest.approx(1.0)
+    censored = sm.outcome(np.array([2.0, 5.0, 12.0, 12.0]), np.zeros(4))  # e.g. a bootstrap resample of the demo
+    values = sm.method_metrics(y, censored, curve, grid, [6.0], np.array([6.0]), 6.0)
+    assert all(values[k] is None and values[k + "/reason"] for k in
+               ("antolini_c", "uno_c", "integrated_brier_score", "auroc_6h"))
 
 
 def test_evaluation_scores_the_oracle_and_baselines_in_one_run(tmp_path):

@@ -76,6 +76,8 @@ def uno_c(train: np.ndarray, test: np.ndarray, curve: np.ndarray, grid: np.ndarr
 
 def integrated_brier(train: np.ndarray, test: np.ndarray, curve: np.ndarray, grid: np.ndarray,
                      times: np.ndarray) -> float:
+    if not test["event"].any():  # scikit-survival refuses an all-censored test set
+        raise UndefinedMetricError(f"IBS needs a death among the {len(test)} test stays (scikit-survival)")
     if times.max() >= test["time"].max() or times.min() < test["time"].min():
         raise UndefinedMetricError(f"IBS times {times.min()}-{times.max()} h must lie in the test follow-up "
                                    f"[{test['time'].min():.2f}, {test['time'].max():.2f}) h")
