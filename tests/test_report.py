@@ -145,3 +145,22 @@ def test_ci_runs_tests_then_smoke_and_the_workflow_calls_the_same_script():
     steps = workflow["jobs"]["smoke"]["steps"]
     assert any(".ci/run" in step.get("run", "") for step in steps)
     assert any("dvc metrics diff main --md" in step.get("run", "") for step in steps)
+
+
+def test_exp_wrapper_sees_outputs_a_fresh_clone_lacks(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from lock_cache import missing_outputs
+    finally:
+        sys.path.pop(0)
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {
+        "synthesize": {"outs": [{"path": "data/raw", "md5": "35a5c711ef7d5fe1c3d8d66e730d89fd.dir"},
+                                {"path": "reports/metrics/synthesize.json", "md5": "a5704ccffa50a33a6a5ae715d76b28b9"}]},
+    }}))
+    (tmp_path / "reports" / "metrics").mkdir(parents=True)
+    (tmp_path / "reports" / "metrics" / "synthesize.json").write_text("{}")  # in git, as cache: false metrics are
+    assert missing_outputs(tmp_path) == ["data/raw"]
+    cached = tmp_path / ".dvc" / "cache" / "files" / "md5" / "35"
+    cached.mkdir(parents=True)
+    (cached / "a5c711ef7d5fe1c3d8d66e730d89fd.dir").write_text("[]")
+    assert missing_outputs(tmp_path) == []
