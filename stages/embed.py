@@ -20,7 +20,7 @@ METRICS = paths.metrics_json("embed")
 
 def main() -> None:
     setup_logging()
-    params = load_params()["embed"]
+    params = load_params("embed")["embed"]
     start = time.time()
     texts, rows = distinct_texts(EVENTS)
     log.info("read %d events with %d distinct texts from %s", rows, len(texts), EVENTS)

@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("model")
     args = parser.parse_args()
     setup_logging()
-    params = load_params()["evaluate"]
+    params = load_params("evaluate")["evaluate"]
     device = pick_device()
     n_resamples, seed, n_bins = params["n_bootstrap"], params["seed"], params["calibration_bins"]
     model, checkpoint = load_trained_model(paths.checkpoint(args.model, "finetune"), device)

@@ -32,7 +32,7 @@ METRICS = paths.metrics_json("explain")
 
 def main() -> None:
     setup_logging()
-    params = load_params()["explain"]
+    params = load_params("explain")["explain"]
     config = ExplainConfig(**{**params, "precision_k": tuple(params["precision_k"])})
     model, checkpoint = load_trained_model(CHECKPOINT, pick_device())
     encoder = checkpoint_encoder(checkpoint)

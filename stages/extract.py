@@ -14,7 +14,7 @@ log = logging.getLogger("ehrseq.stages.extract")
 
 def main() -> None:
     setup_logging()
-    params = load_params()
+    params = load_params("data", "cohort")
     data, cohort = params["data"], params["cohort"]
     start = time.time()
     metrics = extract(

@@ -19,7 +19,7 @@ METRICS = paths.metrics_json("synthesize")
 
 def main() -> None:
     setup_logging()
-    params = load_params()
+    params = load_params("synthetic", "cohort")
     synthetic = params["synthetic"]
     start = time.time()
     summary = generate(OUT_DIR, n_patients=synthetic["n_patients"], seed=synthetic["seed"],

@@ -16,7 +16,7 @@ OUT = paths.SEQUENCES
 
 def main() -> None:
     setup_logging()
-    params = load_params()
+    params = load_params("tokenize", "vocab")
     p, v = params["tokenize"], params["vocab"]
     vocab = Vocab.from_frames(
         pd.read_csv(paths.VOCAB, keep_default_na=False),

@@ -17,10 +17,10 @@ import numpy as np
 
 from ehrseq import paths
 from ehrseq.io import setup_logging
-from ehrseq.model_data import EMBEDDING_MODELS, load_model_data, task_class
+from ehrseq.model_data import EMBEDDING_MODELS, data_inputs, load_model_data, task_class
 from ehrseq.models import build_model
 from ehrseq.models.attention import AttentionSnapshots
-from ehrseq.params import load_params
+from ehrseq.params import check_model_kwargs, load_params
 from ehrseq.tasks import NextTokenTask, mortality_task
 from ehrseq.torch_utils import pick_device, seed_everything
 from ehrseq.training import FitConfig, fit
@@ -38,7 +38,8 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="continue from models/MODEL/*/last.pt")
     args = parser.parse_args()
     setup_logging()
-    params = load_params()["train"][args.model]
+    params = load_params(f"train.{args.model}")["train"][args.model]
+    check_model_kwargs(args.model, params["model"], data_inputs(args.model))  # before any data is read
     device = pick_device()
     start = time.time()
 
@@ -75,7 +76,7 @@ def main() -> None:
             FitConfig(seed=params["seed"], **{**{k: params[k] for k in OPTIMIZER_KEYS}, **params[phase]}),
             checkpoint_dir=paths.model_dir(args.model) / phase,
             live_dir=paths.train_reports(args.model) / phase,
-            resume=args.resume, device=device, metadata=metadata, on_step=on_step if phase == "finetune" else None,
+            resume=args.resume, device=device, metadata=metadata, on_step=on_step,
         )
         log.info("%s: best val %s %.4f at epoch %d of %d%s", phase, task.monitor, result.best_metric,
                  result.best_epoch + 1, result.epochs_run, " (stopped early)" if result.stopped_early else "")

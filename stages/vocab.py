@@ -13,7 +13,7 @@ log = logging.getLogger("ehrseq.stages.vocab")
 
 def main() -> None:
     setup_logging()
-    p = load_params()["vocab"]
+    p = load_params("vocab")["vocab"]
     events = pd.read_parquet(paths.EVENTS)
     cohort = pd.read_parquet(paths.COHORT)
     diagnoses = pd.read_parquet(paths.DIAGNOSES)

@@ -5,13 +5,12 @@ model without declaring it everywhere fails here, not in a stale `dvc repro`.
 """
 from __future__ import annotations
 
-import json
+import ast
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from ehrseq import metrics, paths
@@ -27,25 +26,71 @@ DVC_MODELS = DVC["vars"][0]["models"]
 # ------------------------------------------------------------- dependencies point down
 
 
-def imported_modules(*modules: str) -> set[str]:
-    """Every module `import *modules` loads, in a fresh interpreter (this one has imported everything)."""
-    code = f"import json, sys, {', '.join(modules)}; print(json.dumps(sorted(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return set(json.loads(out.stdout))
+def import_graph() -> dict[str, set[str]]:
+    """ehrseq module -> every module it imports (top-level or inside a function: a lazy
+    import is still a dependency), read from the source, so the whole graph costs no import."""
+    src = REPO / "src"
+    graph = {}
+    for path in sorted((src / "ehrseq").rglob("*.py")):
+        parts = list(path.relative_to(src).with_suffix("").parts)
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        package = ".".join(parts[:-1])
+        imports = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imports |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from . import x
+                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + [base]).strip(".")
+                imports.add(base)
+                imports |= {f"{base}.{alias.name}" for alias in node.names}  # `from pkg import module`
+        graph[name] = imports
+    return graph
 
 
-def test_training_side_never_imports_explain_or_captum():
-    # One interpreter for all four (each start costs a torch import): if none of them
-    # together reaches explain, none does alone.
-    modules = ("ehrseq.training", "ehrseq.tasks", "ehrseq.model_data", "ehrseq.models.attention")
-    loaded = imported_modules(*modules)
-    assert set(modules) <= loaded  # the probe really imported them
-    reached = sorted(m for m in loaded if m.startswith(("ehrseq.explain", "captum")))
-    assert not reached, f"{modules} import {reached[:5]}"
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module `start` imports, directly or through other ehrseq modules (a package's
+    __init__ counts as imported with any of its modules)."""
+    seen, todo = set(), [start]
+    while todo:
+        module = todo.pop()
+        for imported in graph.get(module, ()):
+            parents = [".".join(imported.split(".")[:i]) for i in range(1, imported.count(".") + 2)]
+            for name in parents:
+                if name not in seen:
+                    seen.add(name)
+                    todo.append(name)
+    return seen
+
+
+GRAPH = import_graph()
+
+
+def test_the_import_graph_sees_the_known_edges():
+    """The probe itself: edges that exist must be found (else the tests below pass vacuously)."""
+    assert "ehrseq.explain.attributions" in reachable(GRAPH, "ehrseq.explain.run")
+    assert "captum" in reachable(GRAPH, "ehrseq.explain.run")
+    assert {"ehrseq.models", "ehrseq.torch_utils"} <= reachable(GRAPH, "ehrseq.training")
+    assert "ehrseq.models.clinical_lf" in reachable(GRAPH, "ehrseq.model_data")  # through ehrseq.tasks
+
+
+@pytest.mark.parametrize("module", ["ehrseq.training", "ehrseq.tasks", "ehrseq.model_data", "ehrseq.models.attention"])
+def test_training_side_never_imports_explain_or_captum(module):
+    reached = sorted(m for m in reachable(GRAPH, module) if m.startswith(("ehrseq.explain", "captum")))
+    assert not reached, f"{module} imports {reached}"
 
 
 def test_model_data_does_not_import_the_loop():
-    assert "ehrseq.training" not in imported_modules("ehrseq.model_data")
+    assert "ehrseq.training" not in reachable(GRAPH, "ehrseq.model_data")
+
+
+@pytest.mark.parametrize("module", sorted(m for m in GRAPH if m.startswith("ehrseq.models")))
+def test_a_model_knows_no_loop_task_source_or_explanation(module):
+    upward = ("ehrseq.training", "ehrseq.tasks", "ehrseq.model_data", "ehrseq.sources", "ehrseq.explain",
+              "ehrseq.params")
+    reached = sorted(m for m in reachable(GRAPH, module) if m.startswith(upward))
+    assert not reached, f"{module} imports {reached}"
 
 
 # ------------------------------------------------------------------ one list of models
@@ -139,3 +184,14 @@ def test_every_model_has_its_training_curves_in_dvc_plots():
     plotted = set(map(Path, _entries(DVC, "plots")))
     for model in REGISTRY:
         assert paths.train_reports(model) / "finetune" / "plots" / "metrics" in plotted, model
+
+
+def test_every_params_key_dvc_yaml_tracks_exists_in_params_yaml():
+    """A stage re-runs when a tracked key changes; a tracked key that does not exist (a
+    typo in dvc.yaml, or a section renamed in params.yaml) would never trigger it."""
+    for name, stage in STAGES.items():
+        for key in stage.get("params", []):
+            node = PARAMS
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"{name}: params key {key} is not in params.yaml"
+                node = node[part]

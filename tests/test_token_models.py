@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import TOY_VOCAB, toy_sequences
 from ehrseq.data import TokenSequenceDataset, collate_tokens, token_loader
 from ehrseq.metrics import auroc
 from ehrseq.models import build_model
@@ -12,7 +13,6 @@ from ehrseq.models.transformer import attention_mask_4d
 from ehrseq.schema import PAD_ID
 from ehrseq.tasks import NextTokenTask, mortality_task
 from ehrseq.training import FitConfig, fit, predict
-from test_training import TOY_VOCAB, toy_sequences
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")

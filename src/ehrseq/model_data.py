@@ -39,6 +39,16 @@ class ModelData:
         return token_loader(self.datasets[split], batch_size, device=device, collate_fn=self.collate_fn, **kwargs)
 
 
+def data_inputs(model: str) -> tuple[str, ...]:
+    """The constructor arguments of `model` that its data fixes (`ModelData.model_inputs`);
+    params.yaml sets all the others."""
+    if model in TOKEN_MODELS:
+        return ("vocab_size",)
+    if model in EMBEDDING_MODELS:
+        return ("step_dim", "static_dim")
+    raise KeyError(f"unknown model {model!r}; token models {TOKEN_MODELS}, embedding models {EMBEDDING_MODELS}")
+
+
 def task_class(model: str) -> type[MortalityTask]:
     return ClinicalLFTask if model in EMBEDDING_MODELS else MortalityTask
 
