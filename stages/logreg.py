@@ -14,19 +14,17 @@ from ehrseq.baseline import bag_of_codes, fit_logreg
 from ehrseq.data import load_sequences, read_vocab_size
 from ehrseq.io import atomic_path, setup_logging, write_json
 from ehrseq.params import load_params
+from ehrseq.paths import SEQUENCES, VOCAB, metrics_json, plots_dir
 
 log = logging.getLogger("ehrseq.stages.logreg")
 
-SEQUENCES = "data/processed/sequences"
-VOCAB = "data/processed/vocab.csv"
-
 def main() -> None:
     setup_logging()
-    params = load_params()
+    params = load_params("logreg", "evaluate")
     p, e = params["logreg"], params["evaluate"]
     start = time.time()
     vocab_size = read_vocab_size(VOCAB)
-    splits = {s: load_sequences(f"{SEQUENCES}/{s}.parquet", vocab_size) for s in ("train", "val", "test")}
+    splits = {s: load_sequences(SEQUENCES / f"{s}.parquet", vocab_size) for s in ("train", "val", "test")}
     x = {s: bag_of_codes(f["input_ids"], vocab_size) for s, f in splits.items()}
     y = {s: f["mortality"].to_numpy(int) for s, f in splits.items()}
     model, tuning = fit_logreg(x["train"], y["train"], x["val"], y["val"], p["c_grid"], p["seed"])
@@ -37,9 +35,9 @@ def main() -> None:
                                                 n_resamples=e["n_bootstrap"], seed=e["seed"]),
         "seconds": time.time() - start,
     }
-    write_json("reports/metrics/logreg.json", report)
+    write_json(metrics_json("logreg"), report)
     for name, table in metrics.classification_curves(y["test"], prob, e["calibration_bins"]).items():
-        with atomic_path(f"reports/plots/logreg/{name}.csv") as tmp:
+        with atomic_path(plots_dir("logreg") / f"{name}.csv") as tmp:
             table.to_csv(tmp, index=False)
     log.info("logreg (C=%g) on %d test stays: AUROC %.4f", tuning["chosen_C"], len(prob), report["auroc"]["value"])
 

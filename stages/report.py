@@ -7,8 +7,6 @@ Reads every metrics file and plot table the pipeline writes; anything missing sh
 prints and what README's results section copies.
 """
 import logging
-from pathlib import Path
-
 import pandas as pd
 
 from ehrseq import report
@@ -16,31 +14,24 @@ from ehrseq import report_figures as figures
 from ehrseq.io import atomic_path, setup_logging
 from ehrseq.metrics import classification_curves
 from ehrseq.models import REGISTRY
+from ehrseq.paths import COHORT, EXPLAIN, FIGURES, METRICS, STAY_RISK, SUMMARY, plots_dir
 
 log = logging.getLogger("ehrseq.stages.report")
-
-METRICS = Path("reports/metrics")
-PLOTS = Path("reports/plots")
-EXPLAIN = Path("reports/explain")
-FIGURES = Path("reports/figures")
-SUMMARY = Path("reports/summary.md")
-COHORT = Path("data/interim/cohort.parquet")
-TRUTH = Path("data/interim/truth/stay_risk.parquet")
 
 MORTALITY_MODELS = ["lstm", "transformer", "gpt2", "clinical_lf", "logreg"]
 EXPLAINED_MODELS = ["lstm", "transformer", "gpt2", "clinical_lf"]
 
 
-def read_csv(path: Path) -> pd.DataFrame | None:
+def read_csv(path) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.exists() else None
 
 
 def oracle_roc() -> pd.DataFrame | None:
     """The true risk's ROC on the test split (synthetic data only)."""
-    if not (TRUTH.exists() and COHORT.exists()):
+    if not (STAY_RISK.exists() and COHORT.exists()):
         return None
     test = pd.read_parquet(COHORT, columns=["stay_id", "split", "mortality"]).query("split == 'test'")
-    risk = pd.read_parquet(TRUTH, columns=["stay_id", "true_risk"])
+    risk = pd.read_parquet(STAY_RISK, columns=["stay_id", "true_risk"])
     test = test.merge(risk, on="stay_id", how="inner")
     return classification_curves(test["mortality"].to_numpy(int), test["true_risk"].to_numpy(), 10)["roc"]
 
@@ -48,7 +39,7 @@ def oracle_roc() -> pd.DataFrame | None:
 def draw_figures(metrics: dict) -> list[str]:
     """Every figure whose inputs exist; returns the lines the summary lists."""
     drawn = []
-    rocs = {m: read_csv(PLOTS / m / "roc.csv") for m in MORTALITY_MODELS}
+    rocs = {m: read_csv(plots_dir(m) / "roc.csv") for m in MORTALITY_MODELS}
     rocs = {m: t for m, t in rocs.items() if t is not None and len(t)}
     aurocs = {m: report.entry_value(report.dig(metrics.get(m), "auroc")) for m in rocs}
     oracle = oracle_roc()
@@ -58,10 +49,10 @@ def draw_figures(metrics: dict) -> list[str]:
             (report.entry_value(report.dig(metrics[m], "oracle_auroc")) for m in MORTALITY_MODELS if m in metrics), None)
     figure_inputs = {
         "roc.png": (figures.roc_overlay, (rocs, aurocs) if rocs else None),
-        "calibration.png": (figures.calibration_overlay, _present({m: PLOTS / m / "calibration.csv" for m in MORTALITY_MODELS})),
+        "calibration.png": (figures.calibration_overlay, _present({m: plots_dir(m) / "calibration.csv" for m in MORTALITY_MODELS})),
         "deletion.png": (figures.deletion_curves, _present({m: EXPLAIN / m / "deletion.csv" for m in EXPLAINED_MODELS})),
-        "survival.png": (figures.survival_by_group, read_csv(PLOTS / "survival_lstm" / "by_risk_group.csv")),
-        "prevalence.png": (figures.prevalence_scatter, read_csv(PLOTS / "generate" / "prevalence.csv")),
+        "survival.png": (figures.survival_by_group, read_csv(plots_dir("survival_lstm") / "by_risk_group.csv")),
+        "prevalence.png": (figures.prevalence_scatter, read_csv(plots_dir("generate") / "prevalence.csv")),
     }
     for name, (draw, inputs) in figure_inputs.items():
         if inputs is None or (isinstance(inputs, dict) and not inputs):

@@ -145,7 +145,7 @@ def named_paths() -> set[Path]:
     """Every path `ehrseq.paths` names, for every stage and registered model."""
     constants = {v for v in vars(paths).values() if isinstance(v, Path)}
     curves = metrics.classification_curves(np.array([0, 1, 0, 1]), np.array([0.1, 0.8, 0.3, 0.6]), 2)
-    per_model = set()
+    per_model = {paths.plots_dir("logreg") / f"{name}.csv" for name in curves}  # the baseline stage's curves
     for model in REGISTRY:
         per_model |= {paths.model_dir(model), paths.train_reports(model), paths.metrics_json(model)}
         per_model |= {paths.plots_dir(model) / f"{name}.csv" for name in curves}

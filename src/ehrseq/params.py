@@ -240,6 +240,7 @@ SCHEMA = Section({name: Omittable(spec) for name, spec in {
         }),
     }.items()}),
     "evaluate": Section({"batch_size": POSITIVE, "n_bootstrap": POSITIVE, "calibration_bins": POSITIVE, "seed": INT}),
+    "logreg": Section({"c_grid": ListOf(Num(min=0), min_items=1), "seed": INT}),
     "explain": Section({
         "batch_size": POSITIVE,
         "ig_steps": POSITIVE,

@@ -34,6 +34,11 @@ MODELS = Path("models")
 REPORTS = Path("reports")
 METRICS = REPORTS / "metrics"
 EXPLAIN = REPORTS / "explain"
+PLOTS = REPORTS / "plots"  # PLOTS/NAME/*.csv: one folder per model or stage (see plots_dir)
+
+# report
+SUMMARY = REPORTS / "summary.md"  # in git: README's results are checked against it
+FIGURES = REPORTS / "figures"
 
 
 def metrics_json(name: str) -> Path:
@@ -58,4 +63,4 @@ def train_reports(model: str) -> Path:
 
 def plots_dir(model: str) -> Path:
     """reports/plots/MODEL: ROC, PR and calibration tables of the test split."""
-    return REPORTS / "plots" / model
+    return PLOTS / model
