@@ -54,6 +54,19 @@ def _run_sql_file(con: duckdb.DuckDBPyConnection, relative: str, params: dict | 
             con.execute(statement, params or {}).fetchall()
 
 
+def load_source(con: duckdb.DuckDBPyConnection, source: str, path: str | Path,
+                observation_hours: float, min_age: float, workers: int = 1) -> dict[str, dict]:
+    """Read the source tables into `con` (`workers` files at once) and build
+    `src_events`, `src_stays`, `src_diagnoses` (per-source canonical views) and
+    `cohort_all` (every ICU stay with its cutoff, labels and exclusion reason).
+    Returns the per-table read report."""
+    specs, sql_dir = SOURCES[source]
+    tables = register_tables(con, path, specs, workers)
+    _run_sql_file(con, f"{sql_dir}/canonical.sql")
+    _run_sql_file(con, "common/cohort.sql", {"observation_hours": float(observation_hours), "min_age": float(min_age)})
+    return tables
+
+
 def extract(
     source: str,
     path: str | Path,
@@ -70,7 +83,6 @@ def extract(
     """Run the extraction and write both outputs atomically; return the metrics dict."""
     if source not in SOURCES:
         raise ValueError(f"data.source must be one of {sorted(SOURCES)}, got {source!r}")
-    specs, sql_dir = SOURCES[source]
     Path(events_path).parent.mkdir(parents=True, exist_ok=True)
     # A scratch database on disk, not in memory: every source file is read and parsed
     # once into a compressed table (a view over a csv.gz would be decompressed again by
@@ -78,14 +90,15 @@ def extract(
     # at MIMIC-IV scale. Deleted when the extraction ends, crash or not.
     with tempfile.TemporaryDirectory(prefix=".extract-", dir=Path(events_path).parent) as scratch, \
             duckdb.connect(str(Path(scratch) / "scratch.duckdb")) as con:
+        # Every output is ordered explicitly (ORDER BY), so DuckDB need not keep the row
+        # order of intermediate tables: that lets it build them in parallel, with less memory.
+        con.execute("SET preserve_insertion_order = false")
         if threads:
             con.execute(f"SET threads = {int(threads)}")
         if memory_limit:
             con.execute(f"SET memory_limit = '{memory_limit}'")
 
-        tables = register_tables(con, path, specs)
-        _run_sql_file(con, f"{sql_dir}/canonical.sql")
-        _run_sql_file(con, "common/cohort.sql", {"observation_hours": float(observation_hours), "min_age": float(min_age)})
+        tables = load_source(con, source, path, observation_hours, min_age, workers=threads or 1)
         _run_sql_file(con, "common/events.sql")
 
         cohort = con.execute(
@@ -103,12 +116,12 @@ def extract(
         with atomic_path(events_path) as tmp:
             con.execute(
                 f"""COPY (
-                      SELECT subject_id, hadm_id, stay_id, time,
-                             date_diff('microsecond', intime, time) / 3.6e9 AS hours,
-                             event_type, code, text, value, unit, flag,
-                             time >= cutoff AS after_cutoff
-                      FROM events_classified WHERE reason IS NULL
-                      ORDER BY stay_id, time, CASE event_type {kind_order} END, code, text, value, unit, flag
+                      SELECT s.subject_id, s.hadm_id, e.stay_id, e.placed_time AS time,
+                             date_diff('microsecond', s.intime, e.placed_time) / 3.6e9 AS hours,
+                             e.event_type, e.code, e.text, e.value, e.unit, e.flag,
+                             e.placed_time >= s.cutoff AS after_cutoff
+                      FROM events_kept e JOIN event_stays s USING (stay_id)
+                      ORDER BY e.stay_id, e.placed_time, CASE e.event_type {kind_order} END, e.code, e.text, e.value, e.unit, e.flag
                    ) TO '{tmp}' (FORMAT parquet)"""
             ).fetchall()
         diagnoses = _write_diagnoses(con, cohort, diagnoses_path)
@@ -139,25 +152,49 @@ def _write_diagnoses(con, cohort: pd.DataFrame, path) -> pd.DataFrame:
     return diagnoses
 
 
-def _metrics(con, source: str, observation_hours: float, tables: dict, cohort: pd.DataFrame) -> dict:
-    counts = con.execute(
-        "SELECT event_type, coalesce(reason, 'kept'), count(*) FROM events_classified GROUP BY ALL ORDER BY ALL"
-    ).fetchall()
+def _event_counts(con) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """Kept events per kind, and dropped source rows per reason and kind.
+
+    Of the kept source rows that collapse into one event (events.sql), a row is a
+    `duplicate` when an identical copy (same content, shown in full or withheld alike)
+    survives, and `merged_when_withheld` when it differs from the survivor only in what
+    is withheld. Per kind: distinct copies = groups with a copy shown in full + distinct
+    withheld contents; duplicates = rows - distinct copies; merged = distinct copies - events.
+    """
     kept = {k: 0 for k in EVENT_TYPES}
     dropped: dict[str, dict[str, int]] = {}
-    for kind, reason, n in counts:
-        if reason == "kept":
-            kept[kind] = n
-        else:
-            dropped.setdefault(reason, {k: 0 for k in EVENT_TYPES})[kind] = n
+    for kind, reason, n in con.execute(
+        "SELECT event_type, reason, count(*) FROM event_rows WHERE reason IS NOT NULL GROUP BY ALL ORDER BY ALL"
+    ).fetchall():
+        dropped.setdefault(reason, {k: 0 for k in EVENT_TYPES})[kind] = n
+    withheld_copies = dict(con.execute(
+        """SELECT event_type, count(*) FROM (
+               SELECT DISTINCT stay_id, time, event_type, code, text, value, unit, flag,
+                      full_code, full_text, full_value, full_flag
+               FROM event_rows WHERE reason IS NULL AND withheld)
+           GROUP BY ALL"""
+    ).fetchall())
+    for kind, events, rows, plain in con.execute(
+        "SELECT event_type, count(*), sum(source_rows), count(*) FILTER (WHERE has_plain) FROM events_kept GROUP BY ALL"
+    ).fetchall():
+        kept[kind] = events
+        copies = plain + withheld_copies.get(kind, 0)
+        for reason, n in (("duplicate", rows - copies), ("merged_when_withheld", copies - events)):
+            if n:
+                dropped.setdefault(reason, {k: 0 for k in EVENT_TYPES})[kind] = n
+    return kept, dropped
+
+
+def _metrics(con, source: str, observation_hours: float, tables: dict, cohort: pd.DataFrame) -> dict:
+    kept, dropped = _event_counts(con)
     micro_results = con.execute("SELECT count(*) FROM src_events WHERE event_type = 'microbiology'").fetchall()[0][0]
     micro_table = next((n for n in ("microbiologyevents",) if n in tables), None)
     after_cutoff = con.execute(
-        "SELECT count(*) FROM events_classified WHERE reason IS NULL AND time >= cutoff"
+        "SELECT count(*) FROM events_kept JOIN event_stays USING (stay_id) WHERE placed_time >= cutoff"
     ).fetchall()[0][0]
     withheld = {k: 0 for k in EVENT_TYPES}
     withheld.update(dict(con.execute(
-        "SELECT event_type, count(*) FROM events_classified WHERE reason IS NULL AND withheld GROUP BY ALL"
+        "SELECT event_type, count(*) FROM events_kept WHERE withheld GROUP BY ALL"
     ).fetchall()))
     stays = dict(con.execute(
         "SELECT coalesce(exclusion, 'kept'), count(*) FROM cohort_all GROUP BY ALL"
