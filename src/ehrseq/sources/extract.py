@@ -1,9 +1,11 @@
 """Extraction: a MIMIC-style folder -> events.parquet + cohort.parquet, all in DuckDB SQL.
 
-The SQL runs directly on the source files (csv, csv.gz or parquet). Per-source SQL
-(`sql/<source>/canonical.sql`) only renames and builds readable event text; stay
-selection, labels, attachment of events to stays, and every drop with its reason are
-shared (`sql/common/`), so MIMIC-IV, MIMIC-III and the synthetic data obey the same rules.
+The source files (csv, csv.gz or parquet) are read once into a scratch DuckDB database.
+Per-source SQL (`sql/<source>/canonical.sql`) only renames columns into one canonical
+shape per event kind and states what is particular to the source (which column says when
+a result became known); event codes and texts, stay selection, labels, attachment of
+events to stays, and every drop with its reason are shared (`sql/common/`), so MIMIC-IV,
+MIMIC-III and the synthetic data obey the same rules and spell events the same way.
 
 Events sit at their start time, but some values are known only later (a procedure's
 duration and an infusion's amount at its end, a culture's organism when the result is
@@ -46,12 +48,12 @@ COHORT_COLUMNS = [
 
 
 def _run_sql_file(con: duckdb.DuckDBPyConnection, relative: str, params: dict | None = None) -> None:
+    """Run every statement of a packaged SQL file, split by DuckDB's own parser (a `;`
+    inside a string or comment never splits a statement); each gets the parameters it names."""
     text = resources.files("ehrseq.sources").joinpath("sql", relative).read_text()
-    for statement in text.split(";\n"):
-        if statement.strip() and not all(
-            line.strip().startswith("--") or not line.strip() for line in statement.splitlines()
-        ):
-            con.execute(statement, params or {}).fetchall()
+    params = params or {}
+    for statement in duckdb.extract_statements(text):
+        con.execute(statement, {name: params[name] for name in statement.named_parameters}).fetchall()
 
 
 def load_source(con: duckdb.DuckDBPyConnection, source: str, path: str | Path,
@@ -63,6 +65,7 @@ def load_source(con: duckdb.DuckDBPyConnection, source: str, path: str | Path,
     specs, sql_dir = SOURCES[source]
     tables = register_tables(con, path, specs, workers)
     _run_sql_file(con, f"{sql_dir}/canonical.sql")
+    _run_sql_file(con, "common/source_events.sql")
     _run_sql_file(con, "common/cohort.sql", {"observation_hours": float(observation_hours), "min_age": float(min_age)})
     return tables
 
