@@ -32,13 +32,9 @@ from ehrseq.sources.tables import register_tables
 
 log = logging.getLogger(__name__)
 
-# source name -> (table specs, folder of canonical.sql). The synthetic generator writes
-# MIMIC-IV tables, so it goes through the MIMIC-IV path.
-SOURCES = {
-    "mimic4": (mimic4.TABLES, "mimic4"),
-    "synthetic": (mimic4.TABLES, "mimic4"),
-    "mimic3": (mimic3.TABLES, "mimic3"),
-}
+# source name -> its module (TABLES, SQL_DIR, LAB_RESULT_TIME, INGREDIENT_SYSTEMS). The synthetic generator
+# writes MIMIC-IV tables, so it goes through the MIMIC-IV path.
+SOURCES = {"mimic4": mimic4, "synthetic": mimic4, "mimic3": mimic3}
 
 COHORT_COLUMNS = [
     "subject_id", "hadm_id", "stay_id", "intime", "outtime", "cutoff",
@@ -62,9 +58,8 @@ def load_source(con: duckdb.DuckDBPyConnection, source: str, path: str | Path,
     `src_events`, `src_stays`, `src_diagnoses` (per-source canonical views) and
     `cohort_all` (every ICU stay with its cutoff, labels and exclusion reason).
     Returns the per-table read report."""
-    specs, sql_dir = SOURCES[source]
-    tables = register_tables(con, path, specs, workers)
-    _run_sql_file(con, f"{sql_dir}/canonical.sql")
+    tables = register_tables(con, path, SOURCES[source].TABLES, workers)
+    _run_sql_file(con, f"{SOURCES[source].SQL_DIR}/canonical.sql")
     _run_sql_file(con, "common/source_events.sql")
     _run_sql_file(con, "common/cohort.sql", {"observation_hours": float(observation_hours), "min_age": float(min_age)})
     return tables
@@ -199,6 +194,17 @@ def _metrics(con, source: str, observation_hours: float, tables: dict, cohort: p
     withheld.update(dict(con.execute(
         "SELECT event_type, count(*) FROM events_kept WHERE withheld GROUP BY ALL"
     ).fetchall()))
+    moved = {k: 0 for k in EVENT_TYPES}
+    moved.update(dict(con.execute(
+        "SELECT event_type, count(*) FROM events_kept WHERE moved_to_cutoff GROUP BY ALL"
+    ).fetchall()))
+    systems = {system: {"read": 0, "kept": 0} for system in SOURCES[source].INGREDIENT_SYSTEMS}
+    for system, n in con.execute("SELECT system, count(*) FROM src_ingredients GROUP BY ALL").fetchall():
+        systems[system]["read"] = n
+    for system, n in con.execute(
+        "SELECT system, count(*) FROM event_rows WHERE event_type = 'ingredient' AND reason IS NULL GROUP BY ALL"
+    ).fetchall():
+        systems[system]["kept"] = n
     stays = dict(con.execute(
         "SELECT coalesce(exclusion, 'kept'), count(*) FROM cohort_all GROUP BY ALL"
     ).fetchall())
@@ -223,6 +229,13 @@ def _metrics(con, source: str, observation_hours: float, tables: dict, cohort: p
             # kept events before the cutoff shown without their later-known value/result
             "values_withheld_at_cutoff": withheld,
             "values_withheld_at_cutoff_total": sum(withheld.values()),
+            "lab_result_time": SOURCES[source].LAB_RESULT_TIME,
+            # date-only events dated on the cutoff's day: known only at the day's end, so
+            # placed at the cutoff (after it) instead of at the day's start
+            "date_only_moved_after_cutoff": moved,
+            # source rows per charting system (MIMIC-III: MetaVision and CareVue), and
+            # how many of them fall in cohort stays (before duplicates are removed)
+            "ingredient_rows_by_system": systems,
             "dropped": dropped,
             "dropped_total": sum(sum(d.values()) for d in dropped.values()),
             "microbiology_susceptibility_rows_merged": (

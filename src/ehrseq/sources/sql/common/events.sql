@@ -58,7 +58,7 @@ unlinked AS (
     SELECT * EXCLUDE (shared_window) FROM matched WHERE shared_window
     QUALIFY rank() OVER (
         PARTITION BY event_type, subject_id, hadm_id, time, date_only, code, text, value, unit, flag,
-                     known_time, start_code, start_text, start_value, start_flag
+                     known_time, start_code, start_text, start_value, start_flag, system
         ORDER BY intime, stay) = 1
 ),
 unlinked_classified AS (
@@ -79,9 +79,20 @@ attached AS (
 in_cohort AS (
     SELECT *,
            coalesce(reason, CASE WHEN exclusion IS NOT NULL THEN 'stay_not_in_cohort' END) AS drop_reason,
-           -- date-only events of the ICU admission day are placed at the admission
-           greatest(time, intime) AS placed_time
+           -- A date-only event (MIMIC-III prescriptions, cultures without a charttime)
+           -- happened at some unknown time of its day, so it is known only at the day's
+           -- end: before the cutoff only if its whole day is. One dated on the cutoff's
+           -- day moves to the cutoff (after it: kept for survival, never a mortality
+           -- input); an order written that evening must not reach the prediction.
+           coalesce(date_only AND time < cutoff AND time + INTERVAL 1 DAY > cutoff, false) AS moved_to_cutoff
     FROM attached
+),
+placed AS (
+    SELECT *,
+           CASE WHEN moved_to_cutoff THEN cutoff
+                -- date-only events of the ICU admission day are placed at the admission
+                ELSE greatest(time, intime) END AS placed_time
+    FROM in_cohort
 ),
 -- An event placed before the cutoff whose value becomes known only at or after it
 -- (known_time, canonical.sql) shows what was known at its start: a procedure or
@@ -94,9 +105,9 @@ shown AS (
                     AND (code IS DISTINCT FROM start_code OR text IS DISTINCT FROM start_text
                          OR value IS DISTINCT FROM start_value OR flag IS DISTINCT FROM start_flag),
                     false) AS withheld
-    FROM in_cohort
+    FROM placed
 )
-SELECT event_type, drop_reason AS reason, stay AS stay_id, time, placed_time, withheld,
+SELECT event_type, drop_reason AS reason, stay AS stay_id, time, placed_time, moved_to_cutoff, withheld, system,
        CASE WHEN withheld THEN start_code ELSE code END AS code,
        CASE WHEN withheld THEN start_text ELSE text END AS text,
        CASE WHEN withheld THEN start_value ELSE value END AS value,
@@ -129,12 +140,14 @@ CREATE OR REPLACE TEMP TABLE collapsing AS
 SELECT content_hash FROM event_rows WHERE reason IS NULL GROUP BY content_hash HAVING count(*) > 1;
 
 CREATE OR REPLACE TEMP TABLE events_kept AS
-SELECT stay_id, time, event_type, code, text, value, unit, flag, placed_time,
+SELECT stay_id, time, event_type, code, text, value, unit, flag, placed_time, moved_to_cutoff,
        1 AS source_rows, withheld, NOT withheld AS has_plain
 FROM event_rows ANTI JOIN collapsing USING (content_hash)
 WHERE reason IS NULL
 UNION ALL
-SELECT stay_id, time, event_type, code, text, value, unit, flag, min(placed_time),
+SELECT stay_id, time, event_type, code, text, value, unit, flag,
+       -- a timed copy at the same instant is known then: the group is placed there
+       min(placed_time), bool_and(moved_to_cutoff),
        count(*), bool_and(withheld), bool_or(NOT withheld)
 FROM event_rows SEMI JOIN collapsing USING (content_hash)
 WHERE reason IS NULL

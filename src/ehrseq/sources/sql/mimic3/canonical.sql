@@ -27,11 +27,21 @@ CREATE OR REPLACE TEMP VIEW src_procedures AS
 SELECT subject_id, hadm_id, icustay_id AS stay_id, starttime, endtime, itemid, value, valueuom
 FROM procedureevents_mv;
 
--- INPUTEVENTS_MV plays the role of MIMIC-IV's ingredientevents (what was infused).
+-- Inputs play the role of MIMIC-IV's ingredientevents (what was infused), from both ICU
+-- charting systems: MetaVision (INPUTEVENTS_MV, 2008-2012: start and end times, the amount
+-- known at the end) and CareVue (INPUTEVENTS_CV, 2001-2008: one charttime per charted
+-- amount, known when charted). Reading MetaVision alone would leave about half of
+-- MIMIC-III's stays without infusions: an era shortcut a model could learn.
 CREATE OR REPLACE TEMP VIEW src_ingredients AS
-SELECT subject_id, hadm_id, icustay_id AS stay_id, starttime, endtime, itemid, amount, amountuom
-FROM inputevents_mv;
+SELECT subject_id, hadm_id, icustay_id AS stay_id, starttime, endtime, itemid, amount, amountuom,
+       'metavision' AS system
+FROM inputevents_mv
+UNION ALL
+SELECT subject_id, hadm_id, icustay_id, charttime, charttime, itemid, amount, amountuom, 'carevue'
+FROM inputevents_cv;
 
+-- MIMIC-III LABEVENTS records no storetime: when a value became known is unknown, so a
+-- lab counts as known at its charttime (extract.json and README say so).
 CREATE OR REPLACE TEMP VIEW src_labs AS
 SELECT subject_id, hadm_id, charttime AS time, itemid, value, valuenum, valueuom, flag,
        CAST(NULL AS TIMESTAMP) AS known_time

@@ -29,12 +29,15 @@ SELECT subject_id, hadm_id, stay_id, starttime, endtime, itemid, value, valueuom
 FROM procedureevents;
 
 CREATE OR REPLACE TEMP VIEW src_ingredients AS
-SELECT subject_id, hadm_id, stay_id, starttime, endtime, itemid, amount, amountuom
+SELECT subject_id, hadm_id, stay_id, starttime, endtime, itemid, amount, amountuom, 'metavision' AS system
 FROM ingredientevents;
 
+-- A lab value is known when its result is stored (storetime), not when the sample was
+-- drawn (charttime); a row without a storetime is never known before the cutoff (as a
+-- culture without a store time).
 CREATE OR REPLACE TEMP VIEW src_labs AS
 SELECT subject_id, hadm_id, charttime AS time, itemid, value, valuenum, valueuom, flag,
-       CAST(NULL AS TIMESTAMP) AS known_time
+       coalesce(storetime, 'infinity'::TIMESTAMP) AS known_time
 FROM labevents;
 
 -- One result per (specimen, test, organism); the antibiotic susceptibility rows of the
