@@ -8,11 +8,13 @@ events to stays, and every drop with its reason are shared (`sql/common/`), so M
 MIMIC-III and the synthetic data obey the same rules and spell events the same way.
 
 Events sit at their start time, but some values are known only later (a procedure's
-duration and an infusion's amount at its end, a culture's organism when the result is
-stored). An event that starts before the cutoff and becomes known at or after it is
-written as it looked at its start (value withheld, culture "pending"), so nothing before
-the cutoff carries information from after it; `events.values_withheld_at_cutoff` in
-extract.json counts these per event kind.
+duration and an infusion's amount at its end, a lab value and a culture's organism when
+the result is stored). An event that starts before the cutoff and becomes known at or
+after it is written as it looked at its start (value withheld, lab or culture "pending"),
+so nothing before the cutoff carries information from after it;
+`events.values_withheld_at_cutoff` in extract.json counts these per event kind. A
+date-only event (MIMIC-III prescriptions) is known at the end of its day: one dated on the
+cutoff's day is placed at the cutoff, after it (`events.date_only_moved_after_cutoff`).
 """
 from __future__ import annotations
 
