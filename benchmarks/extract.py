@@ -3,6 +3,7 @@
     python benchmarks/extract.py                           # 10,000 and 100,000 synthetic patients
     python benchmarks/extract.py --patients 2000
     python benchmarks/extract.py --data-dir /tmp/bench     # keep the generated data for the next run
+    python benchmarks/extract.py --memory-limit 4GB        # DuckDB's memory_limit (data.memory_limit)
 
 Each measurement runs in a fresh subprocess so its peak RSS and CPU time are its own.
 The pandas version does the same work the SQL does for the event tables (read, parse
@@ -27,15 +28,15 @@ from pathlib import Path
 SPLIT = {"train": 0.7, "val": 0.15, "test": 0.15}
 
 
-def run_duckdb(src: str, out: str) -> dict:
+def run_duckdb(src: str, out: str, memory_limit: str) -> dict:
     from ehrseq.sources.extract import extract
 
     m = extract("synthetic", src, f"{out}/events.parquet", f"{out}/cohort.parquet", f"{out}/diagnoses.parquet",
-                observation_hours=48, min_age=18, split_fractions=SPLIT, seed=0, threads=2, memory_limit="8GB")
+                observation_hours=48, min_age=18, split_fractions=SPLIT, seed=0, threads=2, memory_limit=memory_limit)
     return {"events": m["events"]["kept_total"], "rows_read": sum(m["tables_read"].values())}
 
 
-def run_pandas(src: str, out: str) -> dict:
+def run_pandas(src: str, out: str, memory_limit: str) -> dict:  # no memory limit: pandas has none
     import pandas as pd
 
     root = Path(src)
@@ -92,7 +93,7 @@ def _tree_bytes(root: Path) -> int:
     return total
 
 
-def measure(impl: str, src: str) -> dict:
+def measure(impl: str, src: str, memory_limit: str) -> dict:
     """Run one implementation in this process (called in a subprocess by main)."""
     with tempfile.TemporaryDirectory(dir=Path(src).parent) as out:
         peak = [0]
@@ -105,7 +106,7 @@ def measure(impl: str, src: str) -> dict:
         watcher = threading.Thread(target=poll, daemon=True)
         watcher.start()
         start = time.perf_counter()
-        result = {"duckdb": run_duckdb, "pandas": run_pandas}[impl](src, out)
+        result = {"duckdb": run_duckdb, "pandas": run_pandas}[impl](src, out, memory_limit)
         result["seconds"] = time.perf_counter() - start
         done.set()
         watcher.join()
@@ -120,7 +121,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patients", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--data-dir", type=Path, help="generate into (and reuse from) DIR/synthetic_<n> instead of a temp dir")
-    parser.add_argument("--measure", nargs=2, metavar=("IMPL", "SRC"), help=argparse.SUPPRESS)
+    parser.add_argument("--memory-limit", default="8GB", help="DuckDB memory_limit (default: params.yaml's 8GB)")
+    parser.add_argument("--impl", nargs="+", default=["duckdb", "pandas"], choices=["duckdb", "pandas"])
+    parser.add_argument("--measure", nargs=3, metavar=("IMPL", "SRC", "MEMORY_LIMIT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure(*args.measure)))
@@ -137,19 +140,22 @@ def main() -> None:
                 print(f"generated {n:,} patients in {time.perf_counter() - t:.0f} s", flush=True)
             input_mb = sum(p.stat().st_size for p in src.rglob("*.csv.gz") if "truth" not in p.parts) / 2**20
             results = {}
-            for impl in ("duckdb", "pandas"):
-                proc = subprocess.run([sys.executable, __file__, "--measure", impl, str(src)],
+            for impl in args.impl:
+                proc = subprocess.run([sys.executable, __file__, "--measure", impl, str(src), args.memory_limit],
                                       capture_output=True, text=True, check=True)
                 results[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
                 print(f"{n:,} patients, {impl}: {json.dumps(results[impl])}", flush=True)
             rows.append((n, input_mb, results))
 
-    print(f"\n{'patients':>9} {'impl':7} {'wall s':>8} {'cpu s':>7} {'source rows/s':>14} {'peak RSS MB':>12} "
+    print(f"\nDuckDB memory_limit {args.memory_limit}")
+    print(f"{'patients':>9} {'impl':7} {'wall s':>8} {'cpu s':>7} {'source rows/s':>14} {'peak RSS MB':>12} "
           f"{'peak disk MB':>13} {'csv.gz MB':>10} {'events':>11}")
     for n, input_mb, results in rows:
         for impl, r in results.items():
             print(f"{n:>9,} {impl:7} {r['seconds']:8.1f} {r['cpu_seconds']:7.1f} {r['rows_read'] / r['seconds']:14,.0f} "
                   f"{r['peak_rss_mb']:12,.0f} {r['peak_disk_mb']:13,.0f} {input_mb:10,.0f} {r['events']:11,}")
+        if len(results) < 2:
+            continue
         d, p = results["duckdb"], results["pandas"]
         print(f"{'':>9} duckdb vs pandas: {p['seconds'] / d['seconds']:.2f}x faster (wall), "
               f"{p['cpu_seconds'] / d['cpu_seconds']:.2f}x less CPU, {p['peak_rss_mb'] / d['peak_rss_mb']:.2f}x less "

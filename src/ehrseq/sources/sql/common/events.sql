@@ -1,5 +1,5 @@
 -- Attach every source event to an ICU stay and classify it: kept, or dropped for one
--- named reason. Reads src_events (canonical.sql), cohort_all (cohort.sql), admissions
+-- named reason. Reads src_events (source_events.sql), cohort_all (cohort.sql), admissions
 -- and patients. Labs and microbiology have no stay_id in MIMIC: they attach by subject
 -- (and admission when known) and time within [intime, outtime]. Before the cutoff, an
 -- event shows only what was known by the cutoff (`withheld` below).
@@ -95,8 +95,8 @@ placed AS (
     FROM in_cohort
 ),
 -- An event placed before the cutoff whose value becomes known only at or after it
--- (known_time, canonical.sql) shows what was known at its start: a procedure or
--- ingredient without its duration/amount, a culture with its result pending. Events at
+-- (known_time, source_events.sql) shows what was known at its start: a procedure or
+-- ingredient without its duration/amount, a lab or culture with its result pending. Events at
 -- or after the cutoff keep the full result. `withheld` marks events whose shown content
 -- differs from the source's (counted in extract.json).
 shown AS (
