@@ -64,19 +64,23 @@ def run_pandas(src: str, out: str, memory_limit: str) -> dict:  # no memory limi
     parts = []
     labs = read("hosp/labevents", ["subject_id", "itemid", "charttime", "valuenum"], ["charttime"])
     rows_read += len(labs)
-    parts.append(by_window(labs.rename(columns={"charttime": "time", "valuenum": "value"}).assign(code=lambda d: "LAB//" + d["itemid"].astype(str))))
+    labs = labs.rename(columns={"charttime": "time", "valuenum": "value"})
+    parts.append(by_window(labs.assign(code="LAB//" + labs["itemid"].astype(str))))
     micro = read("hosp/microbiologyevents", ["subject_id", "charttime", "spec_itemid", "org_itemid"], ["charttime"])
     rows_read += len(micro)
     micro = micro.drop_duplicates().rename(columns={"charttime": "time"})
-    parts.append(by_window(micro.assign(code=lambda d: "MICRO//" + d["spec_itemid"].astype(str) + "//" + d["org_itemid"].astype(str))))
+    parts.append(by_window(micro.assign(
+        code="MICRO//" + micro["spec_itemid"].astype(str) + "//" + micro["org_itemid"].astype(str))))
     rx = read("hosp/prescriptions", ["hadm_id", "starttime", "ndc"], ["starttime"])
     rows_read += len(rx)
     m = rx.rename(columns={"starttime": "time"}).merge(window.drop(columns="subject_id"), on="hadm_id")
-    parts.append(m[(m["time"] >= m["intime"]) & (m["time"] <= m["outtime"])].assign(code=lambda d: "NDC//" + d["ndc"].astype(str)))
+    m = m[(m["time"] >= m["intime"]) & (m["time"] <= m["outtime"])]
+    parts.append(m.assign(code="NDC//" + m["ndc"].astype(str)))
     for stem, amount in (("icu/procedureevents", "value"), ("icu/ingredientevents", "amount")):
         df = read(stem, ["stay_id", "starttime", "itemid", amount], ["starttime"])
         rows_read += len(df)
-        parts.append(by_stay(df.rename(columns={"starttime": "time", amount: "value"}).assign(code=lambda d: "ITEM//" + d["itemid"].astype(str))))
+        df = df.rename(columns={"starttime": "time", amount: "value"})
+        parts.append(by_stay(df.assign(code="ITEM//" + df["itemid"].astype(str))))
     events = pd.concat([p[["stay_id", "time", "code"] + (["value"] if "value" in p else [])] for p in parts])
     events = events.drop_duplicates().sort_values(["stay_id", "time", "code"])
     events.to_parquet(f"{out}/events.parquet")
@@ -120,7 +124,8 @@ def measure(impl: str, src: str, memory_limit: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patients", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--data-dir", type=Path, help="generate into (and reuse from) DIR/synthetic_<n> instead of a temp dir")
+    parser.add_argument("--data-dir", type=Path,
+                        help="generate into (and reuse from) DIR/synthetic_<n> instead of a temp dir")
     parser.add_argument("--memory-limit", default="8GB", help="DuckDB memory_limit (default: params.yaml's 8GB)")
     parser.add_argument("--impl", nargs="+", default=["duckdb", "pandas"], choices=["duckdb", "pandas"])
     parser.add_argument("--measure", nargs=3, metavar=("IMPL", "SRC", "MEMORY_LIMIT"), help=argparse.SUPPRESS)
@@ -152,7 +157,8 @@ def main() -> None:
           f"{'peak disk MB':>13} {'csv.gz MB':>10} {'events':>11}")
     for n, input_mb, results in rows:
         for impl, r in results.items():
-            print(f"{n:>9,} {impl:7} {r['seconds']:8.1f} {r['cpu_seconds']:7.1f} {r['rows_read'] / r['seconds']:14,.0f} "
+            rate = r["rows_read"] / r["seconds"]
+            print(f"{n:>9,} {impl:7} {r['seconds']:8.1f} {r['cpu_seconds']:7.1f} {rate:14,.0f} "
                   f"{r['peak_rss_mb']:12,.0f} {r['peak_disk_mb']:13,.0f} {input_mb:10,.0f} {r['events']:11,}")
         if len(results) < 2:
             continue

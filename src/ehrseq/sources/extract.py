@@ -121,7 +121,8 @@ def extract(
                              e.event_type, e.code, e.text, e.value, e.unit, e.flag,
                              e.placed_time >= s.cutoff AS after_cutoff
                       FROM events_kept e JOIN event_stays s USING (stay_id)
-                      ORDER BY e.stay_id, e.placed_time, CASE e.event_type {kind_order} END, e.code, e.text, e.value, e.unit, e.flag
+                      ORDER BY e.stay_id, e.placed_time, CASE e.event_type {kind_order} END,
+                               e.code, e.text, e.value, e.unit, e.flag
                    ) TO '{tmp}' (FORMAT parquet)"""
             ).fetchall()
         diagnoses = _write_diagnoses(con, cohort, diagnoses_path)

@@ -10,7 +10,8 @@ LAB_RESULT_TIME = "labevents.storetime: a lab drawn before the cutoff and stored
 INGREDIENT_SYSTEMS = ("metavision",)
 
 TABLES = [
-    TableSpec("patients", "hosp/patients", {"subject_id": B, "gender": V, "anchor_age": D, "anchor_year": B}, required=True),
+    TableSpec("patients", "hosp/patients", {"subject_id": B, "gender": V, "anchor_age": D, "anchor_year": B},
+              required=True),
     TableSpec("admissions", "hosp/admissions", {
         "subject_id": B, "hadm_id": B, "admittime": T, "dischtime": T, "deathtime": T,
         "admission_type": V, "insurance": V, "marital_status": V, "race": V, "hospital_expire_flag": B,
