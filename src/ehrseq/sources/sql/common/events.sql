@@ -106,22 +106,27 @@ shown AS (
                          OR value IS DISTINCT FROM start_value OR flag IS DISTINCT FROM start_flag),
                     false) AS withheld
     FROM placed
+),
+-- what a kept event shows; dropped rows are only counted, so they carry no content
+content AS (
+    SELECT *,
+           CASE WHEN drop_reason IS NOT NULL THEN NULL WHEN withheld THEN start_code ELSE code END AS shown_code,
+           CASE WHEN drop_reason IS NOT NULL THEN NULL WHEN withheld THEN start_text ELSE text END AS shown_text,
+           CASE WHEN drop_reason IS NOT NULL THEN NULL WHEN withheld THEN start_value ELSE value END AS shown_value,
+           CASE WHEN drop_reason IS NOT NULL THEN NULL ELSE unit END AS shown_unit,
+           CASE WHEN drop_reason IS NOT NULL THEN NULL WHEN withheld THEN start_flag ELSE flag END AS shown_flag
+    FROM shown
 )
 SELECT event_type, drop_reason AS reason, stay AS stay_id, time, placed_time, moved_to_cutoff, withheld, system,
-       CASE WHEN withheld THEN start_code ELSE code END AS code,
-       CASE WHEN withheld THEN start_text ELSE text END AS text,
-       CASE WHEN withheld THEN start_value ELSE value END AS value,
-       unit,
-       CASE WHEN withheld THEN start_flag ELSE flag END AS flag,
+       shown_code AS code, shown_text AS text, shown_value AS value, shown_unit AS unit, shown_flag AS flag,
        -- routes kept rows that may collapse (below); equal hashes are then compared in full
-       CASE WHEN drop_reason IS NULL THEN hash(stay, time, event_type,
-            CASE WHEN withheld THEN start_code ELSE code END, CASE WHEN withheld THEN start_text ELSE text END,
-            CASE WHEN withheld THEN start_value ELSE value END, unit,
-            CASE WHEN withheld THEN start_flag ELSE flag END) END AS content_hash,
+       CASE WHEN drop_reason IS NULL
+            THEN hash(stay, time, event_type, shown_code, shown_text, shown_value, shown_unit, shown_flag) END
+           AS content_hash,
        -- the full content of withheld rows: tells two withheld source rows apart
        CASE WHEN withheld THEN code END AS full_code, CASE WHEN withheld THEN text END AS full_text,
        CASE WHEN withheld THEN value END AS full_value, CASE WHEN withheld THEN flag END AS full_flag
-FROM shown;
+FROM content;
 
 -- Kept events, one row per distinct shown event. Two kinds of rows collapse here:
 --   duplicate:            exact copies (same stay, time, kind, content, withheld or not)
