@@ -29,9 +29,9 @@ def tiny_mimic4(tmp_path):
     return root
 
 
-def run(source, path, out: Path, hours=48.0):
+def run(source, path, out: Path, hours=48.0, threads=None):
     metrics = extract(source, path, out / "events.parquet", out / "cohort.parquet", out / "diagnoses.parquet",
-                      observation_hours=hours, min_age=18, split_fractions=SPLIT, seed=0)
+                      observation_hours=hours, min_age=18, split_fractions=SPLIT, seed=0, threads=threads)
     return (metrics, pd.read_parquet(out / "events.parquet"), pd.read_parquet(out / "cohort.parquet"),
             pd.read_parquet(out / "diagnoses.parquet"))
 
@@ -419,8 +419,8 @@ def oracle(events, stays, patients, admissions):
     return out.drop(columns="kind").reset_index(drop=True), counts, int(kept["withheld"].sum()), moved_kinds
 
 
-def assert_matches_oracle(source, path, tmp_path, hours=48.0):
-    metrics, events, _, _ = run(source, path, tmp_path, hours=hours)
+def assert_matches_oracle(source, path, tmp_path, hours=48.0, threads=None):
+    metrics, events, _, _ = run(source, path, tmp_path, hours=hours, threads=threads)
     expected, counts, withheld, moved = oracle(*canonical_frames(source, path, hours))
     pd.testing.assert_frame_equal(events, expected.astype(events.dtypes.to_dict()))
     dropped = {(r, k): n for r, kinds in metrics["events"]["dropped"].items() for k, n in kinds.items() if n}
@@ -440,7 +440,8 @@ def small_synthetic(tmp_path_factory):
 
 
 def test_synthetic_extraction_matches_the_oracle(small_synthetic, tmp_path):
-    metrics, events = assert_matches_oracle("synthetic", small_synthetic, tmp_path)
+    # two threads, as the stage runs: files are read concurrently, aggregates run in parallel
+    metrics, events = assert_matches_oracle("synthetic", small_synthetic, tmp_path, threads=2)
     ev = metrics["events"]
     # the run exercises what the oracle checks: planted duplicates, withheld values, both sides of the cutoff
     assert ev["dropped"]["duplicate"]["lab"] > 0 and ev["values_withheld_at_cutoff_total"] > 0
