@@ -150,8 +150,8 @@ def build_patients(cohort: pd.DataFrame, diagnoses: pd.DataFrame, events: pd.Dat
         stay_events[["hadm_id", "code"]].assign(code_type=stay_events["event_type"].map(EVENT_CODE_TYPES)),
     ]).drop_duplicates()
     # visit index among the patient's admissions that hold a code, in time order
-    adm = adm[adm["hadm_id"].isin(codes["hadm_id"])].assign(visit=lambda a: a.groupby("subject_id").cumcount())
-    codes = codes.merge(adm[["subject_id", "hadm_id", "visit"]], on="hadm_id", how="inner")
+    visits = adm[adm["hadm_id"].isin(codes["hadm_id"])].assign(visit=lambda a: a.groupby("subject_id").cumcount())
+    codes = codes.merge(visits[["subject_id", "hadm_id", "visit"]], on="hadm_id", how="inner")
     codes["visit"] = codes["visit"].astype(np.int32)
     codes = codes.sort_values(["subject_id", "visit", "code_type", "code"], kind="stable")
 
