@@ -124,8 +124,10 @@ def check_targets(report: dict) -> dict:
         met = None if value is None else {">=": value >= threshold, "<": value < threshold,
                                           "<=": value <= threshold}[op]
         out[name] = {"value": value, "target": f"{op} {threshold}", "met": met}
-    cooc = {k: fid[k]["cooccurrence_pearson"]["value"] for k in ("prompt_bart", "baseline")}
-    out["cooccurrence_beats_baseline"] = {**cooc, "met": cooc["prompt_bart"] > cooc["baseline"]}
+    for key in ("cooccurrence_pearson", "cooccurrence_dependence_pearson"):
+        cooc = {k: fid[k][key]["value"] for k in ("prompt_bart", "baseline")}
+        out[f"{key}_beats_baseline"] = {**cooc, "met": None if None in cooc.values()
+                                        else cooc["prompt_bart"] > cooc["baseline"]}
     return out
 
 
