@@ -99,12 +99,12 @@ def evaluate_prompt_bart(path: Path, params: dict, device) -> None:
     reports) gets a bootstrap interval over patients. Also the denoising loss under the
     training corruption (fixed seed), the number the loop early-stopped on.
     """
+    from ehrseq.data import token_loader
     from ehrseq.models.prompt_bart import PromptBartTask
     from ehrseq.patient_visits import (
         CODE_TYPES, Corruption, DemographicEncoder, PatientDataset, PatientVocab, collate_patients, load_patients,
         patient_examples, unigram_nll,
     )
-    from ehrseq.data import token_loader
 
     model, checkpoint = load_trained_model(path, device)
     meta = checkpoint["metadata"]
@@ -113,7 +113,7 @@ def evaluate_prompt_bart(path: Path, params: dict, device) -> None:
     test = patients.split("test")
     encoded, enc_stats = vocab.encode(test)
     task = PromptBartTask(**checkpoint["task_config"])
-    kw = dict(n_resamples=params["n_bootstrap"], seed=params["seed"])
+    kw = {"n_resamples": params["n_bootstrap"], "seed": params["seed"]}
     report = {"model": "prompt_bart", "split": "test", "best_epoch": checkpoint["epoch"], "data": data_stats,
               "test_encoding": enc_stats}
     rows = []
@@ -124,8 +124,8 @@ def evaluate_prompt_bart(path: Path, params: dict, device) -> None:
                               collate_fn=collate_patients)
         p = predict(model, task, loader, device)
         if view == "fixed":
-            report["denoising"] = {**ex_stats, **{k: metrics.bootstrap(fn, (p["nll_sum"], p["n_tokens"]), **kw) for k, fn in
-                                   (("perplexity", metrics.perplexity),)}}
+            report["denoising"] = {**ex_stats, "perplexity": metrics.bootstrap(
+                metrics.perplexity, (p["nll_sum"], p["n_tokens"]), **kw)}
             continue
         # the baseline scores the very same targets
         batch = collate_patients(examples)

@@ -15,13 +15,28 @@ import numpy as np
 import pandas as pd
 
 from ehrseq.generate import (
-    CodeIndex, SamplingConfig, age_related_codes, draw_demographics, fidelity, generate_patients, pick_utility_target,
-    privacy, sample_independent, to_long_table, utility,
+    CodeIndex,
+    SamplingConfig,
+    age_related_codes,
+    draw_demographics,
+    fidelity,
+    generate_patients,
+    pick_utility_target,
+    privacy,
+    sample_independent,
+    to_long_table,
+    utility,
 )
 from ehrseq.io import setup_logging, write_json, write_parquet
 from ehrseq.params import load_params
 from ehrseq.patient_visits import (
-    CODE_TYPES, DemographicEncoder, PatientVocab, cap_age, gender_group, load_patients, race_group,
+    CODE_TYPES,
+    DemographicEncoder,
+    PatientVocab,
+    cap_age,
+    gender_group,
+    load_patients,
+    race_group,
 )
 from ehrseq.training import load_trained_model, pick_device, seed_everything
 

@@ -6,16 +6,35 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_prompt_bart import tiny_model, toy_patients
 
 from ehrseq.generate import (
-    CodeIndex, SamplingConfig, StructureProcessor, decode_sequences, draw_demographics, fidelity, filter_logits,
-    privacy, sample_independent, sample_sequences, utility,
+    CodeIndex,
+    SamplingConfig,
+    StructureProcessor,
+    decode_sequences,
+    draw_demographics,
+    fidelity,
+    filter_logits,
+    privacy,
+    sample_independent,
+    sample_sequences,
+    utility,
 )
 from ehrseq.patient_visits import (
-    BOS_ID, CODE_TYPES, END_ID, FIRST_CODE_ID, FIRST_TYPE_ID, PAD_ID, VISIT_END_ID, VISIT_ID, DemographicEncoder,
-    Patients, PatientVocab, sequence,
+    BOS_ID,
+    CODE_TYPES,
+    END_ID,
+    FIRST_CODE_ID,
+    FIRST_TYPE_ID,
+    PAD_ID,
+    VISIT_END_ID,
+    VISIT_ID,
+    DemographicEncoder,
+    Patients,
+    PatientVocab,
+    sequence,
 )
-from test_prompt_bart import tiny_model, toy_patients
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")

@@ -16,10 +16,30 @@ from ehrseq.data import token_loader
 from ehrseq.models import build_model
 from ehrseq.models.prompt_bart import PromptBartTask
 from ehrseq.patient_visits import (
-    BOS_ID, END_ID, FIRST_CODE_ID, FIRST_TYPE_ID, MASK_ID, PAD_ID, VISIT_END_ID, VISIT_ID, Corruption,
-    DemographicEncoder, Patients, PatientDataset, PatientVocab, build_model_inputs, build_patients,
-    collate_patients, cross_type_examples, gender_group, longitudinal_examples, patient_examples, race_group,
-    _scored_visit, sequence, unigram_nll,
+    BOS_ID,
+    END_ID,
+    FIRST_CODE_ID,
+    FIRST_TYPE_ID,
+    MASK_ID,
+    PAD_ID,
+    VISIT_END_ID,
+    VISIT_ID,
+    Corruption,
+    DemographicEncoder,
+    PatientDataset,
+    Patients,
+    PatientVocab,
+    _scored_visit,
+    build_model_inputs,
+    build_patients,
+    collate_patients,
+    cross_type_examples,
+    gender_group,
+    longitudinal_examples,
+    patient_examples,
+    race_group,
+    sequence,
+    unigram_nll,
 )
 from ehrseq.training import FitConfig, fit, predict
 
@@ -53,8 +73,8 @@ def toy_patients(n: int, seed: int, split: str = "train", first_id: int = 1) -> 
 
 
 def tiny_model(vocab: PatientVocab, **overrides):
-    config = dict(prompt_length=1, d_model=32, encoder_layers=1, decoder_layers=1, attention_heads=2, ffn_dim=64,
-                  dropout=0.0, max_length=64)
+    config = {"prompt_length": 1, "d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "attention_heads": 2,
+              "ffn_dim": 64, "dropout": 0.0, "max_length": 64}
     return build_model("prompt_bart", **build_model_inputs(vocab), **{**config, **overrides})
 
 

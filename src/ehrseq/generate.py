@@ -16,6 +16,7 @@ metric below reads both the same way.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 
@@ -29,8 +30,18 @@ from tqdm import tqdm
 
 from ehrseq import metrics
 from ehrseq.patient_visits import (
-    BOS_ID, CODE_TYPES, END_ID, FIRST_CODE_ID, FIRST_TYPE_ID, MASK_ID, PAD_ID, VISIT_END_ID, VISIT_ID,
-    DemographicEncoder, Patients, PatientVocab,
+    BOS_ID,
+    CODE_TYPES,
+    END_ID,
+    FIRST_CODE_ID,
+    FIRST_TYPE_ID,
+    MASK_ID,
+    PAD_ID,
+    VISIT_END_ID,
+    VISIT_ID,
+    DemographicEncoder,
+    Patients,
+    PatientVocab,
 )
 
 log = logging.getLogger(__name__)
@@ -79,7 +90,7 @@ class StructureProcessor:
 
     def allowed(self) -> torch.Tensor:
         """[B, V] True where a token keeps the sequence valid."""
-        ids, V = self.ids[None, :], len(self.ids)
+        ids = self.ids[None, :]
         in_block = (self.phase == 2)[:, None]
         has_code = (self.last_code >= 0)[:, None]
         codes = in_block & (self.token_types[None, :] == self.cur_type[:, None]) & (ids > self.last_code[:, None])
@@ -344,7 +355,7 @@ def age_group(age: pd.Series | np.ndarray, bounds: list[float]) -> np.ndarray:
 def age_group_labels(bounds: list[float]) -> list[str]:
     edges = [None, *bounds, None]
     return [f"<{int(hi)}" if lo is None else (f">={int(lo)}" if hi is None else f"{int(lo)}-{int(hi) - 1}")
-            for lo, hi in zip(edges[:-1], edges[1:])]
+            for lo, hi in itertools.pairwise(edges)]
 
 
 def age_related_codes(train: Patients, index: CodeIndex, bounds: list[float], n: int) -> list[int]:
@@ -492,7 +503,7 @@ def utility(train: Patients, test: Patients, synthetic: dict[str, Patients], ind
     _, p_real = _fit_auroc(xr, yr, xt, yt)
     out = {"task": f"does a visit hold {'/'.join(index.codes[target])}, from its other codes and demographics "
                    "(logistic regression, one row per visit, AUROC on real test visits)",
-           "test_visits": int(len(yt)), "test_prevalence": float(yt.mean()),
+           "test_visits": len(yt), "test_prevalence": float(yt.mean()),
            "trtr_auroc": metrics.bootstrap(metrics.auroc, (yt, p_real), n_resamples=n_resamples, seed=seed)}
     for name, patients in synthetic.items():
         xs, ys = visit_features(patients, index, target)

@@ -26,8 +26,9 @@ Traps this module exists to avoid (the seed had each of them):
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -118,7 +119,7 @@ class Patients:
     demographics: pd.DataFrame
     codes: pd.DataFrame
 
-    def split(self, name: str) -> "Patients":
+    def split(self, name: str) -> Patients:
         demo = self.demographics[self.demographics["split"] == name]
         return Patients(demo.reset_index(drop=True), self.codes[self.codes["subject_id"].isin(demo["subject_id"])])
 
@@ -215,7 +216,7 @@ class PatientVocab:
         return FIRST_CODE_ID + len(self.codes)
 
     @classmethod
-    def fit(cls, train: Patients) -> "PatientVocab":
+    def fit(cls, train: Patients) -> PatientVocab:
         codes = train.codes.assign(type_index=train.codes["code_type"].map(CODE_TYPES.index))
         counts = codes.groupby(["type_index", "code"]).size().rename("n").reset_index()
         counts = counts.sort_values(["type_index", "n", "code"], ascending=[True, False, True], kind="stable")
@@ -229,7 +230,7 @@ class PatientVocab:
                 "blocks": self.blocks, "n_visits": self.n_visits}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PatientVocab":
+    def from_dict(cls, d: dict[str, Any]) -> PatientVocab:
         return cls(list(d["codes"]), [int(t) for t in d["code_types"]], [int(n) for n in d["visit_counts"]],
                    [int(b) for b in d["blocks"]], int(d["n_visits"]))
 
@@ -264,7 +265,7 @@ class PatientVocab:
                 last_visit = (subject, visit)
             encoded[subject][-1].append((t, ids_sorted[s:e]))
         n_missing = int((~patients.demographics["subject_id"].isin(encoded)).sum())
-        return encoded, {"codes_unknown_to_vocab": int((~known).sum()), "code_rows": int(len(known)),
+        return encoded, {"codes_unknown_to_vocab": int((~known).sum()), "code_rows": len(known),
                          "patients_without_known_codes": n_missing}
 
 
@@ -403,7 +404,7 @@ def cross_type_examples(visits: list[Visit]) -> list[tuple[list[int], list[int],
             for bj, (tj, ids) in enumerate(visit):
                 encoder += [FIRST_TYPE_ID + tj, *([MASK_ID] if bj == bi else [int(i) for i in ids])]
             encoder.append(VISIT_END_ID)
-            target, types = _scored_visit(visit, lambda b: b == bi)
+            _, types = _scored_visit(visit, lambda b, masked=bi: b == masked)
             out.append((head + encoder + tail, full, [-1] * (len(head) - 1) + types + [-1] * len(tail)))
     return out
 
@@ -437,7 +438,7 @@ class DemographicEncoder:
     age_std: float
 
     @classmethod
-    def fit(cls, train_demographics: pd.DataFrame) -> "DemographicEncoder":
+    def fit(cls, train_demographics: pd.DataFrame) -> DemographicEncoder:
         age = train_demographics["age"].to_numpy(float)
         return cls(float(age.mean()), float(age.std()) or 1.0)
 
