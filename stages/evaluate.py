@@ -94,16 +94,24 @@ def evaluate_prompt_bart(path: Path, params: dict, device) -> None:
     """Test perplexities of prompt_bart and of the independent-codes baseline on the same targets.
 
     lpl (longitudinal): each visit k >= 1 given visits < k; mpl (cross-type): each code
-    type of a visit given everything else. Per code type, a patient's perplexity is
-    exp(mean NLL of its targets of that type); the median over patients (as PromptEHR
+    type of a visit given everything else. The baseline's NLL is that of the same code
+    sets under independent codes (`independent_nll_by_type`). Per code type, a patient's
+    perplexity is exp(mean NLL of its targets of that type); the median over patients (as PromptEHR
     reports) gets a bootstrap interval over patients. Also the denoising loss under the
     training corruption (fixed seed), the number the loop early-stopped on.
     """
     from ehrseq.data import token_loader
     from ehrseq.models.prompt_bart import PromptBartTask
     from ehrseq.patient_visits import (
-        CODE_TYPES, Corruption, DemographicEncoder, PatientDataset, PatientVocab, collate_patients, load_patients,
-        patient_examples, unigram_nll,
+        CODE_TYPES,
+        Corruption,
+        DemographicEncoder,
+        PatientDataset,
+        PatientVocab,
+        collate_patients,
+        independent_nll_by_type,
+        load_patients,
+        patient_examples,
     )
 
     model, checkpoint = load_trained_model(path, device)
@@ -129,11 +137,9 @@ def evaluate_prompt_bart(path: Path, params: dict, device) -> None:
             continue
         # the baseline scores the very same targets
         batch = collate_patients(examples)
-        base = unigram_nll(vocab, batch["labels"].numpy(), batch["score_type"].numpy())  # [N, T]
-        base_by_type = np.stack([np.where(batch["score_type"].numpy() == t, base, 0).sum(1)
-                                 for t in range(len(CODE_TYPES))], axis=1)  # [N, K]
+        base_by_type = independent_nll_by_type(vocab, batch["labels"].numpy(), batch["score_type"].numpy())  # [N, K]
         name = {"longitudinal": "lpl", "cross_type": "mpl"}[view]
-        report[name] = {"examples": ex_stats["examples"], "patients": {}}
+        report[name] = {"examples": ex_stats["examples"]}
         for t, code_type in enumerate(CODE_TYPES):
             frame = pd.DataFrame({"subject_id": p["subject_id"], "model": p["nll_by_type"][:, t],
                                   "baseline": base_by_type[:, t], "n": p["n_by_type"][:, t]})

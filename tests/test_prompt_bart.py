@@ -35,11 +35,11 @@ from ehrseq.patient_visits import (
     collate_patients,
     cross_type_examples,
     gender_group,
+    independent_nll_by_type,
     longitudinal_examples,
     patient_examples,
     race_group,
     sequence,
-    unigram_nll,
 )
 from ehrseq.training import FitConfig, fit, predict
 
@@ -184,18 +184,25 @@ def test_evaluation_views_score_the_right_targets():
     assert [seq[j + 1] for j, t in enumerate(types) if t >= 0] == [*visits[0][1][1], VISIT_END_ID]
 
 
-def test_unigram_baseline_is_a_distribution_per_block():
-    vocab = PatientVocab.fit(toy_patients(200, seed=0))
-    from ehrseq.patient_visits import unigram_log_probs
-    code_lp, stop_lp = unigram_log_probs(vocab)
-    types = vocab.token_types()
-    for t in (0, 1):
-        assert math.isclose(np.exp(code_lp[types == t]).sum() + np.exp(stop_lp[t]), 1.0, rel_tol=1e-9)
-    # 3 diagnoses per block: p_stop = 1/4
-    assert math.isclose(np.exp(stop_lp[0]), 0.25)
-    labels = np.array([[FIRST_CODE_ID, VISIT_END_ID]])
-    nll = unigram_nll(vocab, labels, np.array([[0, 0]]))
-    assert math.isclose(nll[0, 1], -math.log(0.25)) and math.isclose(nll[0, 0], -code_lp[FIRST_CODE_ID])
+def test_independent_baseline_nll_is_the_set_probability():
+    train = toy_patients(200, seed=0)
+    vocab = PatientVocab.fit(train)
+    p = np.array(vocab.visit_counts) / vocab.n_visits
+    diag = np.flatnonzero(np.array(vocab.code_types) == 0)
+    present = diag[[1, 4]]  # a block holding the 2nd and 5th most frequent diagnoses
+    by_hand = np.log(p[present]).sum() + np.log1p(-np.delete(p[diag], [1, 4])).sum()
+    by_hand -= np.log(1 - np.prod(1 - p[diag]))
+    labels = np.array([[FIRST_CODE_ID + present[0], FIRST_CODE_ID + present[1], FIRST_TYPE_ID + 1, PAD_ID]])
+    nll = independent_nll_by_type(vocab, labels, np.array([[0, 0, 0, -1]]))
+    assert nll.shape == (1, 4) and math.isclose(nll[0, 0], -by_hand, rel_tol=1e-9) and nll[0, 1] == 0
+    # over every subset of a 3-code type the probabilities sum to one
+    small = PatientVocab(["a", "b", "c"], [0, 0, 0], [5, 3, 1], [8, 0, 0, 0], 10)
+    total = 0.0
+    for mask in range(1, 8):
+        ids = [FIRST_CODE_ID + i for i in range(3) if mask >> i & 1]
+        row = np.array([[*ids, VISIT_END_ID]])
+        total += np.exp(-independent_nll_by_type(small, row, np.zeros_like(row))[0, 0])
+    assert math.isclose(total, 1.0, rel_tol=1e-9)
 
 
 # ------------------------------------------------------------------ model

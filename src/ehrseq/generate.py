@@ -359,13 +359,18 @@ def age_group_labels(bounds: list[float]) -> list[str]:
 
 
 def age_related_codes(train: Patients, index: CodeIndex, bounds: list[float], n: int) -> list[int]:
-    """The `n` codes whose train visit prevalence differs most between the oldest and the
-    youngest age group (chosen on train, so the test comparison is not selected on itself)."""
+    """The `n` codes whose train visit prevalence differs most significantly (two-proportion
+    z) between the oldest and the youngest age group: chosen on train, so the test
+    comparison is not selected on itself; by z, not raw difference, which would pick
+    frequent codes with noise."""
     X, owner = index.visits(train)
     groups = age_group(train.demographics["age"].to_numpy()[owner], bounds)
     young, old = groups == groups.min(), groups == groups.max()
-    diff = np.asarray(X[old].mean(0)).ravel() - np.asarray(X[young].mean(0)).ravel()
-    return np.argsort(-np.abs(diff))[:n].tolist()
+    p_old, p_young = np.asarray(X[old].mean(0)).ravel(), np.asarray(X[young].mean(0)).ravel()
+    pooled = np.asarray(X[old | young].mean(0)).ravel()
+    se = np.sqrt(pooled * (1 - pooled) * (1 / max(old.sum(), 1) + 1 / max(young.sum(), 1)))
+    z = np.abs(p_old - p_young) / np.where(se > 0, se, np.inf)
+    return np.argsort(-z)[:n].tolist()
 
 
 def age_conditioning(real, synthetic, Xr, owner_r, Xs, owner_s, index, bounds, codes) -> dict:

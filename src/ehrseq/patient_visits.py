@@ -546,37 +546,35 @@ def collate_patients(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]
     }
 
 
-def unigram_log_probs(vocab: PatientVocab) -> tuple[np.ndarray, np.ndarray]:
-    """The independent-codes baseline as a token model, for perplexity on the same targets.
+def independent_nll_by_type(vocab: PatientVocab, labels: np.ndarray, score_type: np.ndarray) -> np.ndarray:
+    """NLL of each example's scored blocks under the independent-codes baseline. [N, K]
 
-    Inside a type-t block each target is either a code c of type t, with probability
-    (1 - p_stop_t) * share_c, or the block's end, p_stop_t = blocks_t / (codes_t + blocks_t)
-    (one end per block), whatever token spells it. Returns (log p of every code id [V],
-    -inf elsewhere; log p_stop per type [n_types]).
+    The baseline draws every code c of a visit independently with its train visit
+    prevalence p_c, so a type-t block with code set S has probability
+        P(S | block present) = prod_{c in S} p_c * prod_{c of type t not in S} (1 - p_c)
+                               / (1 - prod_{c of type t} (1 - p_c)),
+    a probability of the *set*. prompt_bart spells a set in one canonical order (sorted
+    ids), so its sequence probability is a set probability too and the two perplexities
+    (NLL over the block's codes + closing token) compare like with like; a unigram over
+    orderings would waste log(|S|!) nats on orders and flatter the model.
+    labels, score_type: [N, T] (decoder targets and the code type each is scored for; the
+    type-t targets of one example are one block).
     """
-    counts = np.asarray(vocab.visit_counts, dtype=float)
+    p = np.clip(np.asarray(vocab.visit_counts, dtype=float) / max(vocab.n_visits, 1), 1e-6, 1 - 1e-6)
     types = np.asarray(vocab.code_types)
-    code_lp = np.full(len(vocab), -np.inf)
-    stop_lp = np.full(len(CODE_TYPES), -np.inf)
+    gain = np.zeros(len(vocab))  # log p_c - log(1 - p_c): what a present code adds to the all-absent case
+    gain[FIRST_CODE_ID:] = np.log(p) - np.log1p(-p)
+    out = np.zeros((labels.shape[0], len(CODE_TYPES)))
     for t in range(len(CODE_TYPES)):
         in_type = types == t
-        total = counts[in_type].sum()
-        if total == 0:
+        if not in_type.any():
             continue
-        p_stop = vocab.blocks[t] / (total + vocab.blocks[t])
-        code_lp[FIRST_CODE_ID + np.flatnonzero(in_type)] = np.log((1 - p_stop) * counts[in_type] / total)
-        stop_lp[t] = np.log(p_stop)
-    return code_lp, stop_lp
-
-
-def unigram_nll(vocab: PatientVocab, labels: np.ndarray, score_type: np.ndarray) -> np.ndarray:
-    """Baseline negative log-likelihood of each scored target (score_type >= 0), 0 elsewhere.
-    labels, score_type: [B, T] -> [B, T]"""
-    code_lp, stop_lp = unigram_log_probs(vocab)
-    scored = score_type >= 0
-    is_code = labels >= FIRST_CODE_ID
-    lp = np.where(is_code, code_lp[labels], stop_lp[np.maximum(score_type, 0)])
-    return np.where(scored, -lp, 0.0)
+        all_absent = np.log1p(-p[in_type]).sum()
+        log_nonempty = np.log(-np.expm1(all_absent))
+        scored = score_type == t  # [N, T]
+        present = (gain[labels] * (scored & (labels >= FIRST_CODE_ID))).sum(axis=1)  # [N]
+        out[:, t] = np.where(scored.any(axis=1), -(present + all_absent - log_nonempty), 0.0)
+    return out
 
 
 def load_patients(interim_dir) -> tuple[Patients, dict]:
