@@ -12,7 +12,6 @@ import logging
 import time
 
 import numpy as np
-import pandas as pd
 
 from ehrseq.generate import (
     CodeIndex,
@@ -23,6 +22,7 @@ from ehrseq.generate import (
     generate_patients,
     pick_utility_target,
     privacy,
+    read_demographics_csv,
     sample_independent,
     to_long_table,
     utility,
@@ -33,10 +33,7 @@ from ehrseq.patient_visits import (
     CODE_TYPES,
     DemographicEncoder,
     PatientVocab,
-    cap_age,
-    gender_group,
     load_patients,
-    race_group,
 )
 from ehrseq.training import load_trained_model, pick_device, seed_everything
 
@@ -45,23 +42,6 @@ log = logging.getLogger("ehrseq.stages.generate")
 CHECKPOINT = "models/prompt_bart/denoise/best.pt"
 TARGETS = {"prevalence_spearman": 0.9, "exact_patient_copies": 0.01, "membership_inference_auc": 0.55,
            "tstr_over_trtr": 0.85}
-
-
-def read_demographics_csv(path: str, n: int) -> tuple[pd.DataFrame, dict]:
-    """User-given prompts: columns age, gender, race (raw values; mapped like real data)."""
-    frame = pd.read_csv(path)
-    missing = [c for c in ("age", "gender", "race") if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; has {list(frame.columns)}")
-    age = pd.to_numeric(frame["age"], errors="coerce")
-    if age.isna().any():
-        raise ValueError(f"{path}: column 'age' must be numeric; row {int(age.isna().idxmax())} has "
-                         f"{frame['age'][age.isna()].iloc[0]!r}")
-    gender, n_gender = gender_group(frame["gender"])
-    race, n_race = race_group(frame["race"])
-    frame = pd.DataFrame({"age": cap_age(age), "gender": gender, "race": race}).head(n)
-    frame.insert(0, "subject_id", np.arange(1, len(frame) + 1))
-    return frame, {"gender_other": n_gender, "race_unmapped_to_other": n_race}
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from ehrseq.generate import (
     fidelity,
     filter_logits,
     privacy,
+    read_demographics_csv,
     sample_independent,
     sample_sequences,
     utility,
@@ -191,3 +192,15 @@ def test_utility_ratio_is_about_one_for_real_data_and_lower_for_noise():
     assert out["trtr_auroc"]["value"] > 0.95
     assert out["same"]["tstr_over_trtr"]["value"] > 0.95
     assert out["independent"]["tstr_over_trtr"]["value"] < 0.8
+
+
+def test_demographics_csv_is_mapped_and_checked(tmp_path):
+    path = tmp_path / "prompts.csv"
+    pd.DataFrame({"age": [30, 300, 55], "gender": ["F", "M", "?"], "race": ["ASIAN - KOREAN", "WHITE", "martian"]}
+                 ).to_csv(path, index=False)
+    demo, stats = read_demographics_csv(str(path), n=10)
+    assert demo["age"].tolist() == [30, 90, 55] and demo["race"].tolist() == ["asian", "white", "other"]
+    assert demo["subject_id"].tolist() == [1, 2, 3] and stats == {"gender_other": 1, "race_unmapped_to_other": 1}
+    pd.DataFrame({"age": ["old"], "gender": ["F"], "race": ["WHITE"]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match="prompts.csv: column 'age' must be numeric; row 0 has 'old'"):
+        read_demographics_csv(str(path), n=10)

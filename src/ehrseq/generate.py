@@ -42,6 +42,9 @@ from ehrseq.patient_visits import (
     DemographicEncoder,
     Patients,
     PatientVocab,
+    cap_age,
+    gender_group,
+    race_group,
 )
 
 log = logging.getLogger(__name__)
@@ -216,6 +219,24 @@ def draw_demographics(train_demographics: pd.DataFrame, n: int, rng: np.random.G
     rows = train_demographics.iloc[rng.integers(0, len(train_demographics), n)]
     return pd.DataFrame({"subject_id": np.arange(1, n + 1), "age": rows["age"].to_numpy(),
                          "gender": rows["gender"].to_numpy(), "race": rows["race"].to_numpy()})
+
+
+def read_demographics_csv(path: str, n: int) -> tuple[pd.DataFrame, dict]:
+    """User-given prompts: columns age, gender, race (raw values, mapped and counted like
+    real data: ages capped, unmapped race -> `other`); synthetic subject ids 1..n."""
+    frame = pd.read_csv(path)
+    missing = [c for c in ("age", "gender", "race") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; has {list(frame.columns)}")
+    age = pd.to_numeric(frame["age"], errors="coerce")
+    if age.isna().any():
+        raise ValueError(f"{path}: column 'age' must be numeric; row {int(age.isna().idxmax())} has "
+                         f"{frame['age'][age.isna()].iloc[0]!r}")
+    gender, n_gender = gender_group(frame["gender"])
+    race, n_race = race_group(frame["race"])
+    frame = pd.DataFrame({"age": cap_age(age), "gender": gender, "race": race}).head(n)
+    frame.insert(0, "subject_id", np.arange(1, len(frame) + 1))
+    return frame, {"gender_other": n_gender, "race_unmapped_to_other": n_race}
 
 
 def generate_patients(model, vocab: PatientVocab, demo_encoder: DemographicEncoder, demographics: pd.DataFrame,
