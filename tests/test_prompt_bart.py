@@ -155,16 +155,17 @@ def test_corruption_modes():
     vocab = PatientVocab.fit(toy_patients(50, seed=0))
     visits = next(iter(vocab.encode(toy_patients(1, seed=3))[0].values())) * 2  # the same visit twice
     rng = np.random.default_rng(0)
-    assert Corruption(0, 0, 0, 0, 0, 0)(visits, rng) == sequence(visits)  # no corruption is a copy
+    assert Corruption(0, 0, 0, 0, 0, 0, 0)(visits, rng) == sequence(visits)  # no corruption is a copy
     # every code masked: no code survives
-    assert not [t for t in Corruption(1.0, 0, 0, 0, 0, 0)(visits, rng) if t >= FIRST_CODE_ID]
-    full = [Corruption(future_rate=1.0, type_rate=0.0)(visits, np.random.default_rng(s)) for s in range(20)]
-    assert [BOS_ID, MASK_ID, END_ID] in full  # masking from visit 0 is the generator's input
-    assert all(f[-2:] == [MASK_ID, END_ID] for f in full)
-    typed = Corruption(0, 0, 0, 0, future_rate=0.0, type_rate=1.0)(visits, rng)
+    assert not [t for t in Corruption(1.0, 0, 0, 0, 0, 0, 0)(visits, rng) if t >= FIRST_CODE_ID]
+    assert Corruption(full_mask_rate=1.0, future_rate=0, type_rate=0)(visits, rng) == [BOS_ID, MASK_ID, END_ID]
+    future = Corruption(0, 0, 0, 0, future_rate=1.0, type_rate=0.0, full_mask_rate=0.0)
+    assert future(visits, rng) == sequence(visits[:1])[:-1] + [MASK_ID, END_ID]  # k >= 1: visit 0 shown
+    assert future(visits[:1], rng) == sequence(visits[:1])  # one visit: no future to mask, (no) token noise
+    typed = Corruption(0, 0, 0, 0, future_rate=0.0, type_rate=1.0, full_mask_rate=0.0)(visits, rng)
     assert typed.count(MASK_ID) == 1 and typed != sequence(visits)  # one block is `<type> <mask>`
     with pytest.raises(ValueError, match="future_rate"):
-        Corruption(future_rate=0.8, type_rate=0.5)
+        Corruption(future_rate=0.5, type_rate=0.5, full_mask_rate=0.2)
 
 
 def test_evaluation_views_score_the_right_targets():
@@ -271,8 +272,8 @@ def test_reconstruction_from_a_fully_masked_input_is_not_a_copy(tmp_path):
     train, val = toy_patients(400, seed=0), toy_patients(100, seed=1, split="val", first_id=1000)
     held_out = toy_patients(200, seed=2, split="test", first_id=2000)
     vocab, demo = PatientVocab.fit(train), DemographicEncoder.fit(train.demographics)
-    corruption = Corruption(mask_rate=0.3, infill_rate=0.3, infill_lambda=2.0, shuffle_rate=0.5, future_rate=0.3,
-                            type_rate=0.3)
+    corruption = Corruption(mask_rate=0.3, infill_rate=0.3, infill_lambda=2.0, shuffle_rate=0.5, future_rate=0.2,
+                            type_rate=0.3, full_mask_rate=0.2)
     batch = collate_patients([PatientDataset(patient_examples(vocab.encode(train)[0], train.demographics, demo, 64,
                                                               "train")[0], corruption)[i] for i in range(32)])
     encoder_rows = [r[r != PAD_ID].tolist() for r in batch["input_ids"]]

@@ -316,10 +316,14 @@ def truncate(visits: list[Visit], max_length: int) -> list[Visit]:
 class Corruption:
     """How the encoder copy is corrupted (rates of `train.prompt_bart.corruption`).
 
-    Per patient, one of three modes:
-    - future masking (prob `future_rate`): visits from a random index k on are replaced by
-      one <mask> (k = 0 masks everything: how the generator starts). This is the
-      longitudinal task: the decoder rebuilds visit k from visits < k.
+    Per patient, one of four modes:
+    - full masking (prob `full_mask_rate`): `[BOS, <mask>, END]`, what the generator
+      starts from. Its own rate, the same for every patient: were it the k = 0 case of
+      future masking, one-visit patients would get it more often than others and the
+      decoder would learn too few visits per patient from a blank encoder.
+    - future masking (prob `future_rate`, patients with 2+ visits; others get token
+      noise): visits from a random index k >= 1 on are replaced by one <mask>. This is
+      the longitudinal task: the decoder rebuilds visit k from visits < k.
     - type masking (prob `type_rate`): one random (visit, code type) block becomes
       `<type> <mask>`; the cross-type task. The other blocks get token noise.
     - token noise only (otherwise), on every block: codes shuffled (prob `shuffle_rate`
@@ -331,15 +335,17 @@ class Corruption:
     infill_rate: float = 0.3
     infill_lambda: float = 3.0
     shuffle_rate: float = 0.5
-    future_rate: float = 0.3
-    type_rate: float = 0.3
+    future_rate: float = 0.25
+    type_rate: float = 0.25
+    full_mask_rate: float = 0.2
 
     def __post_init__(self) -> None:
-        for name in ("mask_rate", "infill_rate", "shuffle_rate", "future_rate", "type_rate"):
+        for name in ("mask_rate", "infill_rate", "shuffle_rate", "future_rate", "type_rate", "full_mask_rate"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"corruption.{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.future_rate + self.type_rate > 1:
-            raise ValueError(f"corruption.future_rate + type_rate must be <= 1, got {self.future_rate + self.type_rate}")
+        total = self.full_mask_rate + self.future_rate + self.type_rate
+        if total > 1:
+            raise ValueError(f"corruption.full_mask_rate + future_rate + type_rate must be <= 1, got {total}")
 
     def _noise(self, ids: np.ndarray, rng: np.random.Generator) -> list[int]:
         ids = rng.permutation(ids) if rng.random() < self.shuffle_rate else ids.copy()
@@ -354,11 +360,14 @@ class Corruption:
     def __call__(self, visits: Sequence[Visit], rng: np.random.Generator) -> list[int]:
         """Encoder ids for one patient: [BOS, corrupted visits, END]."""
         mode = rng.random()
-        if mode < self.future_rate:
-            k = int(rng.integers(0, len(visits)))
+        if mode < self.full_mask_rate:
+            return [BOS_ID, MASK_ID, END_ID]
+        mode -= self.full_mask_rate
+        if mode < self.future_rate and len(visits) > 1:
+            k = int(rng.integers(1, len(visits)))
             return [BOS_ID, *(tok for v in visits[:k] for tok in visit_tokens(v)), MASK_ID, END_ID]
         masked = None
-        if mode < self.future_rate + self.type_rate:
+        if self.future_rate <= mode < self.future_rate + self.type_rate:
             blocks = [(vi, bi) for vi, v in enumerate(visits) for bi in range(len(v))]
             masked = blocks[int(rng.integers(0, len(blocks)))]
         out = [BOS_ID]
