@@ -95,7 +95,8 @@ def main() -> None:
                                                      age_codes=age_codes, **kw),
         "privacy": {name: privacy(train, test, s, index, **kw) for name, s in sources.items()},
         "utility": {"target_candidates_val_auroc": candidates,
-                    **utility(train, test, sources, index, target, **kw)},
+                    **(utility(train, test, sources, index, target, **kw) if target is not None else
+                       {"reason": "no frequent train diagnosis has both classes in train and val visits"})},
     }
     report["targets"] = check_targets(report)
     write_json("reports/metrics/generate.json", report)

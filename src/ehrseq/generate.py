@@ -500,9 +500,11 @@ def _fit_auroc(train_x, train_y, test_x, test_y) -> tuple[LogisticRegression | N
     return model, model.predict_proba(test_x)[:, 1]
 
 
-def pick_utility_target(train: Patients, val: Patients, index: CodeIndex, n_candidates: int) -> tuple[int, dict]:
+def pick_utility_target(train: Patients, val: Patients, index: CodeIndex,
+                        n_candidates: int) -> tuple[int | None, dict]:
     """The task's target: among the `n_candidates` most frequent train diagnosis codes, the one a
-    real-data model predicts best on the validation split (chosen on train/val, never test)."""
+    real-data model predicts best on the validation split (chosen on train/val, never test).
+    None when no candidate has both classes in train and val."""
     X, _ = index.visits(train)
     prevalence = np.asarray(X.mean(0)).ravel()
     diag = np.array([t == "diagnosis" for t, _ in index.codes])
@@ -514,8 +516,8 @@ def pick_utility_target(train: Patients, val: Patients, index: CodeIndex, n_cand
         _, p = _fit_auroc(xt, yt, xv, yv)
         if p is not None and 0 < yv.sum() < len(yv):
             scores[int(c)] = metrics.auroc(yv, p)
-    if not scores:
-        raise ValueError("utility: no candidate diagnosis code has both classes in train and val")
+    if not scores:  # e.g. a tiny val split (the MIMIC-III demo): reported, not a crash
+        return None, {}
     best = max(scores, key=scores.get)
     return best, {"/".join(index.codes[c]): s for c, s in scores.items()}
 
