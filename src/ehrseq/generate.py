@@ -541,7 +541,10 @@ def utility(train: Patients, test: Patients, synthetic: dict[str, Patients], ind
             continue
 
         def ratio(y, a, b):
-            return metrics.auroc(y, a) / metrics.auroc(y, b)
+            real = metrics.auroc(y, b)
+            if real == 0:  # a tiny resample can rank every pair wrongly
+                raise metrics.UndefinedMetricError("TRTR AUROC is 0")
+            return metrics.auroc(y, a) / real
 
         out[name] = {"tstr_auroc": metrics.bootstrap(metrics.auroc, (yt, p_syn), n_resamples=n_resamples, seed=seed),
                      "tstr_over_trtr": metrics.bootstrap(ratio, (yt, p_syn, p_real), n_resamples=n_resamples,
