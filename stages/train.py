@@ -114,8 +114,7 @@ def train_prompt_bart(params: dict, device, resume: bool) -> None:
                for s, ds in datasets.items()}
     result = fit(
         model, PromptBartTask(), loaders["train"], loaders["val"],
-        FitConfig(seed=params["seed"], epochs=params["epochs"], patience=params["patience"],
-                  **{k: params[k] for k in OPTIMIZER_KEYS}),
+        FitConfig(seed=params["seed"], **{**{k: params[k] for k in OPTIMIZER_KEYS}, **params["denoise"]}),
         checkpoint_dir="models/prompt_bart/denoise", live_dir="reports/train/prompt_bart/denoise",
         resume=resume, device=device,
         metadata={"model": "prompt_bart", "model_config": model_config, "vocab": vocab.to_dict(),
