@@ -17,15 +17,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ehrseq import metrics
+from ehrseq import metrics, paths
 from ehrseq.io import atomic_path, setup_logging, write_json
 from ehrseq.model_data import checkpoint_encoder, load_model_data, task_class
 from ehrseq.params import load_params
-from ehrseq.training import NextTokenTask, load_trained_model, pick_device, predict
+from ehrseq.tasks import NextTokenTask
+from ehrseq.torch_utils import pick_device
+from ehrseq.training import load_trained_model, predict
 
 log = logging.getLogger("ehrseq.stages.evaluate")
 
-TRUTH = Path("data/interim/truth/stay_risk.parquet")
+TRUTH = paths.STAY_RISK
 
 
 def oracle_metrics(stay_ids, y, prob, n_resamples: int, seed: int) -> dict:
@@ -60,15 +62,14 @@ def main() -> None:
     parser.add_argument("model")
     args = parser.parse_args()
     setup_logging()
-    params = load_params()["evaluate"]
+    params = load_params("evaluate")["evaluate"]
     device = pick_device()
     n_resamples, seed, n_bins = params["n_bootstrap"], params["seed"], params["calibration_bins"]
-    checkpoints = Path("models") / args.model
     if args.model == "prompt_bart":
-        evaluate_prompt_bart(checkpoints / "denoise" / "best.pt", params, device)
+        evaluate_prompt_bart(paths.checkpoint(args.model, "denoise"), params, device)
         return
 
-    model, checkpoint = load_trained_model(checkpoints / "finetune" / "best.pt", device)
+    model, checkpoint = load_trained_model(paths.checkpoint(args.model, "finetune"), device)
     data = load_model_data(args.model, ("test",), encoder=checkpoint_encoder(checkpoint))
     loader = data.loader("test", params["batch_size"], device, shuffle=False)
     p = predict(model, task_class(args.model)(**checkpoint["task_config"]), loader, device)
@@ -80,11 +81,12 @@ def main() -> None:
         **metrics.binary_classification_metrics(y, prob, n_bins=n_bins, n_resamples=n_resamples, seed=seed),
         **oracle_metrics(p["stay_id"], y, prob, n_resamples, seed),
     }
-    if (checkpoints / "pretrain" / "best.pt").exists():
-        report["pretrain"] = pretrain_metrics(checkpoints / "pretrain" / "best.pt", loader, device, n_resamples, seed)
-    write_json(f"reports/metrics/{args.model}.json", report)
+    pretrained = paths.checkpoint(args.model, "pretrain")
+    if pretrained.exists():
+        report["pretrain"] = pretrain_metrics(pretrained, loader, device, n_resamples, seed)
+    write_json(paths.metrics_json(args.model), report)
     for name, table in metrics.classification_curves(y, prob, n_bins).items():
-        with atomic_path(f"reports/plots/{args.model}/{name}.csv") as tmp:
+        with atomic_path(paths.plots_dir(args.model) / f"{name}.csv") as tmp:
             table.to_csv(tmp, index=False)
     log.info("%s on %d test stays: AUROC %s, oracle %s", args.model, len(y), report["auroc"]["value"],
              report["oracle_auroc"]["value"])
@@ -117,7 +119,7 @@ def evaluate_prompt_bart(path: Path, params: dict, device) -> None:
     model, checkpoint = load_trained_model(path, device)
     meta = checkpoint["metadata"]
     vocab, demo = PatientVocab.from_dict(meta["vocab"]), DemographicEncoder(**meta["demographics"])
-    patients, data_stats = load_patients("data/interim")
+    patients, data_stats = load_patients(paths.INTERIM)
     test = patients.split("test")
     encoded, enc_stats = vocab.encode(test)
     task = PromptBartTask(**checkpoint["task_config"])
@@ -156,8 +158,8 @@ def evaluate_prompt_bart(path: Path, params: dict, device) -> None:
                              "median_perplexity": entry[source]["value"]})
             entry["beats_baseline"] = entry["model"]["value"] < entry["baseline"]["value"]
             report[name][code_type] = entry
-    write_json("reports/metrics/prompt_bart.json", report)
-    with atomic_path("reports/plots/prompt_bart/perplexity.csv") as tmp:
+    write_json(paths.metrics_json("prompt_bart"), report)
+    with atomic_path(paths.PROMPT_BART_PERPLEXITY) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
     log.info("prompt_bart test: denoising perplexity %.3f; %s", report["denoising"]["perplexity"]["value"],
              {(r["mode"], r["code_type"], r["source"]): round(r["median_perplexity"], 2) for r in rows})

@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from ehrseq import paths
 from ehrseq.generate import (
     CodeIndex,
     SamplingConfig,
@@ -35,27 +36,27 @@ from ehrseq.patient_visits import (
     PatientVocab,
     load_patients,
 )
-from ehrseq.training import load_trained_model, pick_device, seed_everything
+from ehrseq.torch_utils import pick_device, seed_everything
+from ehrseq.training import load_trained_model
 
 log = logging.getLogger("ehrseq.stages.generate")
 
-CHECKPOINT = "models/prompt_bart/denoise/best.pt"
 TARGETS = {"prevalence_spearman": 0.9, "exact_patient_copies": 0.01, "membership_inference_auc": 0.55,
            "tstr_over_trtr": 0.85}
 
 
 def main() -> None:
     setup_logging()
-    params = load_params()["generate"]
+    params = load_params("generate")["generate"]
     device = pick_device()
     seed_everything(params["seed"])
     start = time.time()
 
-    model, checkpoint = load_trained_model(CHECKPOINT, device)
+    model, checkpoint = load_trained_model(paths.checkpoint("prompt_bart", "denoise"), device)
     meta = checkpoint["metadata"]
     vocab = PatientVocab.from_dict(meta["vocab"])
     demo_encoder = DemographicEncoder(**meta["demographics"])
-    patients, data_stats = load_patients("data/interim")
+    patients, data_stats = load_patients(paths.INTERIM)
     train, val, test = (patients.split(s) for s in ("train", "val", "test"))
 
     rng = np.random.default_rng(params["seed"])
@@ -71,8 +72,8 @@ def main() -> None:
                                                 meta["model_config"]["max_length"], device, params["seed"])
     sampling_seconds = time.time() - start
     baseline = sample_independent(train, demographics, rng)
-    write_parquet("data/generated/patients.parquet", to_long_table(synthetic))
-    write_parquet("data/generated/baseline.parquet", to_long_table(baseline))
+    write_parquet(paths.GENERATED_PATIENTS, to_long_table(synthetic))
+    write_parquet(paths.GENERATED_BASELINE, to_long_table(baseline))
     log.info("sampled %d patients (%d visits) in %.0f s; %s", len(synthetic.demographics),
              synthetic.codes.groupby("subject_id")["visit"].nunique().sum(), sampling_seconds, sample_stats)
 
@@ -99,7 +100,7 @@ def main() -> None:
                        {"reason": "no frequent train diagnosis has both classes in train and val visits"})},
     }
     report["targets"] = check_targets(report)
-    write_json("reports/metrics/generate.json", report)
+    write_json(paths.metrics_json("generate"), report)
     for name, met in report["targets"].items():
         log.info("target %s: %s", name, met)
     log.info("generate done in %.0f s", time.time() - start)

@@ -1,7 +1,7 @@
 """prompt_bart: patient visit data, vocabulary, corruption, the model with prompts, and
 that reconstruction from a fully masked input is not a copy.
 
-Also home of `toy_patients`, patients with a planted structure used by test_generate.py.
+Toy patients with a planted structure (`toy_patients`) live in conftest.py.
 """
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import CODES_PER_VISIT, tiny_model, toy_patients
 from ehrseq.data import token_loader
-from ehrseq.models import build_model
-from ehrseq.models.prompt_bart import PromptBartTask
 from ehrseq.patient_visits import (
     BOS_ID,
     END_ID,
@@ -27,10 +26,8 @@ from ehrseq.patient_visits import (
     Corruption,
     DemographicEncoder,
     PatientDataset,
-    Patients,
     PatientVocab,
     _scored_visit,
-    build_model_inputs,
     build_patients,
     collate_patients,
     cross_type_examples,
@@ -41,42 +38,11 @@ from ehrseq.patient_visits import (
     race_group,
     sequence,
 )
+from ehrseq.tasks import PromptBartTask
 from ehrseq.training import FitConfig, fit, predict
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")
-
-# ------------------------------------------------------------------ toy patients
-
-N_TOY_CODES = 12  # diagnosis codes D00..D11
-CODES_PER_VISIT = 3
-
-
-def toy_patients(n: int, seed: int, split: str = "train", first_id: int = 1) -> Patients:
-    """One visit each: a diagnosis block of 3 distinct codes drawn uniformly from 12, and a
-    medication that is a function of the diagnoses (M + the smallest diagnosis index).
-
-    The diagnosis block of a patient has 220 equally likely values, so any model, given
-    nothing about the patient, has a perplexity of at least 220 ** (1/4) ~ 3.85 per
-    target over its 3 codes and the token closing the block.
-    """
-    rng = np.random.default_rng(seed)
-    demo, rows = [], []
-    for i in range(n):
-        subject = first_id + i
-        diag = np.sort(rng.choice(N_TOY_CODES, CODES_PER_VISIT, replace=False))
-        rows += [(subject, 0, "diagnosis", f"D{d:02d}") for d in diag]
-        rows.append((subject, 0, "medication", f"M{diag[0]:02d}"))
-        demo.append((subject, split, float(rng.integers(20, 90)), rng.choice(["F", "M"]), "white"))
-    return Patients(pd.DataFrame(demo, columns=["subject_id", "split", "age", "gender", "race"]),
-                    pd.DataFrame(rows, columns=["subject_id", "visit", "code_type", "code"]))
-
-
-def tiny_model(vocab: PatientVocab, **overrides):
-    config = {"prompt_length": 1, "d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "attention_heads": 2,
-              "ffn_dim": 64, "dropout": 0.0, "max_length": 64}
-    return build_model("prompt_bart", **build_model_inputs(vocab), **{**config, **overrides})
-
 
 # ------------------------------------------------------------------ demographics and visits
 

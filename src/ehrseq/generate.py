@@ -190,7 +190,8 @@ def _force_close(grammar: StructureProcessor, allowed: torch.Tensor) -> torch.Te
     return torch.where(forced.any(dim=1, keepdim=True), forced, allowed)
 
 
-def decode_sequences(sequences: list[list[int]], vocab: PatientVocab, demographics: pd.DataFrame) -> tuple[Patients, dict]:
+def decode_sequences(sequences: list[list[int]], vocab: PatientVocab,
+                     demographics: pd.DataFrame) -> tuple[Patients, dict]:
     """Token sequences -> the long format. An unfinished sequence (no END: the length limit)
     keeps its closed visits and is counted; a patient left without a visit is dropped."""
     names, types = vocab.token_names(), vocab.token_types()
@@ -240,7 +241,8 @@ def read_demographics_csv(path: str, n: int) -> tuple[pd.DataFrame, dict]:
 
 
 def generate_patients(model, vocab: PatientVocab, demo_encoder: DemographicEncoder, demographics: pd.DataFrame,
-                      config: SamplingConfig, max_length: int, device: torch.device, seed: int) -> tuple[Patients, dict]:
+                      config: SamplingConfig, max_length: int, device: torch.device,
+                      seed: int) -> tuple[Patients, dict]:
     sequences = sample_sequences(model, demo_encoder.numeric(demographics), demo_encoder.categorical(demographics),
                                  vocab.token_types(), config, max_length, device, seed)
     return decode_sequences(sequences, vocab, demographics)
@@ -251,7 +253,8 @@ def sample_independent(train: Patients, demographics: pd.DataFrame, rng: np.rand
     independently with its train visit prevalence (an empty visit is drawn again)."""
     n_visits_train = train.codes.groupby("subject_id")["visit"].nunique().to_numpy()
     visit_sets = train.codes.drop_duplicates(["subject_id", "visit", "code_type", "code"])
-    prevalence = visit_sets.groupby(["code_type", "code"]).size() / train.codes[["subject_id", "visit"]].drop_duplicates().shape[0]
+    n_visits = train.codes[["subject_id", "visit"]].drop_duplicates().shape[0]
+    prevalence = visit_sets.groupby(["code_type", "code"]).size() / n_visits
     keys, p = prevalence.index.to_list(), prevalence.to_numpy()
     rows = []
     for subject, n_visits in zip(demographics["subject_id"], rng.choice(n_visits_train, len(demographics))):
@@ -260,7 +263,8 @@ def sample_independent(train: Patients, demographics: pd.DataFrame, rng: np.rand
             while len(chosen) == 0:
                 chosen = np.flatnonzero(rng.random(len(p)) < p)
             rows.extend((subject, v, keys[i][0], keys[i][1]) for i in chosen)
-    return Patients(demographics.reset_index(drop=True), pd.DataFrame(rows, columns=["subject_id", "visit", "code_type", "code"]))
+    codes = pd.DataFrame(rows, columns=["subject_id", "visit", "code_type", "code"])
+    return Patients(demographics.reset_index(drop=True), codes)
 
 
 def to_long_table(patients: Patients) -> pd.DataFrame:

@@ -593,7 +593,8 @@ def load_patients(interim_dir) -> tuple[Patients, dict]:
     interim = Path(interim_dir)
     cohort = pd.read_parquet(interim / "cohort.parquet",
                              columns=["subject_id", "hadm_id", "stay_id", "intime", "age", "gender", "race", "split"])
-    diagnoses = pd.read_parquet(interim / "diagnoses.parquet", columns=["subject_id", "hadm_id", "admittime", "age", "code"])
+    diagnoses = pd.read_parquet(interim / "diagnoses.parquet",
+                                columns=["subject_id", "hadm_id", "admittime", "age", "code"])
     events = pd.read_parquet(interim / "events.parquet", columns=["hadm_id", "stay_id", "event_type", "code", "flag"])
     return build_patients(cohort, diagnoses, events)
 

@@ -9,21 +9,16 @@ the prompts are prepended to the token embeddings (BART then adds positions), an
 output positions are dropped before the vocabulary projection.
 
 The model knows no corruption and no loop: `forward` maps (encoder ids, decoder ids,
-demographics) to logits; `PromptBartTask` (below) is what the training loop calls.
+demographics) to logits; `tasks.PromptBartTask` is what the training loop calls.
 Special token ids are constructor arguments, and `eos_token_id` must be the END token
 of the sequences, so that a sampler stops on it.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import BartConfig, BartForConditionalGeneration
-
-from ehrseq import metrics
 
 
 class DemographicPrompt(nn.Module):
@@ -112,51 +107,3 @@ class PromptBart(nn.Module):
         hidden, mask = self.encode(input_ids, attention_mask, x_num, x_cat)
         logits, _ = self.decode(decoder_input_ids, hidden, mask, x_num, x_cat, decoder_attention_mask)
         return {"logits": logits}
-
-
-class PromptBartTask:
-    """Reconstruction of the patient sequence from its corrupted copy (see
-    `patient_visits.Corruption`), for the shared training loop.
-
-    Targets are the decoder labels; `score_type` selects which count: -2 (training and
-    validation batches) every real target, t >= 0 only targets scored for code type t
-    (evaluation views). Early stopping watches the validation loss.
-    """
-
-    name = "prompt_bart"
-    monitor, mode = "loss", "min"
-
-    def _nll(self, model, batch):
-        logits = model(batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"],
-                       batch["decoder_attention_mask"], batch["x_num"], batch["x_cat"])["logits"]
-        scored = batch["score_type"] != -1  # [B, T]
-        nll = F.cross_entropy(logits[scored].float(), batch["labels"][scored], reduction="none")  # [N]
-        return nll, scored
-
-    def loss(self, model, batch):
-        nll, _ = self._nll(model, batch)
-        return nll.mean(), {}
-
-    def __init__(self, n_types: int = 4):
-        self.n_types = n_types
-
-    def predict(self, model, batch):
-        nll, scored = self._nll(model, batch)
-        row = scored.nonzero()[:, 0]  # [N] the example each target belongs to
-        per_row = torch.zeros(scored.shape[0], device=nll.device)
-        # per code type (evaluation views): flat index row * n_types + type; training's -2 goes nowhere
-        code_type = batch["score_type"][scored]  # [N]
-        typed = code_type >= 0
-        flat = row[typed] * self.n_types + code_type[typed]
-        per_type = torch.zeros(scored.shape[0] * self.n_types, device=nll.device)
-        return {"subject_id": batch["subject_id"], "nll_sum": per_row.index_add(0, row, nll),
-                "n_tokens": scored.sum(dim=1),
-                "nll_by_type": per_type.index_add(0, flat, nll[typed]).view(-1, self.n_types),  # [B, K]
-                "n_by_type": per_type.index_add(0, flat, torch.ones_like(nll[typed])).view(-1, self.n_types)}
-
-    def metrics(self, p):
-        return {"loss": float(p["nll_sum"].sum() / p["n_tokens"].sum()),
-                "perplexity": metrics.perplexity(p["nll_sum"], p["n_tokens"])}
-
-    def config(self) -> dict[str, Any]:
-        return {"n_types": self.n_types}
