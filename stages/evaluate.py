@@ -103,7 +103,6 @@ def evaluate_prompt_bart(path: Path, params: dict, device) -> None:
     training corruption (fixed seed), the number the loop early-stopped on.
     """
     from ehrseq.data import token_loader
-    from ehrseq.models.prompt_bart import PromptBartTask
     from ehrseq.patient_visits import (
         CODE_TYPES,
         Corruption,
@@ -115,6 +114,7 @@ def evaluate_prompt_bart(path: Path, params: dict, device) -> None:
         load_patients,
         patient_examples,
     )
+    from ehrseq.tasks import PromptBartTask
 
     model, checkpoint = load_trained_model(path, device)
     meta = checkpoint["metadata"]
