@@ -292,3 +292,20 @@ def tiny_model(vocab, **overrides):
     from ehrseq.patient_visits import build_model_inputs
 
     return build_model("prompt_bart", **build_model_inputs(vocab), **{**config, **overrides})
+
+
+def corruption(**overrides):
+    """`Corruption` with the rates of params.yaml's default, or `overrides`."""
+    from ehrseq.patient_visits import Corruption
+
+    rates = {"mask_rate": 0.15, "infill_rate": 0.3, "infill_lambda": 3.0, "shuffle_rate": 0.5, "future_rate": 0.25,
+             "type_rate": 0.25, "full_mask_rate": 0.2}
+    return Corruption(**{**rates, **overrides})
+
+
+def sampling(**overrides):
+    """`SamplingConfig`: plain sampling (temperature 1, top-k and top-p off), or `overrides`."""
+    from ehrseq.generate import SamplingConfig
+
+    return SamplingConfig(**{"temperature": 1.0, "top_k": 0, "top_p": 1.0, "max_visits": 8, "batch_size": 64,
+                             **overrides})

@@ -7,10 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import tiny_model, toy_patients
+from conftest import sampling, tiny_model, toy_patients
 from ehrseq.generate import (
     CodeIndex,
-    SamplingConfig,
     StructureProcessor,
     decode_sequences,
     draw_demographics,
@@ -71,7 +70,7 @@ def test_untrained_model_samples_only_valid_structure():
     torch.manual_seed(0)
     model = tiny_model(vocab, max_length=128)  # random weights: the grammar alone keeps samples valid
     demographics = draw_demographics(train.demographics, 40, np.random.default_rng(0))
-    config = SamplingConfig(temperature=1.5, max_visits=3, batch_size=16)
+    config = sampling(temperature=1.5, max_visits=3, batch_size=16)
     seqs = sample_sequences(model, demo.numeric(demographics), demo.categorical(demographics), vocab.token_types(),
                             config, 128, CPU, seed=1)
     assert len(seqs) == 40
@@ -107,17 +106,17 @@ def test_top_k_and_top_p_keep_the_right_tokens():
     everything = torch.ones_like(logits, dtype=torch.bool)
 
     def kept(**kw):
-        return torch.isfinite(filter_logits(logits, everything, SamplingConfig(**kw)))[0].tolist()
+        return torch.isfinite(filter_logits(logits, everything, sampling(**kw)))[0].tolist()
 
     assert kept(top_k=2) == [True, True, False, False]
     assert kept(top_p=0.7) == [True, True, False, False]  # 0.5 < 0.7, 0.8 >= 0.7: stop after the second
     assert kept(top_p=0.5) == [True, False, False, False]
     assert kept(top_p=1.0) == [True] * 4
     grammar = torch.tensor([[False, True, True, True]])
-    kept = torch.isfinite(filter_logits(logits, grammar, SamplingConfig(top_k=1)))[0].tolist()
+    kept = torch.isfinite(filter_logits(logits, grammar, sampling(top_k=1)))[0].tolist()
     assert kept == [False, True, False, False]  # top-k among the admissible tokens only
     with pytest.raises(ValueError, match="temperature"):
-        SamplingConfig(temperature=0)
+        sampling(temperature=0)
 
 
 def test_decode_round_trips_sequences():

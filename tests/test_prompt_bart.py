@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import CODES_PER_VISIT, tiny_model, toy_patients
+from conftest import CODES_PER_VISIT, corruption, tiny_model, toy_patients
 from ehrseq.data import token_loader
 from ehrseq.patient_visits import (
     BOS_ID,
@@ -121,17 +121,19 @@ def test_corruption_modes():
     vocab = PatientVocab.fit(toy_patients(50, seed=0))
     visits = next(iter(vocab.encode(toy_patients(1, seed=3))[0].values())) * 2  # the same visit twice
     rng = np.random.default_rng(0)
-    assert Corruption(0, 0, 0, 0, 0, 0, 0)(visits, rng) == sequence(visits)  # no corruption is a copy
+    none = dict.fromkeys(("mask_rate", "infill_rate", "infill_lambda", "shuffle_rate", "future_rate", "type_rate",
+                          "full_mask_rate"), 0)
+    assert corruption(**none)(visits, rng) == sequence(visits)  # no corruption is a copy
     # every code masked: no code survives
-    assert not [t for t in Corruption(1.0, 0, 0, 0, 0, 0, 0)(visits, rng) if t >= FIRST_CODE_ID]
-    assert Corruption(full_mask_rate=1.0, future_rate=0, type_rate=0)(visits, rng) == [BOS_ID, MASK_ID, END_ID]
-    future = Corruption(0, 0, 0, 0, future_rate=1.0, type_rate=0.0, full_mask_rate=0.0)
+    assert not [t for t in corruption(**{**none, "mask_rate": 1.0})(visits, rng) if t >= FIRST_CODE_ID]
+    assert corruption(full_mask_rate=1.0, future_rate=0, type_rate=0)(visits, rng) == [BOS_ID, MASK_ID, END_ID]
+    future = corruption(**{**none, "future_rate": 1.0})
     assert future(visits, rng) == sequence(visits[:1])[:-1] + [MASK_ID, END_ID]  # k >= 1: visit 0 shown
     assert future(visits[:1], rng) == sequence(visits[:1])  # one visit: no future to mask, (no) token noise
-    typed = Corruption(0, 0, 0, 0, future_rate=0.0, type_rate=1.0, full_mask_rate=0.0)(visits, rng)
+    typed = corruption(**{**none, "type_rate": 1.0})(visits, rng)
     assert typed.count(MASK_ID) == 1 and typed != sequence(visits)  # one block is `<type> <mask>`
     with pytest.raises(ValueError, match="future_rate"):
-        Corruption(future_rate=0.5, type_rate=0.5, full_mask_rate=0.2)
+        corruption(future_rate=0.5, type_rate=0.5, full_mask_rate=0.2)
 
 
 def test_evaluation_views_score_the_right_targets():
@@ -179,7 +181,7 @@ def test_prompts_reach_encoder_and_decoder():
     train = toy_patients(40, seed=0)
     vocab, demo = PatientVocab.fit(train), DemographicEncoder.fit(train.demographics)
     encoded, _ = vocab.encode(train)
-    examples, _ = patient_examples(encoded, train.demographics, demo, 64, "fixed", Corruption(), seed=0)
+    examples, _ = patient_examples(encoded, train.demographics, demo, 64, "fixed", corruption(), seed=0)
     batch = collate_patients(examples[:4])
     torch.manual_seed(0)
     model = tiny_model(vocab, prompt_length=3).eval()
@@ -195,11 +197,11 @@ def test_prompts_reach_encoder_and_decoder():
     assert not torch.allclose(base, swapped)
 
 
-def _train(vocab, demo, train, val, corruption: Corruption, tmp_path, epochs: int):
+def _train(vocab, demo, train, val, noise: Corruption, tmp_path, epochs: int):
     def dataset(part, view):
         encoded, _ = vocab.encode(part)
-        examples, _ = patient_examples(encoded, part.demographics, demo, 64, view, corruption, seed=1)
-        return PatientDataset(examples, corruption if view == "train" else None)
+        examples, _ = patient_examples(encoded, part.demographics, demo, 64, view, noise, seed=1)
+        return PatientDataset(examples, noise if view == "train" else None)
 
     torch.manual_seed(0)
     model = tiny_model(vocab)
@@ -238,15 +240,14 @@ def test_reconstruction_from_a_fully_masked_input_is_not_a_copy(tmp_path):
     train, val = toy_patients(400, seed=0), toy_patients(100, seed=1, split="val", first_id=1000)
     held_out = toy_patients(200, seed=2, split="test", first_id=2000)
     vocab, demo = PatientVocab.fit(train), DemographicEncoder.fit(train.demographics)
-    corruption = Corruption(mask_rate=0.3, infill_rate=0.3, infill_lambda=2.0, shuffle_rate=0.5, future_rate=0.2,
-                            type_rate=0.3, full_mask_rate=0.2)
+    noise = corruption(mask_rate=0.3, infill_lambda=2.0, future_rate=0.2, type_rate=0.3)
     batch = collate_patients([PatientDataset(patient_examples(vocab.encode(train)[0], train.demographics, demo, 64,
-                                                              "train")[0], corruption)[i] for i in range(32)])
+                                                              "train")[0], noise)[i] for i in range(32)])
     encoder_rows = [r[r != PAD_ID].tolist() for r in batch["input_ids"]]
     sequences = [[BOS_ID, *r[r != PAD_ID].tolist()] for r in batch["labels"]]
     assert sum(e != s for e, s in zip(encoder_rows, sequences)) >= 24  # the encoder rarely sees the labels
 
-    model = _train(vocab, demo, train, val, corruption, tmp_path, epochs=12)
+    model = _train(vocab, demo, train, val, noise, tmp_path, epochs=12)
     oracle = 220 ** 0.25
     masked = _code_perplexity(model, vocab, demo, held_out, lambda seq: [BOS_ID, MASK_ID, END_ID])
     intact = _code_perplexity(model, vocab, demo, held_out, lambda seq: list(seq))

@@ -54,11 +54,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SamplingConfig:
-    temperature: float = 1.0
-    top_k: int = 0  # 0: off
-    top_p: float = 1.0  # 1: off
-    max_visits: int = 8
-    batch_size: int = 64
+    temperature: float  # no defaults: params.yaml (`generate`) is their one home
+    top_k: int  # 0: off
+    top_p: float  # 1: off
+    max_visits: int
+    batch_size: int
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:

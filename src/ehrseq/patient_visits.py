@@ -331,13 +331,13 @@ class Corruption:
       `mask_rate`), and a span of Poisson(`infill_lambda`) codes replaced by one <mask>
       (prob `infill_rate` per block; a span of 0 inserts a <mask>, as in BART).
     """
-    mask_rate: float = 0.15
-    infill_rate: float = 0.3
-    infill_lambda: float = 3.0
-    shuffle_rate: float = 0.5
-    future_rate: float = 0.25
-    type_rate: float = 0.25
-    full_mask_rate: float = 0.2
+    mask_rate: float  # no defaults: params.yaml is their one home
+    infill_rate: float
+    infill_lambda: float
+    shuffle_rate: float
+    future_rate: float
+    type_rate: float
+    full_mask_rate: float
 
     def __post_init__(self) -> None:
         for name in ("mask_rate", "infill_rate", "shuffle_rate", "future_rate", "type_rate", "full_mask_rate"):
