@@ -29,6 +29,11 @@ VALUE_BINS = Path("data/processed/value_bins.csv")
 TEXT_EMBEDDINGS = Path("data/processed/text_embeddings")
 SEQUENCES = Path("data/processed/sequences")  # {split}.parquet, survival/{split}.parquet, patients/{split}.parquet
 
+# generate (prompt_bart's synthetic patients, and the independent-codes baseline's)
+GENERATED = Path("data/generated")
+GENERATED_PATIENTS = GENERATED / "patients.parquet"
+GENERATED_BASELINE = GENERATED / "baseline.parquet"
+
 # train, evaluate, explain
 MODELS = Path("models")
 REPORTS = Path("reports")
@@ -64,3 +69,6 @@ def train_reports(model: str) -> Path:
 def plots_dir(model: str) -> Path:
     """reports/plots/MODEL: ROC, PR and calibration tables of the test split."""
     return PLOTS / model
+
+
+PROMPT_BART_PERPLEXITY = plots_dir("prompt_bart") / "perplexity.csv"  # median test perplexities (evaluate)
