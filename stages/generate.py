@@ -22,13 +22,14 @@ from ehrseq.generate import (
     fidelity,
     generate_patients,
     pick_utility_target,
+    prevalence_table,
     privacy,
     read_demographics_csv,
     sample_independent,
     to_long_table,
     utility,
 )
-from ehrseq.io import setup_logging, write_json, write_parquet
+from ehrseq.io import atomic_path, setup_logging, write_json, write_parquet
 from ehrseq.params import load_params
 from ehrseq.patient_visits import (
     CODE_TYPES,
@@ -101,6 +102,8 @@ def main() -> None:
     }
     report["targets"] = check_targets(report)
     write_json(paths.metrics_json("generate"), report)
+    with atomic_path(paths.GENERATE_PREVALENCE) as tmp:
+        prevalence_table(test, synthetic, index).to_csv(tmp, index=False)
     for name, met in report["targets"].items():
         log.info("target %s: %s", name, met)
     log.info("generate done in %.0f s", time.time() - start)

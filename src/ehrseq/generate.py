@@ -373,6 +373,14 @@ def fidelity(real: Patients, synthetic: Patients, index: CodeIndex, *, age_bound
     return out
 
 
+def prevalence_table(real: Patients, synthetic: Patients, index: CodeIndex) -> pd.DataFrame:
+    """Share of visits holding each code, real against synthetic (the report's scatter plot)."""
+    Xr, _ = index.visits(real)
+    Xs, _ = index.visits(synthetic)
+    return pd.DataFrame({"code_type": [t for t, _ in index.codes], "code": [c for _, c in index.codes],
+                         "real": np.asarray(Xr.mean(0)).ravel(), "synthetic": np.asarray(Xs.mean(0)).ravel()})
+
+
 def age_group(age: pd.Series | np.ndarray, bounds: list[float]) -> np.ndarray:
     return np.searchsorted(np.asarray(bounds), np.asarray(age, dtype=float), side="right")
 

@@ -72,3 +72,4 @@ def plots_dir(model: str) -> Path:
 
 
 PROMPT_BART_PERPLEXITY = plots_dir("prompt_bart") / "perplexity.csv"  # median test perplexities (evaluate)
+GENERATE_PREVALENCE = plots_dir("generate") / "prevalence.csv"  # visit prevalence per code, real vs synthetic

@@ -113,12 +113,28 @@ def mortality_section(metrics: Mapping[str, dict], models: list[str]) -> tuple[s
 
 def grouped_section(title: str, data: Metrics | None, groups: Mapping[str, str], columns: Mapping[str, str],
                     note: str = "") -> str:
-    """A table whose rows are sub-objects of one metrics file (model, oracle, baselines)."""
+    """A table of one metrics file whose rows are groups (model, oracle, baselines): each
+    column is a `dig` path template in which `{g}` stands for the row's group key."""
     if data is None:
         return f"## {title}\n\n{NOT_RUN}.\n"
-    rows = {label: dig(data, path) for label, path in groups.items()}
-    table = markdown_table(["", *columns], metric_rows(rows, columns))
-    return f"## {title}\n\n{note}{table}\n"
+    rows = [[label] + [fmt(dig(data, path.format(g=key))) for path in columns.values()]
+            for label, key in groups.items()]
+    return f"## {title}\n\n{note}{markdown_table(['', *columns], rows)}\n"
+
+
+GENERATION_GROUPS = {"prompt_bart": "prompt_bart", "independent-codes baseline": "baseline"}
+GENERATION_COLUMNS = {
+    "prevalence Spearman": "fidelity.{g}.prevalence_spearman",
+    "co-occurrence dependence Pearson": "fidelity.{g}.cooccurrence_dependence_pearson",
+    "exact patient copies": "privacy.{g}.exact_patient_copies",
+    "membership-inference AUC": "privacy.{g}.membership_inference_auc",
+    "TSTR / TRTR AUROC": "utility.{g}.tstr_over_trtr",
+}
+PERPLEXITY_GROUPS = {t: t for t in ("diagnosis", "medication", "procedure", "lab")}
+PERPLEXITY_COLUMNS = {
+    "next visit (lpl), prompt_bart": "lpl.{g}.model", "lpl, baseline": "lpl.{g}.baseline",
+    "within visit (mpl), prompt_bart": "mpl.{g}.model", "mpl, baseline": "mpl.{g}.baseline",
+}
 
 
 def explain_section(metrics: Mapping[str, dict], models: list[str], columns: Mapping[str, str]) -> str:
@@ -127,20 +143,34 @@ def explain_section(metrics: Mapping[str, dict], models: list[str], columns: Map
 
 
 def data_section(extract: Metrics | None) -> str:
+    """Cohort, splits, events per kind (kept, withheld at the cutoff, dropped) and drops by reason."""
     if extract is None:
         return f"## Data\n\n{NOT_RUN}.\n"
-    lines = [f"- source: {extract.get('source')}; observation window {extract.get('observation_hours')} h"]
-    for key in ("stays", "patients", "events", "splits", "values_withheld_at_cutoff"):
-        value = extract.get(key, dig(extract, f"events.{key}"))
-        if value is not None:
-            lines.append(f"- {key}: {_inline(value)}")
+    stays, events = extract.get("stays", {}), extract.get("events", {})
+    excluded = ", ".join(f"{k} {fmt(v)}" for k, v in stays.get("excluded", {}).items()) or "none"
+    lines = [f"Source `{extract.get('source')}`, observation window {extract.get('observation_hours')} h: "
+             f"{fmt(stays.get('read'))} ICU stays read, {fmt(stays.get('kept'))} kept; excluded: {excluded}.", ""]
+    splits = extract.get("splits", {})
+    lines += [markdown_table(["split", "stays", "patients", "deaths", "mortality"],
+                             [[s, fmt(v.get("stays")), fmt(v.get("patients")), fmt(v.get("deaths")),
+                               fmt(v.get("mortality_rate"))] for s, v in splits.items()]), ""]
+    dropped = events.get("dropped", {})
+    kinds = list(events.get("kept", {}))
+    withheld = events.get("values_withheld_at_cutoff", {})
+    moved = events.get("date_only_moved_after_cutoff", {})
+    header = ["event kind", "kept", "value withheld at cutoff", "date-only moved after cutoff", *dropped]
+    lines += [markdown_table(header, [[k, fmt(events["kept"][k]), fmt(withheld.get(k, 0)), fmt(moved.get(k, 0)),
+                                       *(fmt(dropped[r].get(k, 0)) for r in dropped)] for k in kinds]), ""]
+    for key in ("lab_result_time", "ingredient_rows_by_system"):
+        if key in events:
+            lines.append(f"- {key.replace('_', ' ')}: {_inline(events[key])}")
     missing = extract.get("missing_tables")
     lines.append(f"- missing optional tables: {', '.join(missing) if missing else 'none'}")
     return "## Data\n\n" + "\n".join(lines) + "\n"
 
 
 def _inline(value: Any) -> str:
-    """A small nested dict on one line: `kept 5,148; dropped {under_min_age 12, ...}`."""
+    """A small nested dict on one line: `metavision read 13,224; kept 12,238`."""
     if isinstance(value, Mapping):
         return "; ".join(f"{k} {_inline(v)}" for k, v in value.items())
     return fmt(value)

@@ -93,13 +93,13 @@ def survival_by_group(table: pd.DataFrame, path: str | Path) -> None:
 
 
 def prevalence_scatter(table: pd.DataFrame, path: str | Path) -> None:
-    """Per-code prevalence, synthetic against real (columns real, synthetic), log-log."""
+    """Per-code visit prevalence, synthetic against real test visits (columns real, synthetic), log-log."""
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
     floor = 0.5 / max(1, len(table))
     real, synthetic = np.maximum(table["real"], floor), np.maximum(table["synthetic"], floor)
     ax.scatter(real, synthetic, s=6, alpha=0.5)
     lo = float(min(real.min(), synthetic.min()))
     ax.plot([lo, 1], [lo, 1], color="grey", linewidth=0.8, linestyle=":")
-    ax.set(xscale="log", yscale="log", xlabel="share of real test patients with the code",
-           ylabel="share of synthetic patients with the code", title="Code prevalence: synthetic vs real")
+    ax.set(xscale="log", yscale="log", xlabel="share of real test visits holding the code",
+           ylabel="share of synthetic visits holding the code", title="Code prevalence: synthetic vs real")
     _save(fig, path)
