@@ -204,3 +204,24 @@ def test_demographics_csv_is_mapped_and_checked(tmp_path):
     pd.DataFrame({"age": ["old"], "gender": ["F"], "race": ["WHITE"]}).to_csv(path, index=False)
     with pytest.raises(ValueError, match="prompts.csv: column 'age' must be numeric; row 0 has 'old'"):
         read_demographics_csv(str(path), n=10)
+
+
+def test_prevalence_correlation_interval_contains_its_point_value():
+    # Resampling patients adds noise to both prevalence vectors, which pulls their
+    # correlation down: a percentile interval would lie wholly below the point value.
+    from scipy.stats import spearmanr
+
+    from ehrseq.generate import _two_sample_bootstrap
+
+    rng = np.random.default_rng(0)
+    prevalence = rng.uniform(0.01, 0.3, 200)
+    real, synthetic = rng.random((500, 200)) < prevalence, rng.random((500, 200)) < prevalence
+
+    def stat(ir, is_):
+        return spearmanr(real[ir].mean(0), synthetic[is_].mean(0)).statistic
+
+    percentile_high = np.quantile([stat(rng.integers(0, 500, 500), rng.integers(0, 500, 500)) for _ in range(200)],
+                                  0.975)
+    result = _two_sample_bootstrap(stat, 500, 500, n_resamples=200, seed=0)
+    assert percentile_high < result["value"]  # the bias the basic interval corrects
+    assert result["ci_low"] <= result["value"] <= result["ci_high"]

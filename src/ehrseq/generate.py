@@ -315,7 +315,15 @@ def _corr(a: np.ndarray, b: np.ndarray, kind: str) -> float:
 
 
 def _two_sample_bootstrap(stat, n_real: int, n_syn: int, n_resamples: int, seed: int) -> dict:
-    """Point value and 95% interval of stat(real rows, synthetic rows), resampling patients of both."""
+    """Point value and 95% interval of stat(real rows, synthetic rows), resampling patients of both.
+
+    Resampling patients adds noise to both prevalence vectors, which biases their
+    correlation downwards: the plain percentile interval of a prevalence correlation sits
+    wholly below the point value (measured: Spearman 0.967 with [0.943, 0.956]), and the
+    basic (reflected) interval overshoots as far above it. So the percentile interval is
+    shifted by the bootstrap estimate of that bias, mean(resampled) - value: it keeps the
+    resampling spread and is centred where the point value is.
+    """
     try:
         value = stat(np.arange(n_real), np.arange(n_syn))
     except metrics.UndefinedMetricError as err:
@@ -330,7 +338,9 @@ def _two_sample_bootstrap(stat, n_real: int, n_syn: int, n_resamples: int, seed:
     if not values:
         return {"value": value, "ci_low": None, "ci_high": None}
     low, high = np.quantile(values, [0.025, 0.975])
-    return {"value": value, "ci_low": float(low), "ci_high": float(high), "n_resamples": len(values)}
+    bias = float(np.mean(values)) - value
+    return {"value": value, "ci_low": float(low - bias), "ci_high": float(high - bias),
+            "n_resamples": len(values), "interval": "bias-shifted percentile", "bootstrap_bias": bias}
 
 
 def fidelity(real: Patients, synthetic: Patients, index: CodeIndex, *, age_bounds: list[float],
