@@ -7,14 +7,17 @@ DVCLive logs under reports/train/MODEL/{pretrain,finetune}/. `--resume` continue
 killed run from its last completed epoch (a finished phase is not repeated).
 clinical_lf has no pretraining; its feature encoder (fitted on train) is stored in the
 checkpoint, and every `attention_every` training batches its attention is saved under
-reports/train/clinical_lf/attention/.
+reports/train/clinical_lf/attention/. With `init_embeddings: med2vec` (lstm), the token
+table starts from models/med2vec/embeddings.parquet for the codes both vocabularies share.
 """
 import argparse
 import logging
 import time
 
 import numpy as np
+import pandas as pd
 
+from ehrseq.code_embeddings.transfer import init_embedding_from_codes
 from ehrseq.io import setup_logging
 from ehrseq.model_data import EMBEDDING_MODELS, load_model_data, task_class
 from ehrseq.models import build_model
@@ -45,6 +48,14 @@ def main() -> None:
     log.info("%s: %d parameters on %s; %d train and %d val stays", args.model,
              sum(p.numel() for p in model.parameters()), device, len(data.datasets["train"]), len(data.datasets["val"]))
     metadata = {"model": args.model, "model_config": model_config}
+    init = params.get("init_embeddings", "none")  # issue 12: start the token table from med2vec's code vectors
+    if init not in ("none", "med2vec"):
+        raise ValueError(f"train.{args.model}.init_embeddings must be 'med2vec' or 'none', got {init!r}")
+    if init == "med2vec":
+        tokens = pd.read_csv("data/processed/vocab.csv", keep_default_na=False)["str"].tolist()
+        metadata["init_embeddings"] = init_embedding_from_codes(
+            model.embed, tokens, pd.read_parquet("models/med2vec/embeddings.parquet"))
+        log.info("token embeddings from med2vec: %s", metadata["init_embeddings"])
     if data.encoder is not None:
         metadata["encoder"] = data.encoder.to_dict()
 

@@ -16,14 +16,15 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
 
 from ehrseq.code_embeddings.pairs import SkipGramBatches, SkipGramTask, noise_distribution
 from ehrseq.code_embeddings.sequences import code_table, fit_code_vocab, patient_sentences, sequence_arrays
 from ehrseq.code_embeddings.word2vec import train_word2vec
 from ehrseq.io import atomic_path, setup_logging, write_json, write_parquet
-from ehrseq.models import build_model
-from ehrseq.models.med2vec import embedding_dim_for
+from ehrseq.models.med2vec import TemporalMed2Vec, embedding_dim_for
 from ehrseq.params import load_params
 from ehrseq.training import FitConfig, fit, pick_device, seed_everything
 
@@ -65,6 +66,11 @@ def main() -> None:
                for split in ("train", "val")}
     report["targets"] = {s: {"targets": len(b.targets), "lonely_targets_left_out": b.lonely_targets}
                          for s, b in batches.items()}
+    # how far apart contexts are decides what lambda can change: measured on the val pairs
+    dt = torch.cat([b["dt"][b["context_mask"]] for b in batches["val"]]).numpy()
+    report["val_pairs_dt_days"] = {"pairs": len(dt), **{f"share_over_{d}": float((dt > d).mean()) for d in (1, 7, 30)},
+                                   "mean_weight": float(np.exp(-mp["time_decay"] * dt).mean())}
+    log.info("val context pairs: %s", report["val_pairs_dt_days"])
     fit_config = FitConfig(seed=seed, **params["fit"])
     config = {"icd_grouping": vp["icd_grouping"], "embedding_dim": dim, "time_decay": mp["time_decay"],
               "vocab_size": len(vocab)}
@@ -77,11 +83,11 @@ def main() -> None:
         start = time.time()
         seed_everything(seed)
         model_config = {"vocab_size": len(vocab), "embedding_dim": dim, "time_decay": decay}
-        model = build_model("med2vec", **model_config)
+        model = TemporalMed2Vec(**model_config)
         result = fit(model, SkipGramTask(), batches["train"], batches["val"], fit_config,
                      checkpoint_dir=OUT / "checkpoints" / name, live_dir=LIVE / name, resume=args.resume,
                      device=device, metadata={"model": "med2vec", "model_config": model_config})
-        frame = vectors_frame(vocab.codes, model.code_embeddings.weight)
+        frame = vectors_frame(vocab.codes, model.code_vectors())
         write_parquet(OUT / "embeddings.parquet" if name == "temporal" else OUT / "variants" / f"{name}.parquet", frame)
         report["runs"][name] = {"time_decay_per_day": decay, "best_epoch": result.best_epoch + 1,
                                 "epochs_run": result.epochs_run, "best_val_loss": result.best_metric,

@@ -103,7 +103,7 @@ def train_toy(toy, tmp_path, time_decay=0.1, epochs=4) -> TemporalMed2Vec:
 
 
 def vectors_of(model: TemporalMed2Vec, vocab: CodeVocab) -> pd.DataFrame:
-    return pd.DataFrame({"code": vocab.codes, "vector": list(model.code_embeddings.weight.detach().numpy())})
+    return pd.DataFrame({"code": vocab.codes, "vector": list(model.code_vectors().detach().numpy())})
 
 
 # ---------------------------------------------------------------- model and loss

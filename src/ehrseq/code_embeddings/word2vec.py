@@ -7,7 +7,8 @@ of contexts per target -- a fixed window of C/2 codes each side (`shrink_windows
 gensim's default shrinks it at random) -- and no frequent-code subsampling (`sample=0`),
 which TemporalMed2Vec does not do either. What differs is what a context is (neighbours
 in sequence order, not codes within a time horizon weighted by exp(-lambda dt)) and the
-optimiser (gensim's SGD with a linearly decaying rate).
+optimiser (gensim's SGD with a linearly decaying rate). Vectors are word plus context
+vector, exactly as for TemporalMed2Vec (`code_vectors`), so both are read the same way.
 
 Reproducible with `workers=1` and a fixed `seed`; gensim seeds each word's initial
 vector with `hashfxn(word + str(seed))`, and Python's own `hash` of a string changes per
@@ -41,5 +42,6 @@ def train_word2vec(
         shrink_windows=False,
     )
     words = list(model.wv.index_to_key)
-    vectors = model.wv.vectors.astype(np.float32)
+    # word plus context vector (syn1neg, same row order), as TemporalMed2Vec.code_vectors
+    vectors = (model.wv.vectors + model.syn1neg).astype(np.float32)
     return pd.DataFrame({"code": words, "vector": list(vectors)})
