@@ -15,7 +15,12 @@ from pathlib import Path
 import pandas as pd
 
 from ehrseq.code_embeddings.evaluation import (
-    CodeVectors, admission_pairs, neighbours_table, next_visit_metrics, ontology_metrics, planted_metrics,
+    CodeVectors,
+    admission_pairs,
+    neighbours_table,
+    next_visit_metrics,
+    ontology_metrics,
+    planted_metrics,
 )
 from ehrseq.code_embeddings.sequences import CodeVocab, code_table
 from ehrseq.io import atomic_path, read_json, setup_logging, write_json

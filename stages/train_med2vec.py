@@ -20,8 +20,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ehrseq.code_embeddings.pairs import SkipGramBatches, SkipGramTask, noise_distribution
-from ehrseq.code_embeddings.sequences import code_table, fit_code_vocab, patient_sentences, sequence_arrays
+from ehrseq.code_embeddings.pairs import (
+    SkipGramBatches,
+    SkipGramTask,
+    noise_distribution,
+)
+from ehrseq.code_embeddings.sequences import (
+    code_table,
+    fit_code_vocab,
+    patient_sentences,
+    sequence_arrays,
+)
 from ehrseq.code_embeddings.word2vec import train_word2vec
 from ehrseq.io import atomic_path, setup_logging, write_json, write_parquet
 from ehrseq.models.med2vec import TemporalMed2Vec, embedding_dim_for

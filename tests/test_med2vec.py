@@ -8,27 +8,52 @@ must not.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
+from conftest import DEMO
 from torch import nn
 
 from ehrseq.code_embeddings.evaluation import (
-    CodeVectors, admission_pairs, neighbour_precision, neighbours_table, next_visit_metrics, ontology_metrics,
+    CodeVectors,
+    admission_pairs,
+    neighbour_precision,
+    neighbours_table,
+    next_visit_metrics,
+    ontology_metrics,
     planted_metrics,
 )
-from ehrseq.code_embeddings.pairs import SkipGramBatches, SkipGramTask, noise_distribution
+from ehrseq.code_embeddings.pairs import (
+    SkipGramBatches,
+    SkipGramTask,
+    noise_distribution,
+)
 from ehrseq.code_embeddings.sequences import (
-    UNK, CodeVocab, code_table, fit_code_vocab, patient_sentences, sequence_arrays,
+    UNK,
+    CodeVocab,
+    code_table,
+    fit_code_vocab,
+    patient_sentences,
+    sequence_arrays,
 )
 from ehrseq.code_embeddings.transfer import code_of_token, init_embedding_from_codes
 from ehrseq.code_embeddings.word2vec import train_word2vec
 from ehrseq.icd import icd_category, icd_chapter
+from ehrseq.io import read_json
 from ehrseq.metrics import auroc
-from ehrseq.models.med2vec import TemporalMed2Vec, embedding_dim_for, negative_sampling_loss
+from ehrseq.models.med2vec import (
+    TemporalMed2Vec,
+    embedding_dim_for,
+    negative_sampling_loss,
+)
+from ehrseq.sources.extract import extract
 from ehrseq.training import FitConfig, fit
 from ehrseq.vocab import group_icd
 
@@ -90,8 +115,8 @@ def toy():
             "vocab": vocab, "batches": batches}
 
 
-FIT = dict(lr=0.02, weight_decay=0.0, warmup_steps=0, schedule="linear", min_lr_ratio=0.1, grad_clip=None,
-           patience=None, seed=0)
+FIT = {"lr": 0.02, "weight_decay": 0.0, "warmup_steps": 0, "schedule": "linear", "min_lr_ratio": 0.1, "grad_clip": None,
+           "patience": None, "seed": 0}
 
 
 def train_toy(toy, tmp_path, time_decay=0.1, epochs=4) -> TemporalMed2Vec:
@@ -334,7 +359,7 @@ def test_temporal_med2vec_recovers_planted_problems_and_beats_chance(toy, tmp_pa
 
 def test_gensim_baseline_is_reproducible_and_learns_the_same_problems(toy):
     sentences = patient_sentences(toy["train"], toy["vocab"])
-    kw = dict(vector_size=16, window=3, negative=5, epochs=5, seed=0)
+    kw = {"vector_size": 16, "window": 3, "negative": 5, "epochs": 5, "seed": 0}
     a, b = train_word2vec(sentences, **kw), train_word2vec(sentences, **kw)
     assert set(a["code"]) == set(toy["vocab"].codes) - ({UNK} if toy["vocab"].counts[0] == 0 else set())
     assert all(np.array_equal(x, y) for x, y in zip(a["vector"], b["vector"]))
@@ -371,8 +396,9 @@ def test_ontology_metrics_chapter_and_category():
     frame = axis_vectors({"ICD9//4019": 0, "ICD9//4011": 0, "ICD9//41401": 0, "ICD9//25000": 1, "ICD9//25001": 1,
                           "LAB//1": 0}, jitter=0.01)
     out = ontology_metrics(CodeVectors(frame), icd_grouping=False, k=1)
-    assert out["chapter_precision_at_k"]["pool"] == 5  # the lab code is no diagnosis
+    assert out["chapter_precision_at_k"]["per_system"]["ICD9"]["pool"] == 5  # the lab code is no diagnosis
     assert out["chapter_precision_at_k"]["value"] == 1.0
+    assert out["chapter_precision_at_k"]["per_system"]["ICD10"]["value"] is None  # no ICD-10 codes here
     # 4019 and 4011 share category 401, 41401 is alone in 414 (unlabelled peers count as misses)
     assert out["category_precision_at_k"]["value"] == pytest.approx(
         np.mean([ok for ok in _nearest_same_category(frame)]))
@@ -437,3 +463,36 @@ def test_init_embedding_maps_shared_codes_and_value_bins_only():
     assert code_of_token("LAB//1//Q3", {"LAB//1"}) == "LAB//1" and code_of_token("<unk>", {"<unk>"}) is None
     with pytest.raises(ValueError, match="embedding_dim"):
         init_embedding_from_codes(nn.Embedding(len(tokens), 8), tokens, codes)
+
+
+# ---------------------------------------------------------------- the stages on real data (MIMIC-III demo)
+
+
+def test_stages_on_the_mimic3_demo_leave_planted_metrics_undefined(tmp_path):
+    """extract -> train_med2vec -> evaluate_med2vec on the public MIMIC-III demo (no truth)."""
+    if not DEMO.is_dir():
+        pytest.skip(f"MIMIC-III demo not found at {DEMO}")
+    interim = tmp_path / "data" / "interim"
+    interim.mkdir(parents=True)
+    extract("mimic3", DEMO, interim / "events.parquet", interim / "cohort.parquet", interim / "diagnoses.parquet",
+            observation_hours=48.0, min_age=18, split_fractions={"train": 0.7, "val": 0.15, "test": 0.15}, seed=0)
+    repo = Path(__file__).resolve().parents[1]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    m2v = params["train"]["med2vec"]
+    m2v["vocab"]["min_frequency"] = 2
+    m2v["fit"].update(epochs=1, patience=None)
+    m2v["pairs"]["batch_size"] = 256
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    for stage in ("train_med2vec", "evaluate_med2vec"):
+        subprocess.run([sys.executable, "-P", str(repo / "stages" / f"{stage}.py")], cwd=tmp_path, check=True,
+                       capture_output=True)
+    vectors = pd.read_parquet(tmp_path / "models/med2vec/embeddings.parquet")
+    assert vectors["code"].iloc[0] == UNK and len(vectors["vector"].iloc[0]) == 64
+    report = read_json(tmp_path / "reports/metrics/med2vec.json")
+    assert set(report["models"]) == {"med2vec", "med2vec_lambda0", "gensim"}
+    for model in report["models"].values():
+        assert model["planted"]["precision_at_k"]["value"] is None
+        assert "problem_codes.parquet not found" in model["planted"]["precision_at_k"]["reason"]
+        assert model["ontology"]["chapter_precision_at_k"]["per_system"]["ICD9"]["value"] is not None
+    neighbours = pd.read_csv(tmp_path / "reports/med2vec/neighbours.csv")
+    assert neighbours.groupby("code").size().eq(10).all()

@@ -11,14 +11,17 @@ reports itself beside its chance level, so a number can be read without a second
   codes of exactly one problem, beside the NMI of the same clusters against shuffled
   problems.
 - ICD ontology (any source): for diagnosis codes, precision@k of the k nearest diagnosis
-  codes sharing the chapter, and the 3-character category (undefined when codes are
-  already grouped to categories). ICD-9 and ICD-10 codes share one pool; a neighbour of
-  the other system never shares a chapter.
+  codes of the same system (ICD-9 or ICD-10) sharing the chapter, and the 3-character
+  category (undefined when codes are already grouped to categories), averaged over the
+  codes of both systems. Separate pools, because a patient's codes are all of one
+  version (by year): a shared pool would reward telling the versions apart.
 - next visit (held-out patients): for consecutive admissions of a patient, the mean unit
   vector of admission t's codes (events and diagnoses) ranks every diagnosis code;
   recall@k of admission t+1's diagnoses, beside ranking by train frequency.
 """
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pandas as pd
@@ -72,7 +75,7 @@ def neighbour_precision(cv: CodeVectors, labels: dict[str, frozenset], pool_code
         "value": float(hits.mean()),
         "random": float((same / (len(pool) - 1)).mean()),
         "max_achievable": float((np.minimum(same, k) / k).mean()),
-        "codes": int(len(query)), "pool": int(len(pool)), "k": k,
+        "codes": len(query), "pool": len(pool), "k": k,
     }
 
 
@@ -107,16 +110,28 @@ def is_diagnosis(code: str) -> bool:
     return split_system(code)[0] in ICD_SYSTEMS and icd_chapter(code) is not None
 
 
+def per_system_precision(cv: CodeVectors, label, k: int) -> dict:
+    """`neighbour_precision` within each ICD system's diagnosis codes, averaged over codes."""
+    parts = {}
+    for system in ICD_SYSTEMS:
+        pool = [c for c in cv.codes if is_diagnosis(c) and split_system(c)[0] == system]
+        parts[system] = neighbour_precision(cv, {c: frozenset([label(c)]) for c in pool}, pool, k)
+    defined = [p for p in parts.values() if p["value"] is not None]
+    if not defined:
+        return undefined("; ".join(f"{s}: {p['reason']}" for s, p in parts.items()))
+    n = sum(p["codes"] for p in defined)
+    return {**{key: sum(p[key] * p["codes"] for p in defined) / n for key in ("value", "random", "max_achievable")},
+            "codes": n, "k": k, "per_system": parts}
+
+
 def ontology_metrics(cv: CodeVectors, *, icd_grouping: bool, k: int) -> dict:
-    """Precision@k of sharing the ICD chapter / 3-character category, among diagnosis codes."""
-    pool = [c for c in cv.codes if is_diagnosis(c)]
-    chapter = {c: frozenset([icd_chapter(c)]) for c in pool}
-    category = {c: frozenset([icd_category(c)]) for c in pool}
+    """Precision@k of sharing the ICD chapter / 3-character category, among diagnosis codes
+    of the same system (an ICD-9 and an ICD-10 code never share either)."""
     return {
-        "chapter_precision_at_k": neighbour_precision(cv, chapter, pool, k),
+        "chapter_precision_at_k": per_system_precision(cv, icd_chapter, k),
         "category_precision_at_k": (
             undefined("vocab grouped ICD codes to categories: every code is its own category") if icd_grouping
-            else neighbour_precision(cv, category, pool, k)),
+            else per_system_precision(cv, icd_category, k)),
     }
 
 
@@ -131,7 +146,7 @@ def admission_pairs(table: pd.DataFrame) -> list[tuple[list[str], list[str]]]:
     pairs = []
     for _, hadms in admissions.groupby("subject_id", sort=False)["hadm_id"]:
         hadms = hadms.tolist()
-        pairs += [(codes[a], dx.get(b, [])) for a, b in zip(hadms[:-1], hadms[1:])]
+        pairs += [(codes[a], dx.get(b, [])) for a, b in itertools.pairwise(hadms)]
     return pairs
 
 
@@ -155,7 +170,7 @@ def next_visit_metrics(cv: CodeVectors, pairs, train_counts: dict[str, int], ks)
     scores = np.stack(queries) @ cv.vectors[pool].T  # [Q, P]
     ranked = pool[np.argsort(-scores, axis=1, kind="stable")]
     by_count = pool[np.argsort([-train_counts.get(cv.codes[r], 0) for r in pool], kind="stable")]
-    return {"admission_pairs": len(pairs), "evaluated_pairs": len(targets), "diagnosis_codes": int(len(pool)),
+    return {"admission_pairs": len(pairs), "evaluated_pairs": len(targets), "diagnosis_codes": len(pool),
             "similarity": recall_at_k(ranked, targets, ks),
             "train_frequency": recall_at_k(np.broadcast_to(by_count, ranked.shape), targets, ks)}
 

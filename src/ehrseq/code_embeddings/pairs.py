@@ -18,7 +18,7 @@ use a private generator reset on every pass: each epoch is scored on the same pa
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch

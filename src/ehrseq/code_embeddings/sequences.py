@@ -116,7 +116,7 @@ class CodeVocab:
         return pd.DataFrame({"index": np.arange(len(self.codes)), "code": self.codes, "count": self.counts})
 
     @classmethod
-    def from_frame(cls, frame: pd.DataFrame) -> "CodeVocab":
+    def from_frame(cls, frame: pd.DataFrame) -> CodeVocab:
         frame = frame.sort_values("index")
         return cls(frame["code"].tolist(), frame["count"].astype(int).tolist())
 
@@ -128,8 +128,8 @@ def fit_code_vocab(train_codes: pd.Series, min_frequency: int) -> tuple[CodeVoca
     rare = counts[counts < min_frequency]
     vocab = CodeVocab([UNK] + [c for c, _ in kept], [int(rare.sum())] + [n for _, n in kept])
     return vocab, {
-        "distinct_train_codes": int(len(counts)), "min_frequency": min_frequency, "size": len(vocab),
-        "codes_below_min_frequency": int(len(rare)), "occurrences_mapped_to_unk": int(rare.sum()),
+        "distinct_train_codes": len(counts), "min_frequency": min_frequency, "size": len(vocab),
+        "codes_below_min_frequency": len(rare), "occurrences_mapped_to_unk": int(rare.sum()),
     }
 
 
