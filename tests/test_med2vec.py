@@ -300,6 +300,12 @@ def test_code_table_first_occurrence_per_stay_and_diagnoses_at_discharge():
     arrays = sequence_arrays(table, vocab)
     assert arrays.days.tolist() == pytest.approx([0.0, 2 / 24, 2 - 1 / 24])  # days, from the first code
     assert patient_sentences(table, vocab) == [["LAB//1", "NDC//2", "ICD9//4019"]]
+    # codes at one time come in a deterministic order that is not the alphabet (a position
+    # window would learn the alphabet), whatever the input row order
+    many = pd.DataFrame({"subject_id": 1, "hadm_id": 10, "dischtime": t, "code": [f"ICD9//{400 + i}" for i in range(20)]})
+    orders = [code_table(events.iloc[:0], many.sample(frac=1.0, random_state=r), cohort, ("train",))[0]["code"].tolist()
+              for r in (0, 1)]
+    assert orders[0] == orders[1] and orders[0] != sorted(orders[0]) and sorted(orders[0]) == sorted(many["code"])
     bad = cohort.assign(split=["train", "train"])
     with pytest.raises(ValueError, match="several splits"):
         code_table(events, diagnoses, pd.concat([bad, cohort.iloc[[0]].assign(split="test")]), ("train",))

@@ -63,8 +63,8 @@ def code_table(
     icd_grouping: bool = False,
 ) -> tuple[pd.DataFrame, dict]:
     """One row per code occurrence of the patients of `splits`: subject_id, hadm_id, time,
-    code, source (`event` | `diagnosis`), sorted by subject, time, source, code. Returns
-    the table and what was read and collapsed."""
+    code, source (`event` | `diagnosis`), sorted by subject and time. Returns the table and
+    what was read and collapsed."""
     check_prefixed(events["code"], "events.parquet")
     check_prefixed(diagnoses["code"], "diagnoses.parquet")
     subjects = subjects_of(cohort, splits)
@@ -82,7 +82,14 @@ def code_table(
     table = pd.concat([
         ev_first.drop(columns="stay_id").assign(source="event"), dx_first.assign(source="diagnosis"),
     ], ignore_index=True)
-    table = table.sort_values(["subject_id", "time", "source", "code"], kind="stable").reset_index(drop=True)
+    # Codes at the same time (a lab panel, an admission's diagnoses) are ordered by a hash
+    # of (subject, code): deterministic, and uninformative. Ordering them by code would put
+    # ICD401x beside ICD402x, and a position-window model (gensim) would learn the
+    # alphabet as "co-occurrence" (it raised gensim's ICD-chapter precision@10 on the default data
+    # from 0.107, chance level 0.104, to 0.368).
+    table["tiebreak"] = pd.util.hash_pandas_object(table[["subject_id", "code"]], index=False).to_numpy()
+    table = table.sort_values(["subject_id", "time", "tiebreak"], kind="stable").drop(columns="tiebreak")
+    table = table.reset_index(drop=True)
     stats = {
         "splits": list(splits), "patients": int(table["subject_id"].nunique()),
         "event_rows": len(ev), "event_repeats_within_stay": len(ev) - len(ev_first),
