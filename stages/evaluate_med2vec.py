@@ -10,10 +10,10 @@ vector sets, see `ehrseq.code_embeddings.evaluation`) and reports/med2vec/neighb
 (the nearest codes of the most frequent train codes, temporal model).
 """
 import logging
-from pathlib import Path
 
 import pandas as pd
 
+from ehrseq import paths
 from ehrseq.code_embeddings.evaluation import (
     CodeVectors,
     admission_pairs,
@@ -28,11 +28,10 @@ from ehrseq.params import load_params
 
 log = logging.getLogger("ehrseq.stages.evaluate_med2vec")
 
-INTERIM = Path("data/interim")
-MODEL = Path("models/med2vec")
-PROBLEM_CODES = INTERIM / "truth" / "problem_codes.parquet"
+MODEL = paths.MED2VEC
+PROBLEM_CODES = paths.PROBLEM_CODES
 PROBLEM_COLUMNS = ("problem", "kind", "code")
-VARIANTS = {"med2vec": MODEL / "embeddings.parquet", "med2vec_lambda0": MODEL / "variants" / "lambda0.parquet",
+VARIANTS = {"med2vec": paths.MED2VEC_EMBEDDINGS, "med2vec_lambda0": MODEL / "variants" / "lambda0.parquet",
             "gensim": MODEL / "variants" / "gensim.parquet"}
 
 
@@ -49,15 +48,15 @@ def read_problem_codes() -> tuple[pd.DataFrame | None, str]:
 
 def main() -> None:
     setup_logging()
-    params = load_params()["train"]["med2vec"]["evaluation"]
+    params = load_params("train.med2vec")["train"]["med2vec"]["evaluation"]
     config = read_json(MODEL / "config.json")
     vocab = CodeVocab.from_frame(pd.read_csv(MODEL / "vocab.csv", keep_default_na=False))
     train_counts = dict(zip(vocab.codes, vocab.counts))
     problems, reason = read_problem_codes()
     test, test_stats = code_table(
-        pd.read_parquet(INTERIM / "events.parquet", columns=["subject_id", "hadm_id", "stay_id", "time", "code"]),
-        pd.read_parquet(INTERIM / "diagnoses.parquet", columns=["subject_id", "hadm_id", "dischtime", "code"]),
-        pd.read_parquet(INTERIM / "cohort.parquet", columns=["subject_id", "split"]), ("test",),
+        pd.read_parquet(paths.EVENTS, columns=["subject_id", "hadm_id", "stay_id", "time", "code"]),
+        pd.read_parquet(paths.DIAGNOSES, columns=["subject_id", "hadm_id", "dischtime", "code"]),
+        pd.read_parquet(paths.COHORT, columns=["subject_id", "split"]), ("test",),
         config["icd_grouping"])
     pairs = admission_pairs(test)
     k, grouping = params["k"], config["icd_grouping"]
@@ -70,10 +69,10 @@ def main() -> None:
             "next_visit": next_visit_metrics(cv, pairs, train_counts, params["recall_k"]),
         }
         log.info("%s: %s", name, report["models"][name])
-    write_json("reports/metrics/med2vec.json", report)
+    write_json(paths.MED2VEC_METRICS, report)
     table = neighbours_table(CodeVectors(pd.read_parquet(VARIANTS["med2vec"])), train_counts,
                              params["neighbour_codes"], k)
-    with atomic_path("reports/med2vec/neighbours.csv") as tmp:
+    with atomic_path(paths.MED2VEC_REPORTS / "neighbours.csv") as tmp:
         table.to_csv(tmp, index=False)
     log.info("wrote reports/metrics/med2vec.json and the neighbours of %d codes", table["code"].nunique())
 

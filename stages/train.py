@@ -6,9 +6,10 @@ Reads params `train.MODEL`; writes models/MODEL/{pretrain,finetune}/{best,last}.
 DVCLive logs under reports/train/MODEL/{pretrain,finetune}/. `--resume` continues a
 killed run from its last completed epoch (a finished phase is not repeated).
 clinical_lf has no pretraining; its feature encoder (fitted on train) is stored in the
-checkpoint, and every `attention_every` training batches its attention is saved under
-reports/train/clinical_lf/attention/. With `init_embeddings: med2vec` (lstm), the token
-table starts from models/med2vec/embeddings.parquet for the codes both vocabularies share.
+checkpoint, and every `attention_every` training steps its attention is saved under
+reports/train/clinical_lf/attention/batch_<global step>.npz (an `on_step` callback of the loop).
+With `init_embeddings: med2vec` (lstm), the token table starts from med2vec's code vectors
+(models/med2vec/embeddings.parquet) for the codes both vocabularies share.
 """
 import argparse
 import logging
@@ -17,12 +18,16 @@ import time
 import numpy as np
 import pandas as pd
 
+from ehrseq import paths
 from ehrseq.code_embeddings.transfer import init_embedding_from_codes
 from ehrseq.io import setup_logging
-from ehrseq.model_data import EMBEDDING_MODELS, load_model_data, task_class
+from ehrseq.model_data import EMBEDDING_MODELS, data_inputs, load_model_data, task_class
 from ehrseq.models import build_model
-from ehrseq.params import load_params
-from ehrseq.training import FitConfig, NextTokenTask, fit, mortality_task, pick_device, seed_everything
+from ehrseq.models.attention import AttentionSnapshots
+from ehrseq.params import check_model_kwargs, load_params
+from ehrseq.tasks import NextTokenTask, mortality_task
+from ehrseq.torch_utils import pick_device, seed_everything
+from ehrseq.training import FitConfig, fit
 
 log = logging.getLogger("ehrseq.stages.train")
 
@@ -37,7 +42,8 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="continue from models/MODEL/*/last.pt")
     args = parser.parse_args()
     setup_logging()
-    params = load_params()["train"][args.model]
+    params = load_params(f"train.{args.model}")["train"][args.model]
+    check_model_kwargs(args.model, params["model"], data_inputs(args.model))  # before any data is read
     device = pick_device()
     start = time.time()
 
@@ -48,13 +54,10 @@ def main() -> None:
     log.info("%s: %d parameters on %s; %d train and %d val stays", args.model,
              sum(p.numel() for p in model.parameters()), device, len(data.datasets["train"]), len(data.datasets["val"]))
     metadata = {"model": args.model, "model_config": model_config}
-    init = params.get("init_embeddings", "none")  # issue 12: start the token table from med2vec's code vectors
-    if init not in ("none", "med2vec"):
-        raise ValueError(f"train.{args.model}.init_embeddings must be 'med2vec' or 'none', got {init!r}")
-    if init == "med2vec":
-        tokens = pd.read_csv("data/processed/vocab.csv", keep_default_na=False)["str"].tolist()
-        metadata["init_embeddings"] = init_embedding_from_codes(
-            model.embed, tokens, pd.read_parquet("models/med2vec/embeddings.parquet"))
+    if params.get("init_embeddings", "none") == "med2vec":  # issue 12: start from med2vec's code vectors
+        tokens = pd.read_csv(paths.VOCAB, keep_default_na=False)["str"].tolist()
+        metadata["init_embeddings"] = init_embedding_from_codes(model.embed, tokens,
+                                                                pd.read_parquet(paths.MED2VEC_EMBEDDINGS))
         log.info("token embeddings from med2vec: %s", metadata["init_embeddings"])
     if data.encoder is not None:
         metadata["encoder"] = data.encoder.to_dict()
@@ -63,10 +66,11 @@ def main() -> None:
         return data.loader(split, params["batch_size"], device, seed=params["seed"], shuffle=shuffle,
                            pool_batches=params["bucket_pool_batches"], weights=weights)
 
-    task_kwargs = {}
+    task_kwargs, on_step = {}, None
     if args.model in EMBEDDING_MODELS:
-        task_kwargs = {"temporal_lambda": params["temporal_lambda"], "attention_every": params["attention_every"],
-                       "attention_dir": f"reports/train/{args.model}/attention"}
+        task_kwargs = {"temporal_lambda": params["temporal_lambda"]}
+        if params["attention_every"]:
+            on_step = AttentionSnapshots(params["attention_every"], paths.train_reports(args.model) / "attention")
     labels = np.asarray(data.datasets["train"].labels)
     finetune_task, weights = mortality_task(labels, params["imbalance"], task_class(args.model), **task_kwargs)
     # (phase, task, sampling weights): pretraining reads every stay once an epoch.
@@ -79,9 +83,9 @@ def main() -> None:
         result = fit(
             model, task, loader("train", weights=phase_weights), loader("val", shuffle=False),
             FitConfig(seed=params["seed"], **{**{k: params[k] for k in OPTIMIZER_KEYS}, **params[phase]}),
-            checkpoint_dir=f"models/{args.model}/{phase}",
-            live_dir=f"reports/train/{args.model}/{phase}",
-            resume=args.resume, device=device, metadata=metadata,
+            checkpoint_dir=paths.model_dir(args.model) / phase,
+            live_dir=paths.train_reports(args.model) / phase,
+            resume=args.resume, device=device, metadata=metadata, on_step=on_step,
         )
         log.info("%s: best val %s %.4f at epoch %d of %d%s", phase, task.monitor, result.best_metric,
                  result.best_epoch + 1, result.epochs_run, " (stopped early)" if result.stopped_early else "")

@@ -14,34 +14,26 @@ import argparse
 import logging
 import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ehrseq.code_embeddings.pairs import (
-    SkipGramBatches,
-    SkipGramTask,
-    noise_distribution,
-)
-from ehrseq.code_embeddings.sequences import (
-    code_table,
-    fit_code_vocab,
-    patient_sentences,
-    sequence_arrays,
-)
+from ehrseq import paths
+from ehrseq.code_embeddings.pairs import SkipGramBatches, noise_distribution
+from ehrseq.code_embeddings.sequences import code_table, fit_code_vocab, patient_sentences, sequence_arrays
 from ehrseq.code_embeddings.word2vec import train_word2vec
 from ehrseq.io import atomic_path, setup_logging, write_json, write_parquet
 from ehrseq.models.med2vec import TemporalMed2Vec, embedding_dim_for
 from ehrseq.params import load_params
-from ehrseq.training import FitConfig, fit, pick_device, seed_everything
+from ehrseq.tasks import SkipGramTask
+from ehrseq.torch_utils import pick_device, seed_everything
+from ehrseq.training import FitConfig, fit
 
 log = logging.getLogger("ehrseq.stages.train_med2vec")
 
-INTERIM = Path("data/interim")
-OUT = Path("models/med2vec")
-LIVE = Path("reports/train/med2vec")
+OUT = paths.MED2VEC
+LIVE = paths.MED2VEC_TRAIN_REPORTS
 
 
 def vectors_frame(codes: list[str], weights) -> pd.DataFrame:
@@ -53,13 +45,13 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="continue from models/med2vec/checkpoints/*/last.pt")
     args = parser.parse_args()
     setup_logging()
-    params = load_params()["train"]["med2vec"]
+    params = load_params("train.med2vec")["train"]["med2vec"]
     seed, vp, mp, pp = params["seed"], params["vocab"], params["model"], params["pairs"]
     device = pick_device()
 
-    events = pd.read_parquet(INTERIM / "events.parquet", columns=["subject_id", "hadm_id", "stay_id", "time", "code"])
-    diagnoses = pd.read_parquet(INTERIM / "diagnoses.parquet", columns=["subject_id", "hadm_id", "dischtime", "code"])
-    cohort = pd.read_parquet(INTERIM / "cohort.parquet", columns=["subject_id", "split"])
+    events = pd.read_parquet(paths.EVENTS, columns=["subject_id", "hadm_id", "stay_id", "time", "code"])
+    diagnoses = pd.read_parquet(paths.DIAGNOSES, columns=["subject_id", "hadm_id", "dischtime", "code"])
+    cohort = pd.read_parquet(paths.COHORT, columns=["subject_id", "split"])
     tables, report = {}, {"sequences": {}}
     for split in ("train", "val"):
         tables[split], report["sequences"][split] = code_table(events, diagnoses, cohort, (split,), vp["icd_grouping"])
@@ -97,7 +89,7 @@ def main() -> None:
                      checkpoint_dir=OUT / "checkpoints" / name, live_dir=LIVE / name, resume=args.resume,
                      device=device, metadata={"model": "med2vec", "model_config": model_config})
         frame = vectors_frame(vocab.codes, model.code_vectors())
-        write_parquet(OUT / "embeddings.parquet" if name == "temporal" else OUT / "variants" / f"{name}.parquet", frame)
+        write_parquet(paths.MED2VEC_EMBEDDINGS if name == "temporal" else OUT / "variants" / f"{name}.parquet", frame)
         report["runs"][name] = {"time_decay_per_day": decay, "best_epoch": result.best_epoch + 1,
                                 "epochs_run": result.epochs_run, "best_val_loss": result.best_metric,
                                 "seconds": round(time.time() - start, 1)}
@@ -113,7 +105,7 @@ def main() -> None:
     with atomic_path(OUT / "vocab.csv") as tmp:
         vocab.to_frame().to_csv(tmp, index=False)
     write_json(OUT / "config.json", config)
-    write_json("reports/metrics/train_med2vec.json", {**report, "config": config})
+    write_json(paths.metrics_json("train_med2vec"), {**report, "config": config})
     log.info("wrote %s", OUT)
 
 

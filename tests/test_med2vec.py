@@ -18,9 +18,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import DEMO
 from torch import nn
 
+from conftest import DEMO
 from ehrseq.code_embeddings.evaluation import (
     CodeVectors,
     admission_pairs,
@@ -30,11 +30,7 @@ from ehrseq.code_embeddings.evaluation import (
     ontology_metrics,
     planted_metrics,
 )
-from ehrseq.code_embeddings.pairs import (
-    SkipGramBatches,
-    SkipGramTask,
-    noise_distribution,
-)
+from ehrseq.code_embeddings.pairs import SkipGramBatches, noise_distribution
 from ehrseq.code_embeddings.sequences import (
     UNK,
     CodeVocab,
@@ -54,6 +50,7 @@ from ehrseq.models.med2vec import (
     negative_sampling_loss,
 )
 from ehrseq.sources.extract import extract
+from ehrseq.tasks import SkipGramTask
 from ehrseq.training import FitConfig, fit
 from ehrseq.vocab import group_icd
 
@@ -173,8 +170,11 @@ def test_negative_sampling_loss_by_hand():
     scores = torch.tensor([[2.0, -1.0]])
     negative = torch.tensor([[[0.5, -0.5], [1.0, 0.0]]])
     weights = torch.tensor([[1.0, 0.25]])
-    per_pair = [-math.log(1 / (1 + math.exp(-2.0))) - math.log(1 / (1 + math.exp(0.5))) - math.log(1 / (1 + math.exp(-0.5))),
-                -math.log(1 / (1 + math.exp(1.0))) - math.log(1 / (1 + math.exp(1.0))) - math.log(0.5)]
+    def log_sigmoid(x):
+        return -math.log(1 + math.exp(-x))
+
+    per_pair = [-log_sigmoid(2.0) - log_sigmoid(-0.5) - log_sigmoid(0.5),
+                -log_sigmoid(-1.0) - log_sigmoid(-1.0) - log_sigmoid(0.0)]
     expected = (per_pair[0] * 1.0 + per_pair[1] * 0.25) / 1.25
     assert negative_sampling_loss(scores, negative, weights).item() == pytest.approx(expected, rel=1e-6)
 
@@ -302,7 +302,8 @@ def test_code_table_first_occurrence_per_stay_and_diagnoses_at_discharge():
     assert patient_sentences(table, vocab) == [["LAB//1", "NDC//2", "ICD9//4019"]]
     # codes at one time come in a deterministic order that is not the alphabet (a position
     # window would learn the alphabet), whatever the input row order
-    many = pd.DataFrame({"subject_id": 1, "hadm_id": 10, "dischtime": t, "code": [f"ICD9//{400 + i}" for i in range(20)]})
+    many = pd.DataFrame({"subject_id": 1, "hadm_id": 10, "dischtime": t,
+                         "code": [f"ICD9//{400 + i}" for i in range(20)]})
     orders = [code_table(events.iloc[:0], many.sample(frac=1.0, random_state=r), cohort, ("train",))[0]["code"].tolist()
               for r in (0, 1)]
     assert orders[0] == orders[1] and orders[0] != sorted(orders[0]) and sorted(orders[0]) == sorted(many["code"])

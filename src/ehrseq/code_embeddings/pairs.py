@@ -1,4 +1,4 @@
-"""Skip-gram batches over code sequences, and the task that trains TemporalMed2Vec with `fit`.
+"""Skip-gram batches over code sequences (trained by `tasks.SkipGramTask` in `training.fit`).
 
 Contexts of a target are codes of the same patient within `horizon_days` of it (either
 side, the target itself excluded). When a target has at most `n_contexts` of them, all
@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from ehrseq.code_embeddings.sequences import SequenceArrays
-from ehrseq.models.med2vec import negative_sampling_loss
 
 Batch = dict[str, torch.Tensor]
 
@@ -97,36 +96,3 @@ class SkipGramBatches:
         negatives = torch.multinomial(self.noise, B * C * K, replacement=True, generator=generator).view(B, C, K)
         return {"target": self.tokens[position], "context": self.tokens[context_pos], "dt": dt,
                 "context_mask": mask, "negatives": negatives}
-
-
-class SkipGramTask:
-    """TemporalMed2Vec with negative sampling, in `training.fit`'s Task protocol.
-
-    Validation reports the temporally weighted negative-sampling loss on val patients
-    (codes mapped with the train vocabulary), the value early stopping watches.
-    """
-
-    name = "skipgram"
-    monitor, mode = "loss", "min"
-
-    def _scores(self, model, batch: Batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        out = model(batch["target"], batch["context"], batch["dt"], batch["context_mask"])
-        negatives = batch["negatives"]  # [B, C, K]
-        negative_scores = model.score(batch["target"], negatives.flatten(1)).view(negatives.shape)
-        return out, negative_scores
-
-    def loss(self, model, batch):
-        out, negative_scores = self._scores(model, batch)
-        return negative_sampling_loss(out["scores"].float(), negative_scores.float(), out["weights"].float()), {}
-
-    def predict(self, model, batch):
-        out, negative_scores = self._scores(model, batch)
-        weights = out["weights"].float()
-        per_target = negative_sampling_loss(out["scores"].float(), negative_scores.float(), weights, reduce=False)
-        return {"loss_sum": per_target, "weight": weights.sum(dim=1)}
-
-    def metrics(self, p):
-        return {"loss": float(p["loss_sum"].sum() / max(p["weight"].sum(), 1e-12))}
-
-    def config(self):
-        return {}

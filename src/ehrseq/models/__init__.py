@@ -18,7 +18,6 @@ REGISTRY = {
     "transformer": "ehrseq.models.transformer:TransformerTokenModel",
     "gpt2": "ehrseq.models.gpt2:GPT2TokenModel",
     "clinical_lf": "ehrseq.models.clinical_lf:ClinicalLF",
-    "med2vec": "ehrseq.models.med2vec:TemporalMed2Vec",
 }
 
 
