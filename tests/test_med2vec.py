@@ -300,6 +300,10 @@ def test_code_table_first_occurrence_per_stay_and_diagnoses_at_discharge():
     arrays = sequence_arrays(table, vocab)
     assert arrays.days.tolist() == pytest.approx([0.0, 2 / 24, 2 - 1 / 24])  # days, from the first code
     assert patient_sentences(table, vocab) == [["LAB//1", "NDC//2", "ICD9//4019"]]
+    # grouping: two ICD-9 codes of category 401, one with a dot, are one occurrence of ICD9//401
+    grouped_dx = diagnoses.assign(code=["ICD9//401.9", "ICD9//4011"])
+    grouped, _ = code_table(events, grouped_dx, cohort, ("train",), icd_grouping=True)
+    assert grouped["code"].tolist() == ["LAB//1", "NDC//2", "ICD9//401"]
     # codes at one time come in a deterministic order that is not the alphabet (a position
     # window would learn the alphabet), whatever the input row order
     many = pd.DataFrame({"subject_id": 1, "hadm_id": 10, "dischtime": t,
