@@ -260,8 +260,32 @@ SCHEMA = Section({name: Omittable(spec) for name, spec in {
             "finetune": PHASE,
         }),
         "med2vec": MED2VEC,
+        "prompt_bart": Section({
+            **{k: v for k, v in TRAIN_COMMON.items() if k != "imbalance"},  # no labels to balance
+            "max_length": POSITIVE,
+            "corruption": Section({
+                "full_mask_rate": FRACTION, "future_rate": FRACTION, "type_rate": FRACTION, "mask_rate": FRACTION,
+                "infill_rate": FRACTION, "infill_lambda": NONNEG, "shuffle_rate": FRACTION,
+            }),
+            "denoise": PHASE,
+        }),
     }.items()}),
+    "generate": Section({
+        "n_patients": POSITIVE,
+        "seed": INT,
+        "batch_size": POSITIVE,
+        "temperature": Num(min=1e-6),
+        "top_k": COUNT,
+        "top_p": Num(min=1e-6, max=1),
+        "max_visits": POSITIVE,
+        "demographics_csv": Nullable(STR),
+        "n_bootstrap": POSITIVE,
+        "age_groups": ListOf(NONNEG, min_items=1),
+        "n_age_codes": POSITIVE,
+        "utility_candidates": POSITIVE,
+    }),
     "evaluate": Section({"batch_size": POSITIVE, "n_bootstrap": POSITIVE, "calibration_bins": POSITIVE, "seed": INT}),
+    "logreg": Section({"c_grid": ListOf(Num(min=0), min_items=1), "seed": INT}),
     "explain": Section({
         "batch_size": POSITIVE,
         "ig_steps": POSITIVE,

@@ -37,11 +37,21 @@ MED2VEC_TRAIN_REPORTS = Path("reports/train/med2vec")  # DVCLive per run: tempor
 MED2VEC_REPORTS = Path("reports/med2vec")  # neighbours.csv
 MED2VEC_METRICS = Path("reports/metrics/med2vec.json")
 
+# generate (prompt_bart's synthetic patients, and the independent-codes baseline's)
+GENERATED = Path("data/generated")
+GENERATED_PATIENTS = GENERATED / "patients.parquet"
+GENERATED_BASELINE = GENERATED / "baseline.parquet"
+
 # train, evaluate, explain
 MODELS = Path("models")
 REPORTS = Path("reports")
 METRICS = REPORTS / "metrics"
 EXPLAIN = REPORTS / "explain"
+PLOTS = REPORTS / "plots"  # PLOTS/NAME/*.csv: one folder per model or stage (see plots_dir)
+
+# report
+SUMMARY = REPORTS / "summary.md"  # in git: README's results are checked against it
+FIGURES = REPORTS / "figures"
 
 
 def metrics_json(name: str) -> Path:
@@ -66,4 +76,7 @@ def train_reports(model: str) -> Path:
 
 def plots_dir(model: str) -> Path:
     """reports/plots/MODEL: ROC, PR and calibration tables of the test split."""
-    return REPORTS / "plots" / model
+    return PLOTS / model
+
+
+PROMPT_BART_PERPLEXITY = plots_dir("prompt_bart") / "perplexity.csv"  # median test perplexities (evaluate)
