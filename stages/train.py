@@ -8,6 +8,8 @@ killed run from its last completed epoch (a finished phase is not repeated).
 clinical_lf has no pretraining; its feature encoder (fitted on train) is stored in the
 checkpoint, and every `attention_every` training steps its attention is saved under
 reports/train/clinical_lf/attention/batch_<global step>.npz (an `on_step` callback of the loop).
+With `init_embeddings: med2vec` (lstm), the token table starts from med2vec's code vectors
+(models/med2vec/embeddings.parquet) for the codes both vocabularies share.
 prompt_bart has one phase, `models/prompt_bart/denoise/`: reconstruction of corrupted
 patient visit sequences; its vocabulary and demographic scaler (train split) are stored
 in the checkpoint.
@@ -17,8 +19,10 @@ import logging
 import time
 
 import numpy as np
+import pandas as pd
 
 from ehrseq import paths
+from ehrseq.code_embeddings.transfer import init_embedding_from_codes
 from ehrseq.io import setup_logging
 from ehrseq.model_data import EMBEDDING_MODELS, data_inputs, load_model_data, task_class
 from ehrseq.models import build_model
@@ -57,6 +61,11 @@ def main() -> None:
     log.info("%s: %d parameters on %s; %d train and %d val stays", args.model,
              sum(p.numel() for p in model.parameters()), device, len(data.datasets["train"]), len(data.datasets["val"]))
     metadata = {"model": args.model, "model_config": model_config}
+    if params.get("init_embeddings", "none") == "med2vec":  # issue 12: start from med2vec's code vectors
+        tokens = pd.read_csv(paths.VOCAB, keep_default_na=False)["str"].tolist()
+        metadata["init_embeddings"] = init_embedding_from_codes(model.embed, tokens,
+                                                                pd.read_parquet(paths.MED2VEC_EMBEDDINGS))
+        log.info("token embeddings from med2vec: %s", metadata["init_embeddings"])
     if data.encoder is not None:
         metadata["encoder"] = data.encoder.to_dict()
 

@@ -29,6 +29,14 @@ VALUE_BINS = Path("data/processed/value_bins.csv")
 TEXT_EMBEDDINGS = Path("data/processed/text_embeddings")
 SEQUENCES = Path("data/processed/sequences")  # {split}.parquet, survival/{split}.parquet, patients/{split}.parquet
 
+# train_med2vec, evaluate_med2vec (code embeddings; not a mortality model)
+PROBLEM_CODES = TRUTH / "problem_codes.parquet"  # synthetic only: the codes each latent problem emits
+MED2VEC = Path("models/med2vec")  # vocab.csv, config.json, checkpoints/, variants/{lambda0,gensim}.parquet
+MED2VEC_EMBEDDINGS = MED2VEC / "embeddings.parquet"  # code, vector (read by train@lstm with init_embeddings)
+MED2VEC_TRAIN_REPORTS = Path("reports/train/med2vec")  # DVCLive per run: temporal/, lambda0/
+MED2VEC_REPORTS = Path("reports/med2vec")  # neighbours.csv
+MED2VEC_METRICS = Path("reports/metrics/med2vec.json")
+
 # generate (prompt_bart's synthetic patients, and the independent-codes baseline's)
 GENERATED = Path("data/generated")
 GENERATED_PATIENTS = GENERATED / "patients.parquet"

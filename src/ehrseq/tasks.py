@@ -26,6 +26,7 @@ from torch import nn
 from ehrseq import metrics
 from ehrseq.data import class_balance_weights
 from ehrseq.models.clinical_lf import clinical_lf_loss
+from ehrseq.models.med2vec import negative_sampling_loss
 
 Batch = dict[str, torch.Tensor]
 
@@ -151,6 +152,39 @@ def mortality_task(
     if imbalance == "sampler":
         return task_class(logit_shift=math.log(odds_factor), **task_kwargs), class_balance_weights(labels)
     return task_class(**task_kwargs), None
+
+
+class SkipGramTask:
+    """TemporalMed2Vec with negative sampling on `code_embeddings.pairs.SkipGramBatches`.
+
+    Validation reports the temporally weighted negative-sampling loss on val patients
+    (codes mapped with the train vocabulary), the value early stopping watches.
+    """
+
+    name = "skipgram"
+    monitor, mode = "loss", "min"
+
+    def _scores(self, model, batch: Batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        out = model(batch["target"], batch["context"], batch["dt"], batch["context_mask"])
+        negatives = batch["negatives"]  # [B, C, K]
+        negative_scores = model.score(batch["target"], negatives.flatten(1)).view(negatives.shape)
+        return out, negative_scores
+
+    def loss(self, model, batch):
+        out, negative_scores = self._scores(model, batch)
+        return negative_sampling_loss(out["scores"].float(), negative_scores.float(), out["weights"].float()), {}
+
+    def predict(self, model, batch):
+        out, negative_scores = self._scores(model, batch)
+        weights = out["weights"].float()
+        per_target = negative_sampling_loss(out["scores"].float(), negative_scores.float(), weights, reduce=False)
+        return {"loss_sum": per_target, "weight": weights.sum(dim=1)}
+
+    def metrics(self, p):
+        return {"loss": float(p["loss_sum"].sum() / max(p["weight"].sum(), 1e-12))}
+
+    def config(self):
+        return {}
 
 
 class PromptBartTask:
