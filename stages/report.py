@@ -81,6 +81,8 @@ def main() -> None:
         report.headline(rows), "",
         report.data_section(metrics.get("extract")),
         mortality,
+        report.grouped_section("Code embeddings (test patients)", metrics.get("med2vec"), report.EMBEDDING_GROUPS,
+                               report.EMBEDDING_COLUMNS),
         report.grouped_section("Synthetic patients (generate, against the real test split)", metrics.get("generate"),
                                report.GENERATION_GROUPS, report.GENERATION_COLUMNS),
         report.grouped_section("prompt_bart perplexity per code type (median over test patients)",

@@ -130,6 +130,15 @@ GENERATION_COLUMNS = {
     "membership-inference AUC": "privacy.{g}.membership_inference_auc",
     "TSTR / TRTR AUROC": "utility.{g}.tstr_over_trtr",
 }
+EMBEDDING_GROUPS = {"med2vec (time decay)": "med2vec", "med2vec, lambda = 0": "med2vec_lambda0",
+                    "gensim Word2Vec": "gensim"}
+EMBEDDING_COLUMNS = {
+    "planted-problem precision@10": "models.{g}.planted.precision_at_k.value",
+    "(random)": "models.{g}.planted.precision_at_k.random",
+    "KMeans NMI": "models.{g}.planted.kmeans_nmi.value",
+    "ICD chapter precision@10": "models.{g}.ontology.chapter_precision_at_k.value",
+    "next-visit recall@10": "models.{g}.next_visit.similarity.recall_at_10",
+}
 PERPLEXITY_GROUPS = {t: t for t in ("diagnosis", "medication", "procedure", "lab")}
 PERPLEXITY_COLUMNS = {
     "next visit (lpl), prompt_bart": "lpl.{g}.model", "lpl, baseline": "lpl.{g}.baseline",
