@@ -19,6 +19,7 @@ REGISTRY = {
     "gpt2": "ehrseq.models.gpt2:GPT2TokenModel",
     "clinical_lf": "ehrseq.models.clinical_lf:ClinicalLF",
     "survival_lstm": "ehrseq.models.survival_lstm:SurvivalLSTM",
+    "prompt_bart": "ehrseq.models.prompt_bart:PromptBart",
 }
 
 
