@@ -15,7 +15,7 @@ import yaml
 
 from ehrseq import metrics, paths
 from ehrseq.model_data import EMBEDDING_MODELS, PATIENT_MODELS, SURVIVAL_MODELS, TOKEN_MODELS
-from ehrseq.models import REGISTRY
+from ehrseq.models import OWN_STAGE_MODELS, REGISTRY
 
 REPO = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
@@ -95,11 +95,6 @@ def test_a_model_knows_no_loop_task_source_or_explanation(module):
 
 
 # ------------------------------------------------------------------ one list of models
-
-
-# Models with stages of their own (`train_NAME`, `evaluate_NAME`), outside the mortality
-# `models` foreach and the registry: med2vec learns code vectors, it has no mortality head.
-OWN_STAGE_MODELS = ("med2vec",)
 
 
 def test_model_lists_agree_with_the_registry():
