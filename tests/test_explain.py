@@ -1,8 +1,10 @@
-"""Explainability of clinical_lf: attention capture, Captum attributions, faithfulness, plots.
+"""Explainability of every mortality model: attention capture, Captum attributions,
+event removal, faithfulness, precision against planted truth, sanity checks, plots.
 
-One tiny model is trained on toy stays whose label is "a danger text occurred before the
-cutoff"; its explanations are checked against Captum's axioms, against direct
-re-computation, and against the planted truth.
+Tiny models (clinical_lf, and the three token models) are trained on toy stays whose
+label is "a danger event occurred before the cutoff"; their explanations are checked
+against Captum's axioms, against direct re-computation (a stay rebuilt by hand without
+an event), against the planted truth, and against randomised models.
 """
 from __future__ import annotations
 
@@ -20,15 +22,23 @@ from ehrseq.explain.attention import (
     save_attention,
 )
 from ehrseq.explain.attributions import (
-    event_ablation, group_ablation, importance_by, integrated_gradients, layer_integrated_gradients,
-    mean_baselines, scores_frame, step_scores,
+    group_ablation, importance_by, integrated_gradients, layer_integrated_gradients, mean_baselines,
 )
+from ehrseq.explain.events import index_events, positions_of, to_events
+from ehrseq.explain.explainers import ClinicalLFExplainer, TokenExplainer, compact, event_ablation
 from ehrseq.explain.faithfulness import (
-    _jsd, aopc, deletion_curve, deletion_curves, deletion_table, head_specialisation, precision_at_k,
+    _jsd, aopc, aopc_against_random, curves_to_risk, deletion_curve, deletion_curves, deletion_table,
+    head_specialisation, precision_at_k,
 )
+from ehrseq.explain.inputs import Truth, TokenEventDataset, collate_token_events, event_descriptions, read_truth
 from ehrseq.explain.plots import head_heatmap, importance_bars, stay_timeline
+from ehrseq.explain.run import ExplainConfig, explain_split, sanity_checks, scores_frame
+from ehrseq.explain.sanity import RelabelledDataset, parameter_randomisation, shuffled_label_model, spearman_per_stay
+from ehrseq.explain.token_attention import record_token_attention, token_layer_attention
 from ehrseq.features import build_dataset, collate, fit_encoder
+from ehrseq.models import build_model
 from ehrseq.models.clinical_lf import ClinicalLF, sinusoidal_positions
+from ehrseq.schema import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from test_clinical_lf import TINY, make_toy_data, train_tiny
 
 torch.set_num_threads(1)
@@ -42,7 +52,14 @@ def setup():
     test = build_dataset(events, cohort, texts, vectors, encoder, "test")
     model = train_tiny(train, steps=250)
     batch = collate([test[i] for i in range(len(test))])
-    return dict(model=model, encoder=encoder, batch=batch, planted=planted, events=events)
+    explainer = ClinicalLFExplainer(model, "clinical_lf", encoder=encoder)
+    return dict(model=model, encoder=encoder, batch=batch, planted=planted, events=events, explainer=explainer,
+                event_index=explainer.events(batch))
+
+
+def _event_scores(position_scores, setup):
+    """[B, T] clinical_lf step scores -> [B, E] (one event per step)."""
+    return to_events(position_scores.masked_fill(setup["batch"]["padding_mask"], 0.0), setup["event_index"])
 
 
 def _logits(model, steps, static, padding):
@@ -186,13 +203,15 @@ def test_integrated_gradients_completeness_and_zero_on_padding(setup):
     assert torch.allclose(gap, ig.delta, atol=1e-3)  # Captum's delta is what we think it is
     assert (gap.abs() <= 0.05 * (fx - fb).abs() + 1e-3).all(), gap
     assert (ig.steps[batch["padding_mask"]] == 0).all()
-    assert (step_scores(ig.steps, batch["padding_mask"])[batch["padding_mask"]] == 0).all()
 
 
 def test_integrated_gradients_find_the_planted_events(setup):
     batch = setup["batch"]
     ig = integrated_gradients(setup["model"], batch, mean_baselines(batch, setup["encoder"]), n_steps=64)
-    p1 = precision_at_k(step_scores(ig.steps, batch["padding_mask"]), batch, setup["planted"], k=1)
+    events = setup["event_index"]
+    planted = torch.from_numpy(np.isin(events.rows.numpy(), setup["planted"]))
+    p1 = precision_at_k(_event_scores(ig.steps.sum(-1), setup), events.padding, planted, planted.any(1),
+                        batch["stay_id"], k=1)
     assert len(p1) >= 10
     assert p1["precision"].mean() >= 0.9
     assert p1["random_precision"].mean() <= 0.3
@@ -212,8 +231,9 @@ def test_layer_integrated_gradients_baseline_goes_through_the_projection(setup):
 
 
 def test_event_ablation_equals_masked_model_difference(setup):
-    model, batch = setup["model"], setup["batch"]
-    attr = event_ablation(model, batch, perturbations_per_eval=4)
+    model, batch, events = setup["model"], setup["batch"], setup["event_index"]
+    attr = event_ablation(setup["explainer"].logits_without(batch, events), events, perturbations_per_eval=4)
+    assert torch.allclose(attr, event_ablation(setup["explainer"].logits_without(batch, events), events, 1), atol=1e-5)
     padding = batch["padding_mask"]
     fx = _logits(model, batch["steps"], batch["static"], padding)
     for b in range(4):
@@ -249,11 +269,10 @@ def test_group_ablation_replaces_whole_groups_by_their_baseline(setup):
 def test_scores_map_back_to_event_rows(setup):
     batch, events = setup["batch"], setup["events"]
     scores = torch.randn(batch["padding_mask"].shape)
-    frame = scores_frame({"random": scores}, batch)
+    frame = scores_frame({"random": scores}, setup["event_index"], batch["stay_id"])
     assert len(frame) == int((~batch["padding_mask"]).sum())
     first = frame.iloc[0]
     assert events.loc[first["event_row"], "stay_id"] == first["stay_id"]
-    assert events.loc[first["event_row"], "event_type"] == first["event_type"]
     assert first["score"] == pytest.approx(float(scores[0, first["position"]]))
     table = importance_by(frame.merge(events[["code"]], left_on="event_row", right_index=True), "code")
     assert table["n_events"].sum() == len(frame)
@@ -278,7 +297,12 @@ def test_deletion_curve_and_aopc_by_hand():
     padding = torch.tensor([[False, False, False, True], [False, True, True, True]])
     batch = {"steps": steps, "static": torch.zeros(2, 0), "padding_mask": padding}
     scores = torch.tensor([[0.3, 0.9, -5.0, 99.0], [1.0, 50.0, 50.0, 50.0]])  # padding scores must be ignored
-    curve = deletion_curve(SumOfFirstFeature(), batch, scores, k_max=3)
+    model = SumOfFirstFeature()
+
+    def logits_without(removed, n):  # one event per step: removed events are removed steps
+        return model(steps, batch["static"], padding | removed)["logits"]
+
+    curve = torch.sigmoid(deletion_curve(logits_without, scores, padding, k_max=3))
     # stay 0 removes 2.0, then 1.0, then -1.0; stay 1 removes its one event, then nothing is left
     expected = torch.tensor([[_sigmoid(2.0), _sigmoid(0.0), _sigmoid(-1.0), _sigmoid(0.0)],
                              [_sigmoid(0.5), _sigmoid(0.0), _sigmoid(0.0), _sigmoid(0.0)]])
@@ -288,13 +312,11 @@ def test_deletion_curve_and_aopc_by_hand():
 
 
 def test_precision_at_k_by_hand():
-    batch = {
-        "padding_mask": torch.tensor([[False, False, False, False], [False, False, True, True], [False, True, True, True]]),
-        "event_row": torch.tensor([[10, 11, 12, 13], [20, 21, -1, -1], [30, -1, -1, -1]]),
-        "stay_id": torch.tensor([1, 2, 3]),
-    }
+    padding = torch.tensor([[False, False, False, False], [False, False, True, True], [False, True, True, True]])
+    rows = torch.tensor([[10, 11, 12, 13], [20, 21, -1, -1], [30, -1, -1, -1]])
+    planted = torch.from_numpy(np.isin(rows.numpy(), [11, 13, 21]))
     scores = torch.tensor([[0.1, 0.9, 0.5, 0.2], [0.3, 0.2, 9.0, 9.0], [1.0, 0.0, 0.0, 0.0]])
-    table = precision_at_k(scores, batch, planted_rows=np.array([11, 13, 21]), k=2)
+    table = precision_at_k(scores, padding, planted, planted.any(1), torch.tensor([1, 2, 3]), k=2)
     assert table["stay_id"].tolist() == [1, 2]  # stay 3 has nothing planted
     assert table["precision"].tolist() == [0.5, 0.5]  # stay 1: top-2 = 11, 12; stay 2: 20, 21
     assert table["random_precision"].tolist() == [0.5, 0.5]
@@ -302,14 +324,36 @@ def test_precision_at_k_by_hand():
     assert table["recall_precision"].tolist() == [0.5, 1.0]
     # a random top-2 holds k * planted / events planted ones: 2 * 2/4 = 1 of 2, 2 * 1/2 = 1 of 1
     assert table["random_recall_precision"].tolist() == [0.5, 1.0]
+    # companion-aware: 12 is a companion of stay 1's planted events, 30 is one of stay 3,
+    # which has no planted event and so stays out (both figures cover the same stays)
+    aware = planted | torch.from_numpy(np.isin(rows.numpy(), [12, 30]))
+    table = precision_at_k(scores, padding, aware, planted.any(1), torch.tensor([1, 2, 3]), k=2)
+    assert table["stay_id"].tolist() == [1, 2]
+    assert table["precision"].tolist() == [1.0, 0.5]  # stay 1: 11 planted, 12 companion
+    assert table["recall_precision"].tolist() == [1.0, 1.0]
+    assert table["random_precision"].tolist() == [0.75, 0.5]  # 3 truth events of 4
+
+
+def test_truth_reader_reports_missing_companions(tmp_path):
+    pd.DataFrame({"stay_id": [1], "event_row": [11], "rule": ["vasopressor"]}).to_parquet(tmp_path / "planted_events.parquet")
+    truth = read_truth(tmp_path)
+    assert truth.planted_rows.tolist() == [11] and truth.companion_rows is None
+    assert "companion_events.parquet not found" in truth.companion_reason
+    pd.DataFrame({"stay_id": [1], "event_row": [12], "rule": ["vasopressor"]}).to_parquet(tmp_path / "companion_events.parquet")
+    assert read_truth(tmp_path).companion_rows.tolist() == [12]
+    assert read_truth(tmp_path / "absent") is None
 
 
 def test_attributions_beat_random_deletion(setup):
-    model, batch = setup["model"], setup["batch"]
+    model, batch, events = setup["model"], setup["batch"], setup["event_index"]
     ig = integrated_gradients(model, batch, mean_baselines(batch, setup["encoder"]), n_steps=64)
-    curves = deletion_curves(model, batch, {"ig": step_scores(ig.steps, batch["padding_mask"]),
-                                            "ablation": event_ablation(model, batch)}, k_max=3, n_random=5)
+    without = setup["explainer"].logits_without(batch, events)
+    curves = curves_to_risk(deletion_curves(without, {"ig": _event_scores(ig.steps.sum(-1), setup),
+                                                      "ablation": event_ablation(without, events)},
+                                            events.padding, k_max=3, n_random=5))
     table = deletion_table(curves)
+    versus = aopc_against_random(curves)
+    assert versus["ig"]["ci_low"] > 0.1 and versus["ablation"]["ci_low"] > 0.1
     assert set(table["method"]) == {"ig", "ablation", "random"} and len(table) == 3 * 4
     aopcs = table.groupby("method")["aopc"].first()
     assert aopcs["ig"] > aopcs["random"] + 0.1
@@ -374,32 +418,38 @@ def test_plots_write_png_and_csv(setup, tmp_path):
 
 
 def test_explain_split_writes_every_artifact(setup, tmp_path):
-    from ehrseq.explain.run import ExplainConfig, explain_split
-
     events, cohort, texts, vectors, planted = make_toy_data()
     test = build_dataset(events, cohort, texts, vectors, setup["encoder"], "test")
     config = ExplainConfig(batch_size=8, ig_steps=32, k_max=3, precision_k=(1, 3), n_random=3,
-                           n_permutations=20, plot_stays=2)
-    metrics = explain_split(setup["model"], setup["encoder"], test, events, tmp_path, config, planted_rows=planted)
+                           n_permutations=20, plot_stays=2, sanity_stays=8)
+    truth = Truth(planted, None, "no companions recorded")
+    metrics, sanity = explain_split(setup["explainer"], test, collate, event_descriptions(events, cohort), tmp_path,
+                                    config, truth, logit_shift=0.0)
     assert metrics["stays"] == len(test)
     assert set(metrics["aopc"]) == {"integrated_gradients", "layer_integrated_gradients", "event_ablation",
-                                    "attention", "attention_rollout", "random"}
+                                    "attention_pooling", "attention_rollout", "random"}
+    assert metrics["aopc_calibrated"] == pytest.approx(metrics["aopc"])  # no prior correction given
     p1 = metrics["precision_at_k"]["k=1"]
     assert p1["integrated_gradients"] > 3 * p1["random"]
+    assert metrics["companion_aware"] == {"value": None, "reason": "no companions recorded"}
     scores = pd.read_parquet(tmp_path / "event_scores.parquet")
     assert len(scores) == 5 * metrics["events"]
     assert (events.loc[scores["event_row"], "text"].to_numpy() == scores["text"].to_numpy()).all()
     for name in ("static_attributions.parquet", "group_ablation.parquet", "predictions.parquet", "deletion.png",
                  "deletion.csv", "precision_at_k.csv", "head_kinds.csv", "importance_code.csv",
-                 "importance_event_type_ig.png", "attention/batch_000.npz"):
+                 "importance_code_layer_integrated_gradients.png", "attention/batch_000.npz"):
         assert (tmp_path / name).exists(), name
     assert not (tmp_path / "attention" / "batch_001.npz").exists()
     assert len(list((tmp_path / "stays").glob("timeline_*.png"))) == 2
     assert len(list((tmp_path / "stays").glob("heads_*.png"))) == 2
-    sample = explain_split(setup["model"], setup["encoder"], test, events, tmp_path / "sample",
-                           ExplainConfig(batch_size=8, ig_steps=16, k_max=2, n_random=2, n_permutations=10,
-                                         plot_stays=1, max_stays=10))
+    # the sanity stays: planted-event stays first
+    assert sum(len(ev.padding) for _, ev in sanity) == 8
+    assert all(bool(np.isin(ev.rows.numpy(), planted).any(1).all()) for _, ev in sanity)
+    sample, _ = explain_split(setup["explainer"], test, collate, event_descriptions(events, cohort),
+                              tmp_path / "sample", ExplainConfig(batch_size=8, ig_steps=16, k_max=2, n_random=2,
+                                                                 n_permutations=10, plot_stays=1, max_stays=10))
     assert sample["stays"] == 10 and "precision_at_k" not in sample  # no planted truth given
+    assert sample["precision"]["value"] is None
 
 
 def test_importance_by_code_names_each_code_for_a_reader():
