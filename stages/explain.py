@@ -23,13 +23,30 @@ import pandas as pd
 
 from ehrseq.data import token_loader
 from ehrseq.explain.explainers import make_explainer
-from ehrseq.explain.inputs import collate_token_events, event_descriptions, load_token_events, read_truth
+from ehrseq.explain.inputs import (
+    collate_token_events,
+    event_descriptions,
+    load_token_events,
+    read_truth,
+)
 from ehrseq.explain.run import ExplainConfig, explain_split, sanity_checks
 from ehrseq.explain.sanity import auroc_with_interval, shuffled_label_model
 from ehrseq.io import atomic_path, setup_logging, write_json
-from ehrseq.model_data import TOKEN_MODELS, PipelinePaths, checkpoint_encoder, load_model_data, task_class
+from ehrseq.model_data import (
+    TOKEN_MODELS,
+    PipelinePaths,
+    checkpoint_encoder,
+    load_model_data,
+    task_class,
+)
 from ehrseq.params import load_params
-from ehrseq.training import FitConfig, load_checkpoint, load_trained_model, pick_device, predict
+from ehrseq.training import (
+    FitConfig,
+    load_checkpoint,
+    load_trained_model,
+    pick_device,
+    predict,
+)
 
 log = logging.getLogger("ehrseq.stages.explain")
 

@@ -15,31 +15,63 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from test_clinical_lf import TINY, make_toy_data, train_tiny
 from torch import nn
 
 from ehrseq.explain.attention import (
-    attention_rollout, forward_with_attention, load_attention, pooling_event_scores, record_attention,
+    attention_rollout,
+    forward_with_attention,
+    load_attention,
+    pooling_event_scores,
+    record_attention,
     save_attention,
 )
 from ehrseq.explain.attributions import (
-    group_ablation, importance_by, integrated_gradients, layer_integrated_gradients, mean_baselines,
+    group_ablation,
+    importance_by,
+    integrated_gradients,
+    layer_integrated_gradients,
+    mean_baselines,
 )
 from ehrseq.explain.events import index_events, positions_of, to_events
-from ehrseq.explain.explainers import ClinicalLFExplainer, Explanation, TokenExplainer, compact, event_ablation
-from ehrseq.explain.faithfulness import (
-    _jsd, aopc, aopc_against_random, curves_to_risk, deletion_curve, deletion_curves, deletion_table,
-    head_specialisation, precision_at_k,
+from ehrseq.explain.explainers import (
+    ClinicalLFExplainer,
+    Explanation,
+    TokenExplainer,
+    compact,
+    event_ablation,
 )
-from ehrseq.explain.inputs import Truth, TokenEventDataset, collate_token_events, event_descriptions, read_truth
+from ehrseq.explain.faithfulness import (
+    _jsd,
+    aopc,
+    aopc_against_random,
+    curves_to_risk,
+    deletion_curve,
+    deletion_curves,
+    deletion_table,
+    head_specialisation,
+    precision_at_k,
+)
+from ehrseq.explain.inputs import (
+    TokenEventDataset,
+    Truth,
+    collate_token_events,
+    event_descriptions,
+    read_truth,
+)
 from ehrseq.explain.plots import head_heatmap, importance_bars, stay_timeline
 from ehrseq.explain.run import ExplainConfig, explain_split, sanity_checks, scores_frame
-from ehrseq.explain.sanity import RelabelledDataset, parameter_randomisation, shuffled_label_model, spearman_per_stay
+from ehrseq.explain.sanity import (
+    RelabelledDataset,
+    parameter_randomisation,
+    shuffled_label_model,
+    spearman_per_stay,
+)
 from ehrseq.explain.token_attention import record_token_attention, token_layer_attention
 from ehrseq.features import build_dataset, collate, fit_encoder
 from ehrseq.models import build_model
 from ehrseq.models.clinical_lf import ClinicalLF, sinusoidal_positions
 from ehrseq.schema import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from test_clinical_lf import TINY, make_toy_data, train_tiny
 
 torch.set_num_threads(1)
 
@@ -53,8 +85,8 @@ def setup():
     model = train_tiny(train, steps=250)
     batch = collate([test[i] for i in range(len(test))])
     explainer = ClinicalLFExplainer(model, "clinical_lf", encoder=encoder)
-    return dict(model=model, encoder=encoder, batch=batch, planted=planted, events=events, explainer=explainer,
-                event_index=explainer.events(batch))
+    return {"model": model, "encoder": encoder, "batch": batch, "planted": planted, "events": events,
+            "explainer": explainer, "event_index": explainer.events(batch)}
 
 
 def _event_scores(position_scores, setup):
@@ -472,9 +504,9 @@ def test_importance_by_code_names_each_code_for_a_reader():
 VOCAB = 40
 DANGER = (37, 38, 39)  # event tokens that make a stay die
 TOKEN_TINY = {
-    "lstm": dict(embedding_dim=16, hidden_size=16, num_layers=1, dropout=0.0, bidirectional=True),
-    "transformer": dict(d_model=16, n_layers=2, n_heads=2, dropout=0.0, max_positions=32),
-    "gpt2": dict(n_embd=16, n_layer=2, n_head=2, dropout=0.0, max_positions=32),
+    "lstm": {"embedding_dim": 16, "hidden_size": 16, "num_layers": 1, "dropout": 0.0, "bidirectional": True},
+    "transformer": {"d_model": 16, "n_layers": 2, "n_heads": 2, "dropout": 0.0, "max_positions": 32},
+    "gpt2": {"n_embd": 16, "n_layer": 2, "n_head": 2, "dropout": 0.0, "max_positions": 32},
 }
 
 
@@ -674,7 +706,7 @@ def test_token_explain_split_finds_the_planted_events(tokens, name, tmp_path):
                                 index=pd.Index(rows, name="event_row"))
     config = ExplainConfig(batch_size=16, ig_steps=32, k_max=3, precision_k=(1, 3), n_random=3, plot_stays=1,
                            attention_batches=1, sanity_stays=8)
-    metrics, sanity = explain_split(explainer, tokens["test"], collate_token_events, descriptions, tmp_path, config,
+    metrics, _ = explain_split(explainer, tokens["test"], collate_token_events, descriptions, tmp_path, config,
                                     Truth(tokens["planted"], tokens["planted"][::2], None))
     assert set(metrics["aopc"]) == {*explainer.methods, "random"}
     for method in ("layer_integrated_gradients", "event_ablation"):
@@ -745,8 +777,8 @@ def test_cascade_reaches_every_parameter_that_feeds_the_logit(tokens, setup):
 
 def test_label_randomisation_trains_by_the_shared_loop_and_learns_nothing(tokens, tmp_path):
     from ehrseq.data import token_loader
-    from ehrseq.training import FitConfig, MortalityTask, predict
     from ehrseq.metrics import auroc
+    from ehrseq.training import FitConfig, MortalityTask, predict
 
     relabelled = RelabelledDataset(tokens["train"], np.array([0, 1, 2]), np.array([1.0, 1.0, 0.0]))
     assert [float(relabelled[i]["label"]) for i in range(3)] == [1.0, 1.0, 0.0]

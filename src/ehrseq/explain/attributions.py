@@ -23,17 +23,15 @@ them exactly zero.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
-import numpy as np
 import pandas as pd
 import torch
 from captum.attr import FeatureAblation, IntegratedGradients, LayerIntegratedGradients
 from torch import nn
 
 from ehrseq.features import FeatureEncoder
-from ehrseq.schema import EVENT_TYPES
 
 Batch = dict[str, torch.Tensor]
 

@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -47,9 +47,17 @@ import torch
 from captum.attr import FeatureAblation, LayerIntegratedGradients
 from torch import nn
 
-from ehrseq.explain.attention import attention_rollout, forward_with_attention, pooling_event_scores
+from ehrseq.explain.attention import (
+    attention_rollout,
+    forward_with_attention,
+    pooling_event_scores,
+)
 from ehrseq.explain.attributions import (
-    eval_mode, group_ablation, integrated_gradients, layer_integrated_gradients, mean_baselines,
+    eval_mode,
+    group_ablation,
+    integrated_gradients,
+    layer_integrated_gradients,
+    mean_baselines,
 )
 from ehrseq.explain.events import EventIndex, index_events, positions_of, to_events
 from ehrseq.explain.token_attention import record_token_attention, token_layer_attention
@@ -136,7 +144,7 @@ class Explainer:
     def explain(self, batch: Batch, events: EventIndex, config) -> Explanation: ...
     def cascade(self) -> list[tuple[str, tuple[str, ...]]]: ...
 
-    def randomised(self, prefixes: tuple[str, ...], seed: int) -> "Explainer":
+    def randomised(self, prefixes: tuple[str, ...], seed: int) -> Explainer:
         """A copy whose parameters under `prefixes` are re-initialised (seeded)."""
         model = copy.deepcopy(self.model)
         with torch.random.fork_rng(devices=[]):
@@ -144,7 +152,7 @@ class Explainer:
             _reset_prefixes(model, prefixes)
         return type(self)(model.eval(), self.name, **self._init_kwargs())
 
-    def with_model(self, model: nn.Module) -> "Explainer":
+    def with_model(self, model: nn.Module) -> Explainer:
         return type(self)(model.eval(), self.name, **self._init_kwargs())
 
     def _init_kwargs(self) -> dict:

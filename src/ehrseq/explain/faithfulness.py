@@ -13,12 +13,11 @@
 from __future__ import annotations
 
 import itertools
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
 from ehrseq.explain.attributions import Batch
 from ehrseq.schema import EVENT_TYPES
@@ -215,7 +214,7 @@ def head_specialisation(
                          "event_share": float(kind_share[k]),
                          "lift": float(mass[k] / kind_share[k]) if kind_share[k] > 0 else float("nan")})
     summary = {
-        "stays": int(len(pool)),
+        "stays": len(pool),
         "pairwise_jsd": observed.tolist(),
         "mean_jsd": observed_mean,
         "null_mean_jsd": float(null.mean()),

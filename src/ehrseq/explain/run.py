@@ -36,10 +36,21 @@ from ehrseq.explain.attributions import importance_by
 from ehrseq.explain.events import EventIndex
 from ehrseq.explain.explainers import Explainer
 from ehrseq.explain.faithfulness import (
-    aopc_against_random, curves_to_risk, deletion_curves, deletion_table, head_specialisation, precision_at_k,
+    aopc_against_random,
+    curves_to_risk,
+    deletion_curves,
+    deletion_table,
+    head_specialisation,
+    precision_at_k,
 )
 from ehrseq.explain.inputs import Truth
-from ehrseq.explain.plots import deletion_plot, head_heatmap, importance_bars, stay_timeline, write_csv
+from ehrseq.explain.plots import (
+    deletion_plot,
+    head_heatmap,
+    importance_bars,
+    stay_timeline,
+    write_csv,
+)
 from ehrseq.explain.sanity import parameter_randomisation
 from ehrseq.io import atomic_path, write_parquet
 
@@ -145,7 +156,7 @@ def _precision_frames(scores: dict[str, torch.Tensor], events: EventIndex, stay_
 
 def explain_split(
     explainer: Explainer, dataset: Dataset, collate_fn, descriptions: pd.DataFrame, out_dir: str | Path,
-    config: ExplainConfig = ExplainConfig(), truth: Truth | None = None, logit_shift: float = 0.0,
+    config: ExplainConfig | None = None, truth: Truth | None = None, logit_shift: float = 0.0,
 ) -> tuple[dict, list[tuple[dict, EventIndex]]]:
     """Explain a seeded sample of `dataset`; write `out_dir`; return (metrics, the
     prepared batches of the `sanity_stays` for `sanity_checks`).
@@ -155,6 +166,7 @@ def explain_split(
     the calibrated risk beside the training-scale one.
     """
     start = time.time()
+    config = config or ExplainConfig()
     out_dir = Path(out_dir)
     device = next(explainer.model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -316,9 +328,9 @@ def _save_npz(path: Path, attention: dict[str, torch.Tensor], batch: dict) -> No
     for key in ("padding_mask", "attention_mask", "stay_id", "event_row", "input_ids"):
         if key in batch:
             arrays[key] = batch[key].cpu().numpy()
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:  # a file object: np.savez would otherwise append ".npz" to the name
-            np.savez_compressed(f, **arrays)
+    # a file object: np.savez would otherwise append ".npz" to the name
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
 
 
 def _pad_cat(parts: list[torch.Tensor], value) -> torch.Tensor:

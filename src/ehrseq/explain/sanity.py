@@ -119,7 +119,7 @@ def shuffled_label_model(
     n_val = max(2, n // 5)
     fit_part = RelabelledDataset(train, chosen[n_val:], shuffled[n_val:])
     val_part = RelabelledDataset(train, chosen[:n_val], shuffled[:n_val])
-    task, weights = mortality_task(fit_part.labels, "pos_weight", task_class)
+    task, _ = mortality_task(fit_part.labels, "pos_weight", task_class)  # pos_weight: no sampler weights
     seed_everything(seed)
     model = build_model(model_name, **model_config).to(device)
     config = replace(fit_config, epochs=epochs, patience=None, seed=seed)
