@@ -60,7 +60,7 @@ def main() -> None:
     setup_logging()
     params = load_params()["explain"]
     fields = {f.name for f in dataclasses.fields(ExplainConfig)}
-    config = ExplainConfig(**{k: v for k, v in params.items() if k in fields},
+    config = ExplainConfig(**{k: v for k, v in params.items() if k in fields and k != "precision_k"},
                            precision_k=tuple(params["precision_k"]))
     shuffle = params["label_shuffle"]
     device = pick_device()

@@ -56,6 +56,8 @@ from ehrseq.io import atomic_path, write_parquet
 
 log = logging.getLogger(__name__)
 
+MIN_CODE_EVENTS = 20  # a code's mean |score| over fewer explained events is too noisy to rank
+
 
 @dataclass
 class ExplainConfig:
@@ -208,6 +210,10 @@ def explain_split(
         raise ValueError("nothing to explain: the split has no stays")
 
     event_scores = pd.concat(frames["events"], ignore_index=True).join(descriptions, on="event_row")
+    if truth is not None:
+        event_scores["planted"] = event_scores["event_row"].isin(truth.planted_rows)
+        if truth.companion_rows is not None:
+            event_scores["companion"] = event_scores["event_row"].isin(truth.companion_rows)
     predictions = pd.concat(frames["predictions"], ignore_index=True)
     write_parquet(out_dir / "event_scores.parquet", event_scores)
     write_parquet(out_dir / "predictions.parquet", predictions)
@@ -219,8 +225,8 @@ def explain_split(
     risk = curves_to_risk(logit_curves)
     calibrated = curves_to_risk(logit_curves, logit_shift)
     deletion = deletion_table(risk)
-    deletion_plot(deletion, out_dir / "deletion.png",
-                  f"{explainer.name}: removing the events each method ranks highest")
+    deletion_plot(deletion, out_dir / "deletion.png", f"{explainer.name}: removing the events each method ranks highest",
+                  "mean predicted risk, training scale (sigmoid of the logit)")
 
     headline = explainer.gradient_methods[-1]  # LayerIG: the one method every model has
     _importance_plots(event_scores, out_dir, explainer.name, headline)
@@ -349,7 +355,8 @@ def _importance_plots(event_scores: pd.DataFrame, out_dir: Path, model: str, hea
         # a code alone (ITEM//225792) means nothing to a clinician: name it
         part = part.assign(code=part["code"] + "  " + part["description"])
         importance_bars(part, "code", "mean_abs_score", out_dir / f"importance_code_{method}.png",
-                        f"{model}: top codes by mean |{method.replace('_', ' ')}|")
+                        f"{model}: top codes by mean |{method.replace('_', ' ')}| (codes with >= "
+                        f"{MIN_CODE_EVENTS} explained events)", min_events=MIN_CODE_EVENTS)
 
 
 def _timelines(event_scores, predictions, out_dir: Path, model: str, method: str, n: int) -> None:
