@@ -474,6 +474,8 @@ def test_explain_split_writes_every_artifact(setup, tmp_path):
     assert not (tmp_path / "attention" / "batch_001.npz").exists()
     assert len(list((tmp_path / "stays").glob("timeline_*.png"))) == 2
     assert len(list((tmp_path / "stays").glob("heads_*.png"))) == 2
+    heads = pd.read_csv(tmp_path / "attention_heads.csv")  # 2 layers x 4 heads + 4 pooling heads
+    assert len(heads) == 2 * 4 + 4 and set(heads["k_requested"]) == {3}
     # the sanity stays: planted-event stays first
     assert sum(len(ev.padding) for _, ev in sanity) == 8
     assert all(bool(np.isin(ev.rows.numpy(), planted).any(1).all()) for _, ev in sanity)
@@ -719,6 +721,9 @@ def test_token_explain_split_finds_the_planted_events(tokens, name, tmp_path):
     assert len(scores) == len(explainer.methods) * metrics["events"] == len(explainer.methods) * len(rows)
     for name_ in ("deletion.png", "importance_code_layer_integrated_gradients.png", "attention/batch_000.npz"):
         assert (tmp_path / name_).exists(), name_
+    if name != "lstm":  # every self-attention head, scored on its own
+        heads = pd.read_csv(tmp_path / "attention_heads.csv")
+        assert len(heads) == 2 * 2 and metrics["attention_heads"]["heads"] == 4
     assert len(list((tmp_path / "stays").glob("timeline_*.png"))) == 1
 
 

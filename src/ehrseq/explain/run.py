@@ -10,7 +10,8 @@ adds the model-parameter randomisation cascade and the shuffled-label model's ve
     event_scores.parquet       stay_id, event_row, position (event index in the stay),
                                method, score, event_type, code, text, hours_before_cutoff
     predictions.parquet        stay_id, label, logit, risk (prior-corrected)
-    deletion.{png,csv}  precision_at_k.csv
+    deletion.{png,csv}  precision_at_k.csv (+ precision_at_k_companion_aware.csv)
+    attention_heads.csv        recall-precision@k of every attention head on its own
     importance_{event_type,code}.csv + importance_code_<method>.{png,csv} (top codes)
     stays/timeline_<stay>.{png,csv}   highest-risk stays, coloured by the headline method
     attention/batch_<i>.npz    attention of the first `attention_batches` batches
@@ -33,7 +34,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ehrseq.explain.attributions import importance_by
-from ehrseq.explain.events import EventIndex
+from ehrseq.explain.events import EventIndex, to_events
 from ehrseq.explain.explainers import Explainer
 from ehrseq.explain.faithfulness import (
     aopc_against_random,
@@ -104,6 +105,22 @@ def truth_masks(events: EventIndex, truth: Truth) -> tuple[torch.Tensor, torch.T
     if truth.companion_rows is not None:
         aware = planted | torch.from_numpy(np.isin(rows, truth.companion_rows) & (rows >= 0)).to(device)
     return planted, aware, planted.any(dim=1)
+
+
+def head_scores(attention: dict[str, torch.Tensor], events: EventIndex) -> dict[str, torch.Tensor]:
+    """Per-event scores [B, E] of every attention head on its own: for self-attention
+    head h of layer l, the mortality read-out's weights w (pooling, averaged over the
+    pooling heads) times that head's attention, w^T A[l, h] -- where the positions the
+    head reads from get their weight; for each clinical_lf pooling head, its weights."""
+    pooling = attention["pooling"]
+    w = pooling.mean(dim=1).squeeze(1) if pooling.dim() == 4 else pooling  # [B, T]
+    out = {}
+    for key in sorted(k for k in attention if k.startswith("layer_")):
+        per_head = torch.einsum("bt,bhts->bhs", w, attention[key])  # [B, H, T]
+        out.update({f"{key}/head_{h}": to_events(per_head[:, h], events) for h in range(per_head.shape[1])})
+    if pooling.dim() == 4:
+        out.update({f"pooling/head_{h}": to_events(pooling[:, h, 0], events) for h in range(pooling.shape[1])})
+    return out
 
 
 def _delta_summary(delta: torch.Tensor, change: torch.Tensor, n_steps: int) -> dict[str, float]:
@@ -199,6 +216,9 @@ def explain_split(
             for kind, parts in _precision_frames(result.scores, events, batch["stay_id"], truth,
                                                  config.precision_k).items():
                 precision[kind] += parts
+            if any(key.startswith("layer_") for key in result.attention):
+                precision["heads"] += _precision_frames(head_scores(result.attention, events), events,
+                                                        batch["stay_id"], truth, (max(config.precision_k),))["strict"]
             with_planted.append(truth_masks(events, truth)[2].cpu())
         if i < config.attention_batches and result.attention:
             _save_npz(out_dir / "attention" / f"batch_{i:03d}.npz", result.attention, batch)
@@ -259,6 +279,14 @@ def explain_split(
         strict = summarise_precision(precision["strict"])
         if "table" in strict:
             write_csv(out_dir / "precision_at_k.csv", strict.pop("table").assign(truth="strict"))
+        if precision["heads"]:
+            heads = summarise_precision(precision["heads"]).pop("table")
+            write_csv(out_dir / "attention_heads.csv", heads)
+            best = heads.loc[heads["recall_precision"].idxmax()]
+            metrics["attention_heads"] = {
+                "k": int(best["k_requested"]), "best": best["method"],
+                "best_recall_precision": float(best["recall_precision"]),
+                "random_recall_precision": float(best["random_recall_precision"]), "heads": len(heads)}
         metrics["precision_at_k"] = strict.get("precision_at_k", strict)
         metrics["recall_precision_at_k"] = strict.get("recall_precision_at_k", strict)
         if truth.companion_rows is None:
