@@ -807,3 +807,16 @@ def test_label_randomisation_trains_by_the_shared_loop_and_learns_nothing(tokens
     label = report["label_randomisation"]["recall_precision_at_k"]["k=1"]["layer_integrated_gradients"]
     assert label["trained"] >= 0.7 and label["shuffled"] <= label["trained"] - 0.3
     assert report["parameter_randomisation"]["methods"]["layer_integrated_gradients"]["passes"]
+
+
+def test_head_scores_by_hand():
+    from ehrseq.explain.run import head_scores
+
+    events = index_events(torch.tensor([[-1, 10, 11]]), torch.tensor([[True, True, True]]))
+    pooling = torch.tensor([[0.0, 0.25, 0.75]])  # the mortality read-out's weights over positions
+    layer = torch.tensor([[[[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.0, 0.2, 0.8]],  # head 0
+                           [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]]])  # head 1 reads <bos> only
+    scores = head_scores({"pooling": pooling, "layer_0": layer}, events)
+    # head 0: w^T A = [0.125, 0.125 + 0.15, 0.6] -> events 10, 11 get 0.275, 0.6; position 0 is no event
+    assert torch.allclose(scores["layer_0/head_0"], torch.tensor([[0.275, 0.6]]))
+    assert torch.allclose(scores["layer_0/head_1"], torch.tensor([[0.0, 0.0]]))
