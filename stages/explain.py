@@ -30,7 +30,7 @@ from ehrseq.explain.inputs import (
     read_truth,
 )
 from ehrseq.explain.run import ExplainConfig, explain_split, sanity_checks
-from ehrseq.explain.sanity import auroc_with_interval, shuffled_label_model
+from ehrseq.explain.sanity import auroc_with_interval, shuffled_label_model, untrained_aurocs
 from ehrseq.io import atomic_path, setup_logging, write_json
 from ehrseq.model_data import (
     TOKEN_MODELS,
@@ -98,8 +98,12 @@ def main() -> None:
             args.model, checkpoint["metadata"]["model_config"], data.datasets["train"], loader,
             FitConfig(**load_checkpoint(checkpoints / "last.pt")["config"]), task_class(args.model),
             shuffle["stays"], shuffle["epochs"], config.seed, device)
-        p = predict(shuffled, task, loader(data.datasets["test"], False), device)
+        test_loader = loader(data.datasets["test"], False)
+        p = predict(shuffled, task, test_loader, device)
         auroc = auroc_with_interval(p["label"].astype(int), p["prob"], shuffle["n_bootstrap"], config.seed)
+        summary["untrained_test_aurocs"] = untrained_aurocs(
+            args.model, checkpoint["metadata"]["model_config"], task, test_loader, device,
+            range(config.seed + 1, config.seed + 1 + shuffle["untrained_models"]))
         summary["seconds_training"] = round(time.time() - t0, 2)
         metrics["sanity"] = sanity_checks(explainer, sanity, config, truth, explainer.with_model(shuffled), auroc,
                                           summary)

@@ -820,3 +820,23 @@ def test_head_scores_by_hand():
     # head 0: w^T A = [0.125, 0.125 + 0.15, 0.6] -> events 10, 11 get 0.275, 0.6; position 0 is no event
     assert torch.allclose(scores["layer_0/head_0"], torch.tensor([[0.275, 0.6]]))
     assert torch.allclose(scores["layer_0/head_1"], torch.tensor([[0.0, 0.0]]))
+
+
+def test_untrained_aurocs_are_fresh_models_of_each_seed(tokens):
+    from sklearn.metrics import roc_auc_score
+
+    from ehrseq.data import token_loader
+    from ehrseq.explain.sanity import untrained_aurocs
+    from ehrseq.training import MortalityTask
+
+    loader = token_loader(tokens["test"], 16, device=torch.device("cpu"), shuffle=False,
+                          collate_fn=collate_token_events)
+    config = {"vocab_size": VOCAB, **TOKEN_TINY["gpt2"]}
+    got = untrained_aurocs("gpt2", config, MortalityTask(), loader, torch.device("cpu"), [3, 4])
+    torch.manual_seed(4)
+    model = build_model("gpt2", **config).eval()
+    batch = collate_token_events([tokens["test"][i] for i in range(len(tokens["test"]))])
+    with torch.no_grad():
+        logits = model(batch["input_ids"], batch["attention_mask"])["mortality_logit"]
+    assert got[1] == pytest.approx(roc_auc_score(batch["label"].numpy(), logits.numpy()))
+    assert got[0] != got[1]
