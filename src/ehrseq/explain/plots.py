@@ -66,7 +66,9 @@ def stay_timeline(events: pd.DataFrame, png_path: str | Path, title: str, n_labe
     middle = x.min() / 2 if len(x) else 0.0
     for n, i in enumerate(top):
         right_half = x[i] > middle  # label towards the plot's centre, so it stays inside
-        ax.annotate(_short(data.loc[i, "text"]), (x[i], y[i]), xytext=(-6 if right_half else 6, 10 if n % 2 == 0 else -14),
+        # alternate above/below and step further out, so labels of neighbouring events do not overlap
+        dy = (10 + 12 * (n // 2)) * (1 if n % 2 == 0 else -1) - (4 if n % 2 else 0)
+        ax.annotate(_short(data.loc[i, "text"]), (x[i], y[i]), xytext=(-6 if right_half else 6, dy),
                     textcoords="offset points", ha="right" if right_half else "left", fontsize=8, zorder=4,
                     arrowprops=dict(arrowstyle="-", color="0.5", lw=0.5))
     ax.set_yticks(range(len(kinds)), kinds)
