@@ -14,43 +14,24 @@ precision@k, and the sanity checks (parameter randomisation cascade, shuffled-la
 model trained by the shared loop with `explain.label_shuffle` budget).
 """
 import argparse
-import dataclasses
 import logging
 import time
-from pathlib import Path
 
 import pandas as pd
 
+from ehrseq import paths
 from ehrseq.data import token_loader
 from ehrseq.explain.explainers import make_explainer
-from ehrseq.explain.inputs import (
-    collate_token_events,
-    event_descriptions,
-    load_token_events,
-    read_truth,
-)
+from ehrseq.explain.inputs import collate_token_events, event_descriptions, load_token_events, read_truth
 from ehrseq.explain.run import ExplainConfig, explain_split, sanity_checks
 from ehrseq.explain.sanity import auroc_with_interval, shuffled_label_model, untrained_aurocs
 from ehrseq.io import atomic_path, setup_logging, write_json
-from ehrseq.model_data import (
-    TOKEN_MODELS,
-    PipelinePaths,
-    checkpoint_encoder,
-    load_model_data,
-    task_class,
-)
+from ehrseq.model_data import TOKEN_MODELS, checkpoint_encoder, load_model_data, task_class
 from ehrseq.params import load_params
-from ehrseq.training import (
-    FitConfig,
-    load_checkpoint,
-    load_trained_model,
-    pick_device,
-    predict,
-)
+from ehrseq.torch_utils import pick_device
+from ehrseq.training import FitConfig, load_checkpoint, load_trained_model, predict
 
 log = logging.getLogger("ehrseq.stages.explain")
-
-TRUTH = Path("data/interim/truth")
 
 
 def main() -> None:
@@ -58,46 +39,42 @@ def main() -> None:
     parser.add_argument("model")
     args = parser.parse_args()
     setup_logging()
-    params = load_params()["explain"]
-    fields = {f.name for f in dataclasses.fields(ExplainConfig)}
-    config = ExplainConfig(**{k: v for k, v in params.items() if k in fields and k != "precision_k"},
-                           precision_k=tuple(params["precision_k"]))
-    shuffle = params["label_shuffle"]
+    params = load_params("explain")["explain"]
+    config = ExplainConfig(**{**params, "precision_k": tuple(params["precision_k"])})
+    shuffle = config.label_shuffle
     device = pick_device()
     start = time.time()
-    checkpoints = Path("models") / args.model / "finetune"
 
-    model, checkpoint = load_trained_model(checkpoints / "best.pt", device)
+    model, checkpoint = load_trained_model(paths.checkpoint(args.model, "finetune"), device)
     encoder = checkpoint_encoder(checkpoint)
     explainer = make_explainer(args.model, model, encoder)
-    paths = PipelinePaths()
-    events = pd.read_parquet(paths.events, columns=["stay_id", "time", "event_type", "code", "text"])
-    cohort = pd.read_parquet(paths.cohort, columns=["stay_id", "cutoff"])
+    events = pd.read_parquet(paths.EVENTS, columns=["stay_id", "time", "event_type", "code", "text"])
+    cohort = pd.read_parquet(paths.COHORT, columns=["stay_id", "cutoff"])
     descriptions = event_descriptions(events, cohort)
     del events
-    data = load_model_data(args.model, ("train", "test"), paths, encoder=encoder)
+    data = load_model_data(args.model, ("train", "test"), encoder=encoder)
     if args.model in TOKEN_MODELS:
-        test = load_token_events(paths.sequences_dir / "test.parquet", data.model_inputs["vocab_size"])
+        test = load_token_events(paths.SEQUENCES / "test.parquet", data.model_inputs["vocab_size"])
         collate_fn = collate_token_events
     else:
         test, collate_fn = data.datasets["test"], data.collate_fn
-    truth = read_truth(TRUTH)
+    truth = read_truth(paths.TRUTH)
     if truth is None:
-        log.info("no planted truth in %s (real data): precision@k is not computed; faithfulness still is", TRUTH)
+        log.info("no planted truth in %s (real data): precision@k is not computed; faithfulness still is", paths.TRUTH)
 
     def loader(dataset, shuffle_batches):
         return token_loader(dataset, config.batch_size, device=device, seed=config.seed, shuffle=shuffle_batches,
                             collate_fn=data.collate_fn)
 
-    out = Path("reports/explain") / args.model
+    out, metrics_path = paths.explain_dir(args.model), paths.explain_metrics(args.model)
     with atomic_path(out) as tmp:
         metrics, sanity = explain_split(explainer, test, collate_fn, descriptions, tmp, config, truth,
                                         logit_shift=checkpoint["task_config"]["logit_shift"])
         t0 = time.time()
         shuffled, task, summary = shuffled_label_model(
             args.model, checkpoint["metadata"]["model_config"], data.datasets["train"], loader,
-            FitConfig(**load_checkpoint(checkpoints / "last.pt")["config"]), task_class(args.model),
-            shuffle["stays"], shuffle["epochs"], config.seed, device)
+            FitConfig(**load_checkpoint(paths.checkpoint(args.model, "finetune", "last"))["config"]),
+            task_class(args.model), shuffle["stays"], shuffle["epochs"], config.seed, device)
         test_loader = loader(data.datasets["test"], False)
         p = predict(shuffled, task, test_loader, device)
         auroc = auroc_with_interval(p["label"].astype(int), p["prob"], shuffle["n_bootstrap"], config.seed)
@@ -108,9 +85,9 @@ def main() -> None:
         metrics["sanity"] = sanity_checks(explainer, sanity, config, truth, explainer.with_model(shuffled), auroc,
                                           summary)
     metrics["seconds"]["total"] = round(time.time() - start, 2)
-    write_json(f"reports/metrics/explain_{args.model}.json", metrics)
-    log.info("%s: wrote %s and reports/metrics/explain_%s.json for %d test stays in %.0f s", args.model, out,
-             args.model, metrics["stays"], metrics["seconds"]["total"])
+    write_json(metrics_path, metrics)
+    log.info("%s: wrote %s and %s for %d test stays in %.0f s", args.model, out, metrics_path, metrics["stays"],
+             metrics["seconds"]["total"])
 
 
 if __name__ == "__main__":

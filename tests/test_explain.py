@@ -8,6 +8,7 @@ an event), against the planted truth, and against randomised models.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -15,17 +16,10 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from test_clinical_lf import TINY, make_toy_data, train_tiny
 from torch import nn
 
-from ehrseq.explain.attention import (
-    attention_rollout,
-    forward_with_attention,
-    load_attention,
-    pooling_event_scores,
-    record_attention,
-    save_attention,
-)
+from conftest import TINY, make_toy_data, train_tiny
+from ehrseq.explain.attention import attention_rollout, pooling_event_scores
 from ehrseq.explain.attributions import (
     group_ablation,
     importance_by,
@@ -70,10 +64,20 @@ from ehrseq.explain.sanity import (
 from ehrseq.explain.token_attention import record_token_attention, token_layer_attention
 from ehrseq.features import build_dataset, collate, fit_encoder
 from ehrseq.models import build_model
+from ehrseq.models.attention import forward_with_attention, record_attention, save_attention
 from ehrseq.models.clinical_lf import ClinicalLF, sinusoidal_positions
 from ehrseq.schema import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 torch.set_num_threads(1)
+
+
+def _config(**overrides) -> ExplainConfig:
+    """An ExplainConfig (it has no defaults: params.yaml holds them) sized for toy data."""
+    base = {"batch_size": 16, "ig_steps": 32, "internal_batch_size": None, "k_max": 3, "precision_k": (1, 3, 5),
+            "n_random": 3, "n_permutations": 20, "plot_stays": 1, "attention_batches": 1, "max_stays": None,
+            "perturbations_per_eval": 4, "sanity_stays": 8, "seed": 0,
+            "label_shuffle": {"stays": 100, "epochs": 1, "n_bootstrap": 10, "untrained_models": 1}}
+    return ExplainConfig(**{**base, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -123,14 +127,27 @@ def test_hooks_fire_on_the_real_forward_and_match_its_outputs(setup):
     assert len(att.layers) == TINY["n_layers"]
     assert all(w.shape == (B, TINY["n_heads"], T, T) for w in att.layers)
     assert att.pooling.shape == (B, TINY["pool_heads"], 1, T)
-    plain = model(batch["steps"], batch["static"], batch["padding_mask"], return_pooling_weights=True)
+    plain = model(batch["steps"], batch["static"], batch["padding_mask"])
     assert torch.allclose(outputs["logits"], plain["logits"], atol=1e-5)
-    assert torch.allclose(att.pooling, plain["pooling_weights"], atol=1e-6)
+    assert torch.allclose(att.pooling, _manual_pooling(model, batch), atol=1e-6)
     # every padded key gets exactly zero weight, in every layer and in the pooling
     padded_keys = batch["padding_mask"][:, None, None, :]
     for w in [*att.layers, att.pooling]:
         assert (w.masked_select(padded_keys.expand_as(w)) == 0).all()
         assert torch.allclose(w.sum(-1), torch.ones_like(w.sum(-1)), atol=1e-5)
+
+
+def _manual_pooling(model: ClinicalLF, batch) -> torch.Tensor:
+    """[B, H, 1, T] pooling weights from a second, explicit pass: the encoder, then the
+    pooling attention asked for its weights directly."""
+    padding = batch["padding_mask"]
+    B, T = padding.shape
+    with torch.no_grad():
+        x = model.input_proj(batch["steps"]) + sinusoidal_positions(T, model.input_proj.out_features)
+        h = model.encoder(x, src_key_padding_mask=padding)
+        _, weights = model.pool(model.pool_query.expand(B, -1, -1), h, h, key_padding_mask=padding,
+                                need_weights=True, average_attn_weights=False)
+    return weights
 
 
 def test_capture_fails_loudly_when_no_hook_fired(setup):
@@ -201,7 +218,8 @@ def test_attention_npz_round_trip(setup, tmp_path):
     batch = setup["batch"]
     _, att = forward_with_attention(setup["model"], batch)
     save_attention(tmp_path / "attention" / "test.npz", att, batch)
-    loaded = load_attention(tmp_path / "attention" / "test.npz")
+    with np.load(tmp_path / "attention" / "test.npz") as npz:
+        loaded = {key: npz[key] for key in npz.files}
     assert set(loaded) == {"layer_0", "layer_1", "pooling", "padding_mask", "stay_id", "event_row"}
     assert np.array_equal(loaded["layer_1"], att.layers[1].numpy())
     assert np.array_equal(loaded["event_row"], batch["event_row"].numpy())
@@ -452,8 +470,8 @@ def test_plots_write_png_and_csv(setup, tmp_path):
 def test_explain_split_writes_every_artifact(setup, tmp_path):
     events, cohort, texts, vectors, planted = make_toy_data()
     test = build_dataset(events, cohort, texts, vectors, setup["encoder"], "test")
-    config = ExplainConfig(batch_size=8, ig_steps=32, k_max=3, precision_k=(1, 3), n_random=3,
-                           n_permutations=20, plot_stays=2, sanity_stays=8)
+    config = _config(batch_size=8, ig_steps=32, k_max=3, precision_k=(1, 3), n_random=3, n_permutations=20,
+                     plot_stays=2, sanity_stays=8)
     truth = Truth(planted, None, "no companions recorded")
     metrics, sanity = explain_split(setup["explainer"], test, collate, event_descriptions(events, cohort), tmp_path,
                                     config, truth, logit_shift=0.0)
@@ -480,8 +498,8 @@ def test_explain_split_writes_every_artifact(setup, tmp_path):
     assert sum(len(ev.padding) for _, ev in sanity) == 8
     assert all(bool(np.isin(ev.rows.numpy(), planted).any(1).all()) for _, ev in sanity)
     sample, _ = explain_split(setup["explainer"], test, collate, event_descriptions(events, cohort),
-                              tmp_path / "sample", ExplainConfig(batch_size=8, ig_steps=16, k_max=2, n_random=2,
-                                                                 n_permutations=10, plot_stays=1, max_stays=10))
+                              tmp_path / "sample", dataclasses.replace(config, ig_steps=16, k_max=2, n_random=2,
+                                                                       n_permutations=10, plot_stays=1, max_stays=10))
     assert sample["stays"] == 10 and "precision_at_k" not in sample  # no planted truth given
     assert sample["precision"]["value"] is None
 
@@ -551,7 +569,7 @@ def train_token_model(name: str, dataset, steps: int = 150, seed: int = 0):
     step = 0
     while step < steps:
         for batch in loader:
-            logit = model(batch["input_ids"], batch["attention_mask"])["mortality_logit"]
+            logit = model(batch["input_ids"], batch["attention_mask"])["logits"]
             loss = F.binary_cross_entropy_with_logits(logit, batch["label"])
             opt.zero_grad()
             loss.backward()
@@ -575,7 +593,7 @@ def _logit(model, ids: list[int]) -> float:
     """The model on one stay given as a plain list of token ids (the oracle for removal)."""
     ids_t = torch.tensor([ids])
     with torch.no_grad():
-        return float(model(ids_t, torch.ones_like(ids_t, dtype=torch.bool))["mortality_logit"][0])
+        return float(model(ids_t, torch.ones_like(ids_t, dtype=torch.bool))["logits"][0])
 
 
 def test_index_events_groups_the_tokens_of_one_event():
@@ -636,7 +654,7 @@ def test_layer_ig_on_the_embedding_is_complete_and_zero_off_events(tokens, name)
     baseline = batch["input_ids"].clone()
     baseline[events.index >= 0] = UNK_ID
     with torch.no_grad():
-        expected = explainer.logits(batch) - model(baseline, batch["attention_mask"])["mortality_logit"]
+        expected = explainer.logits(batch) - model(baseline, batch["attention_mask"])["logits"]
     assert torch.allclose(change, expected, atol=1e-5)
     # delta = sum over ALL positions - change; events alone must account for it, so the
     # <bos>/demographic/<eos> tokens (equal in input and baseline) got exactly nothing
@@ -679,9 +697,9 @@ def test_gpt2_attention_is_read_from_the_eager_forward_and_restored(tokens):
     model, batch = tokens["models"]["gpt2"], tokens["batch"]
     before = model.backbone.config._attn_implementation
     with torch.no_grad():
-        plain = model(batch["input_ids"], batch["attention_mask"])["mortality_logit"]
+        plain = model(batch["input_ids"], batch["attention_mask"])["logits"]
         with record_token_attention(model) as records:
-            captured = model(batch["input_ids"], batch["attention_mask"])["mortality_logit"]
+            captured = model(batch["input_ids"], batch["attention_mask"])["logits"]
     assert model.backbone.config._attn_implementation == before
     assert torch.allclose(plain, captured, atol=1e-5)  # eager and SDPA agree
     layers = token_layer_attention(records)
@@ -706,8 +724,7 @@ def test_token_explain_split_finds_the_planted_events(tokens, name, tmp_path):
     descriptions = pd.DataFrame({"event_type": "lab", "code": [f"TOK//{r % 7}" for r in rows],
                                  "text": [f"event {r}" for r in rows], "hours_before_cutoff": 1.0},
                                 index=pd.Index(rows, name="event_row"))
-    config = ExplainConfig(batch_size=16, ig_steps=32, k_max=3, precision_k=(1, 3), n_random=3, plot_stays=1,
-                           attention_batches=1, sanity_stays=8)
+    config = _config(precision_k=(1, 3))
     metrics, _ = explain_split(explainer, tokens["test"], collate_token_events, descriptions, tmp_path, config,
                                     Truth(tokens["planted"], tokens["planted"][::2], None))
     assert set(metrics["aopc"]) == {*explainer.methods, "random"}
@@ -756,7 +773,7 @@ def test_parameter_randomisation_passes_gradients_and_fails_a_model_blind_method
     model, batch = tokens["models"]["lstm"], tokens["batch"]
     explainer = TokenExplainer(model, "lstm")
     sanity = [(batch, explainer.events(batch))]
-    config = ExplainConfig(ig_steps=32, n_random=2)
+    config = _config(n_random=2)
     report = parameter_randomisation(explainer, sanity, config)
     assert [s["randomised_down_to"] for s in report["methods"]["layer_integrated_gradients"]["stages"]] == [
         "mortality_head", "backward_lstm", "forward_lstm", "embeddings"]
@@ -783,7 +800,8 @@ def test_cascade_reaches_every_parameter_that_feeds_the_logit(tokens, setup):
 def test_label_randomisation_trains_by_the_shared_loop_and_learns_nothing(tokens, tmp_path):
     from ehrseq.data import token_loader
     from ehrseq.metrics import auroc
-    from ehrseq.training import FitConfig, MortalityTask, predict
+    from ehrseq.tasks import MortalityTask
+    from ehrseq.training import FitConfig, predict
 
     relabelled = RelabelledDataset(tokens["train"], np.array([0, 1, 2]), np.array([1.0, 1.0, 0.0]))
     assert [float(relabelled[i]["label"]) for i in range(3)] == [1.0, 1.0, 0.0]
@@ -801,7 +819,7 @@ def test_label_randomisation_trains_by_the_shared_loop_and_learns_nothing(tokens
     assert abs(auroc(p["label"], p["prob"]) - 0.5) < 0.25  # the trained toy model reaches 1.0
     explainer = TokenExplainer(tokens["models"]["lstm"], "lstm")
     sanity = [(tokens["batch"], explainer.events(tokens["batch"]))]
-    config = ExplainConfig(ig_steps=32, precision_k=(1,), n_random=2)
+    config = _config(precision_k=(1,), n_random=2)
     report = sanity_checks(explainer, sanity, config, Truth(tokens["planted"], None, "none"),
                            explainer.with_model(model), {"value": 0.5}, summary)
     label = report["label_randomisation"]["recall_precision_at_k"]["k=1"]["layer_integrated_gradients"]
@@ -827,7 +845,7 @@ def test_untrained_aurocs_are_fresh_models_of_each_seed(tokens):
 
     from ehrseq.data import token_loader
     from ehrseq.explain.sanity import untrained_aurocs
-    from ehrseq.training import MortalityTask
+    from ehrseq.tasks import MortalityTask
 
     loader = token_loader(tokens["test"], 16, device=torch.device("cpu"), shuffle=False,
                           collate_fn=collate_token_events)
@@ -837,6 +855,6 @@ def test_untrained_aurocs_are_fresh_models_of_each_seed(tokens):
     model = build_model("gpt2", **config).eval()
     batch = collate_token_events([tokens["test"][i] for i in range(len(tokens["test"]))])
     with torch.no_grad():
-        logits = model(batch["input_ids"], batch["attention_mask"])["mortality_logit"]
+        logits = model(batch["input_ids"], batch["attention_mask"])["logits"]
     assert got[1] == pytest.approx(roc_auc_score(batch["label"].numpy(), logits.numpy()))
     assert got[0] != got[1]

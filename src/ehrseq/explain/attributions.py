@@ -22,8 +22,7 @@ them exactly zero.
 """
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
@@ -32,18 +31,7 @@ from captum.attr import FeatureAblation, IntegratedGradients, LayerIntegratedGra
 from torch import nn
 
 from ehrseq.features import FeatureEncoder
-
-Batch = dict[str, torch.Tensor]
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
+from ehrseq.torch_utils import Batch, eval_mode
 
 
 def logit_function(model: nn.Module) -> Callable[..., torch.Tensor]:

@@ -47,21 +47,13 @@ import torch
 from captum.attr import FeatureAblation, LayerIntegratedGradients
 from torch import nn
 
-from ehrseq.explain.attention import (
-    attention_rollout,
-    forward_with_attention,
-    pooling_event_scores,
-)
-from ehrseq.explain.attributions import (
-    eval_mode,
-    group_ablation,
-    integrated_gradients,
-    layer_integrated_gradients,
-    mean_baselines,
-)
+from ehrseq.explain.attention import attention_rollout, pooling_event_scores
+from ehrseq.explain.attributions import group_ablation, integrated_gradients, layer_integrated_gradients, mean_baselines
 from ehrseq.explain.events import EventIndex, index_events, positions_of, to_events
 from ehrseq.explain.token_attention import record_token_attention, token_layer_attention
+from ehrseq.models.attention import forward_with_attention
 from ehrseq.schema import PAD_ID, UNK_ID
+from ehrseq.torch_utils import eval_mode
 
 Batch = dict[str, torch.Tensor]
 
@@ -179,11 +171,6 @@ def compact(input_ids: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, 
     return ids.masked_fill(~mask, PAD_ID), mask
 
 
-def _mortality_logit(out: dict[str, torch.Tensor]) -> torch.Tensor:
-    # token models name it `mortality_logit` today; the layout refactor unifies on `logits`
-    return out["logits"] if "logits" in out else out["mortality_logit"]
-
-
 EMBEDDING_LAYER = {"LSTMTokenModel": "embed", "TransformerTokenModel": "tok_emb", "GPT2TokenModel": "backbone.wte"}
 
 
@@ -203,7 +190,7 @@ class TokenExplainer(Explainer):
         return index_events(batch["event_row"], batch["attention_mask"])
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return _mortality_logit(self.model(input_ids, attention_mask))
+        return self.model(input_ids, attention_mask)["logits"]
 
     def logits(self, batch, removed=None):
         if removed is None:
@@ -250,7 +237,7 @@ class TokenExplainer(Explainer):
             rollout = attention_rollout(layers, ~mask)  # [B, T, T]
             scores["attention_rollout"] = to_events((pool[:, None, :] @ rollout).squeeze(1), events)
             attention.update({f"layer_{i}": w for i, w in enumerate(layers)})
-        return Explanation(scores, _mortality_logit(out), {"layer_integrated_gradients": (delta, change)}, attention)
+        return Explanation(scores, out["logits"], {"layer_integrated_gradients": (delta, change)}, attention)
 
     def cascade(self):
         m = self.model

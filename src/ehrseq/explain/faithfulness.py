@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ehrseq.explain.attributions import Batch
 from ehrseq.schema import EVENT_TYPES
+from ehrseq.torch_utils import Batch
 
 
 def _rank(scores: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:

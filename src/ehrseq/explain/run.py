@@ -62,19 +62,22 @@ MIN_CODE_EVENTS = 20  # a code's mean |score| over fewer explained events is too
 
 @dataclass
 class ExplainConfig:
-    batch_size: int = 16
-    ig_steps: int = 64
-    internal_batch_size: int | None = None  # bounds IG memory: examples x steps per forward
-    k_max: int = 5  # deletion curves remove up to this many events
-    precision_k: tuple[int, ...] = (1, 3, 5)
-    n_random: int = 10  # random rankings averaged for the deletion baseline
-    n_permutations: int = 200  # head-specialisation null (clinical_lf)
-    plot_stays: int = 3
-    attention_batches: int = 1
-    max_stays: int | None = None  # explain a seeded sample: event ablation costs E forwards per batch
-    perturbations_per_eval: int = 1  # event-ablation perturbations stacked into one forward
-    sanity_stays: int = 32  # stays for the randomisation checks (with planted events first)
-    seed: int = 0
+    """The `explain` section of params.yaml, which holds the defaults (this class has none)."""
+
+    batch_size: int
+    ig_steps: int
+    internal_batch_size: int | None  # bounds IG memory: examples x steps per forward
+    k_max: int  # deletion curves remove up to this many events
+    precision_k: tuple[int, ...]
+    n_random: int  # random rankings averaged for the deletion baseline
+    n_permutations: int  # head-specialisation null (clinical_lf)
+    plot_stays: int
+    attention_batches: int
+    max_stays: int | None  # explain a seeded sample: event ablation costs E forwards per batch
+    perturbations_per_eval: int  # event-ablation perturbations stacked into one forward
+    sanity_stays: int  # stays for the randomisation checks (with planted events first)
+    label_shuffle: dict  # the shuffled-label model's budget: stays, epochs, n_bootstrap, untrained_models
+    seed: int
 
 
 def _batches(dataset: Dataset, indices: np.ndarray, collate_fn, batch_size: int, device) -> list[tuple[np.ndarray, dict]]:
@@ -175,7 +178,7 @@ def _precision_frames(scores: dict[str, torch.Tensor], events: EventIndex, stay_
 
 def explain_split(
     explainer: Explainer, dataset: Dataset, collate_fn, descriptions: pd.DataFrame, out_dir: str | Path,
-    config: ExplainConfig | None = None, truth: Truth | None = None, logit_shift: float = 0.0,
+    config: ExplainConfig, truth: Truth | None = None, logit_shift: float = 0.0,
 ) -> tuple[dict, list[tuple[dict, EventIndex]]]:
     """Explain a seeded sample of `dataset`; write `out_dir`; return (metrics, the
     prepared batches of the `sanity_stays` for `sanity_checks`).
@@ -185,7 +188,6 @@ def explain_split(
     the calibrated risk beside the training-scale one.
     """
     start = time.time()
-    config = config or ExplainConfig()
     out_dir = Path(out_dir)
     device = next(explainer.model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(config.seed)

@@ -31,7 +31,9 @@ from torch.utils.data import Dataset
 from ehrseq import metrics
 from ehrseq.explain.events import EventIndex
 from ehrseq.models import build_model
-from ehrseq.training import FitConfig, fit, mortality_task, predict, seed_everything
+from ehrseq.tasks import mortality_task
+from ehrseq.torch_utils import seed_everything
+from ehrseq.training import FitConfig, fit, predict
 
 log = logging.getLogger(__name__)
 
