@@ -306,6 +306,10 @@ SCHEMA = Section({name: Omittable(spec) for name, spec in {
         "plot_stays": COUNT,
         "attention_batches": COUNT,
         "max_stays": Nullable(POSITIVE),
+        "perturbations_per_eval": POSITIVE,
+        "sanity_stays": POSITIVE,
+        "label_shuffle": Section({"stays": POSITIVE, "epochs": POSITIVE, "n_bootstrap": POSITIVE,
+                                  "untrained_models": POSITIVE}),
         "seed": INT,
     }),
 }.items()})

@@ -23,6 +23,7 @@ TRUTH = INTERIM / "truth"  # synthetic source only
 STAY_RISK = TRUTH / "stay_risk.parquet"
 PLANTED_EVENTS = TRUTH / "planted_events.parquet"
 STAY_SURVIVAL = TRUTH / "stay_survival.parquet"  # true_risk, death_rate_per_hour: the oracle survival curve
+COMPANION_EVENTS = TRUTH / "companion_events.parquet"  # events emitted from a planted event's latent cause
 
 # vocab, embed, tokenize
 VOCAB = Path("data/processed/vocab.csv")
@@ -74,6 +75,16 @@ def checkpoint(model: str, phase: str, which: str = "best") -> Path:
 def train_reports(model: str) -> Path:
     """reports/train/MODEL: DVCLive logs per phase (PHASE/) and attention snapshots (attention/)."""
     return REPORTS / "train" / model
+
+
+def explain_dir(model: str) -> Path:
+    """reports/explain/MODEL: the explanation of one model (tables, plots, attention npz)."""
+    return EXPLAIN / model
+
+
+def explain_metrics(model: str) -> Path:
+    """reports/metrics/explain_MODEL.json: the explanation's metrics and sanity checks."""
+    return metrics_json(f"explain_{model}")
 
 
 def plots_dir(model: str) -> Path:
