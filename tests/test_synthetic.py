@@ -211,7 +211,7 @@ def _recompute_rules(data) -> tuple[pd.DataFrame, pd.DataFrame]:
                            & micro["ab_itemid"].isna() & (micro["storetime"] < micro["cutoff"])]
     fired = {
         "vasopressor": (rx[rx["ndc"].isin(codes["norepinephrine_ndcs"])], "starttime", "ndc"),
-        "lactate_over_4": (labs[(labs["itemid"] == codes["lactate_itemid"])
+        "high_lactate": (labs[(labs["itemid"] == codes["lactate_itemid"])
                                 & (labs["valuenum"] > codes["lactate_threshold"])], "charttime", "itemid"),
         "positive_blood_culture": (positive_blood, "charttime", "org_itemid"),
         "invasive_ventilation": (procs[procs["itemid"] == codes["invasive_ventilation_itemid"]], "starttime", "itemid"),
