@@ -105,11 +105,12 @@ from ehrseq.sources.synthetic.mimic4_tables import (
     format_patients,
     format_planted,
     format_prescriptions,
+    format_problem_codes,
     format_procedures,
     format_stay_risk,
     place_defects,
 )
-from ehrseq.sources.synthetic.rules import RULES, rules_document, score
+from ehrseq.sources.synthetic.rules import RULES, companions, rules_document, score
 
 log = logging.getLogger(__name__)
 
@@ -117,16 +118,22 @@ CHUNK_PATIENTS = 2000
 HOUR = simulate.HOUR
 
 
-def _chunk(rng, n_patients: int, ids: simulate.Ids, observation_seconds: int, defects_due: dict) -> dict:
+def _chunk(rng, n_patients: int, ids: simulate.Ids, observation_seconds: int, intubation_share: float,
+           defects_due: dict) -> dict:
     """One chunk of patients, simulated and formatted: tables, placed defects, and counts."""
     patients, adm, stays = simulate.population(rng, n_patients, ids, observation_seconds)
-    ev = simulate.events(rng, adm, stays)
-    labs, rx, cultures, procs, orders = (ev[k] for k in ("labs", "rx", "cultures", "procs", "orders"))
-
-    logit, planted = score(stays, labs, rx, cultures, procs)
+    ev = simulate.events(rng, adm, stays, intubation_share)
+    by_table = {"labevents": ev["labs"], "prescriptions": ev["rx"], "microbiologyevents": ev["cultures"],
+                "procedureevents": ev["procs"]}
+    logit, planted = score(stays, ev["labs"], ev["rx"], ev["cultures"], ev["procs"])
+    companion = companions(stays, by_table, planted)
     simulate.outcomes(rng, patients, adm, stays, logit)
-    labs, rx, cultures, procs, orders = (simulate.alive(t, stays, patients) for t in (labs, rx, cultures, procs, orders))
-    planted = planted[stays["kept"].to_numpy()[planted["stay"].to_numpy()]]
+    dx = simulate.diagnoses(rng, adm, stays)
+    labs, rx, cultures, procs, orders = (simulate.alive(ev[k], stays, patients)
+                                         for k in ("labs", "rx", "cultures", "procs", "orders"))
+    kept_stay = stays["kept"].to_numpy()
+    planted = planted[kept_stay[planted["stay"].to_numpy()]]
+    companion = companion[kept_stay[companion["stay"].to_numpy()]]
     kept = stays[stays["kept"]]
 
     labs_t, duplicable = format_labs(rng, labs, stays, ids)
@@ -134,14 +141,10 @@ def _chunk(rng, n_patients: int, ids: simulate.Ids, observation_seconds: int, de
     procs_t, proc_candidates = format_procedures(rng, procs, stays, patients, ids)
     labs_t, rx_t, procs_t, placed = place_defects(rng, defects_due, (labs_t, duplicable), (rx_t, rx_candidates),
                                                   (procs_t, proc_candidates))
-
-    eligible = kept["eligible"].to_numpy()
-    fired = planted.drop_duplicates(["stay", "rule"])
-    fired = fired[stays["eligible"].to_numpy()[fired["stay"].to_numpy()]]
     tables = {
         "hosp/patients": format_patients(patients),
         "hosp/admissions": format_admissions(adm[adm["kept"]]),
-        "hosp/diagnoses_icd": format_diagnoses(adm, simulate.diagnoses(rng, adm, stays)),
+        "hosp/diagnoses_icd": format_diagnoses(adm, dx),
         "hosp/prescriptions": rx_t,
         "hosp/labevents": labs_t,
         "hosp/microbiologyevents": format_micro(rng, cultures, stays, ids),
@@ -150,22 +153,35 @@ def _chunk(rng, n_patients: int, ids: simulate.Ids, observation_seconds: int, de
         "icu/ingredientevents": format_ingredients(rng, orders, stays, patients, ids),
         "truth/stay_risk": format_stay_risk(kept),
         "truth/planted_events": format_planted(planted, stays),
+        "truth/companion_events": format_planted(companion, stays),
     }
+    eligible = kept["eligible"].to_numpy()
+    fired = planted.drop_duplicates(["stay", "rule"])
+    fired = fired[stays["eligible"].to_numpy()[fired["stay"].to_numpy()]]
+    own_death = kept["death_here"].to_numpy() & eligible
+    death_hours = (patients["death_time"].to_numpy()[kept["patient"].to_numpy()[own_death]]
+                   - kept["cutoff"].to_numpy()[own_death]) / HOUR
     return {
         "tables": tables, "defects": placed,
         "eligible_risk": kept["true_risk"].to_numpy()[eligible],
         "eligible_died": kept["died_after_cutoff"].to_numpy()[eligible],
+        "death_hours": death_hours,
         "rule_stays": fired["rule"].value_counts().to_dict(),
+        "companions_per_rule": companion["rule"].value_counts().to_dict(),
         "counts": {"admissions": int(adm["kept"].sum()), "in_hospital_deaths": int(adm["hospital_expire_flag"].sum()),
                    "short_stay_deaths": int((kept["death_here"] & ~kept["eligible"]).sum())},
     }
 
 
-def generate(out_dir: str | os.PathLike, n_patients: int, seed: int, observation_hours: float = 48.0) -> dict:
+def generate(out_dir: str | os.PathLike, n_patients: int, seed: int, observation_hours: float = 48.0,
+             intubation_share: float = 0.6) -> dict:
     """Write the synthetic MIMIC-IV folder and its truth to `out_dir` (replaced atomically).
 
-    Returns a summary: rows per table, stays, deaths, mortality and oracle AUROC among
-    stays that last the observation window, stays per rule, and the defect counts.
+    `intubation_share`: share of invasive ventilations with a charted Intubation (the
+    Intubation is a companion, not a planted event; 1.0 makes it a perfect proxy).
+    Returns a summary: rows per table, stays, deaths, mortality, oracle AUROC and the
+    share of deaths within 7 days among stays that last the observation window, stays
+    per rule, companions per rule, and the defect counts.
     """
     from sklearn.metrics import roc_auc_score
 
@@ -175,10 +191,13 @@ def generate(out_dir: str | os.PathLike, n_patients: int, seed: int, observation
     if observation_hours <= 0 or observation_seconds != round(observation_seconds):
         raise ValueError(f"observation_hours must be positive and a whole number of seconds, got {observation_hours!r}")
     observation_seconds = round(observation_seconds)
+    if not 0.0 <= intubation_share <= 1.0:
+        raise ValueError(f"intubation_share must be in [0, 1], got {intubation_share!r}")
     due = {"duplicate_lab_rows": DUPLICATE_LAB_ROWS, "orphan_prescription_rows": ORPHAN_PRESCRIPTION_ROWS,
            "orphan_procedureevent_rows": ORPHAN_PROCEDURE_ROWS}
     ids = simulate.Ids()
-    risk, died, rule_stays = [], [], {r.name: 0 for r in RULES}
+    risk, died, death_hours = [], [], []
+    rule_stays, companions_per_rule = {r.name: 0 for r in RULES}, {r.name: 0 for r in RULES}
     counts = {"admissions": 0, "in_hospital_deaths": 0, "short_stay_deaths": 0}
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
@@ -187,9 +206,11 @@ def generate(out_dir: str | os.PathLike, n_patients: int, seed: int, observation
         try:
             for name, table in dictionaries().items():
                 writers[name].write(table)
+            writers["truth/problem_codes"].write(format_problem_codes(simulate.PROBLEM_EMISSIONS))
             for chunk, start in enumerate(range(0, int(n_patients), CHUNK_PATIENTS)):
                 size = min(CHUNK_PATIENTS, int(n_patients) - start)
-                result = _chunk(np.random.default_rng([seed, chunk]), size, ids, observation_seconds, due)
+                result = _chunk(np.random.default_rng([seed, chunk]), size, ids, observation_seconds,
+                                intubation_share, due)
                 for name, table in result["tables"].items():
                     writers[name].write(table)
                 for name, placed in result["defects"].items():
@@ -198,6 +219,9 @@ def generate(out_dir: str | os.PathLike, n_patients: int, seed: int, observation
                     counts[name] += value
                 for name, value in result["rule_stays"].items():
                     rule_stays[name] += int(value)
+                for name, value in result["companions_per_rule"].items():
+                    companions_per_rule[name] += int(value)
+                death_hours.append(result["death_hours"])
                 risk.append(result["eligible_risk"])
                 died.append(result["eligible_died"])
                 log.info("synthetic: %d/%d patients", start + size, n_patients)
@@ -211,7 +235,7 @@ def generate(out_dir: str | os.PathLike, n_patients: int, seed: int, observation
             "orphan_prescription_rows": ORPHAN_PRESCRIPTION_ROWS - due["orphan_prescription_rows"],
             "orphan_procedureevent_rows": ORPHAN_PROCEDURE_ROWS - due["orphan_procedureevent_rows"],
         }
-        risk, died = np.concatenate(risk), np.concatenate(died)
+        risk, died, death_hours = np.concatenate(risk), np.concatenate(died), np.concatenate(death_hours)
         rows = {name: w.rows for name, w in writers.items()}
         summary = {
             "patients": int(n_patients), "admissions": counts["admissions"], "icu_stays": rows["icu/icustays"],
@@ -220,9 +244,12 @@ def generate(out_dir: str | os.PathLike, n_patients: int, seed: int, observation
             "mortality_eligible": float(died.mean()) if len(died) else None,
             "mean_true_risk_eligible": float(risk.mean()) if len(risk) else None,
             "oracle_auroc": float(roc_auc_score(died, risk)) if 0 < died.sum() < len(died) else None,
+            "deaths_within_7_days_share": float((death_hours <= 168).mean()) if len(death_hours) else None,
+            "median_death_hours": float(np.median(death_hours)) if len(death_hours) else None,
             "stays_per_rule": rule_stays, "planted_events": rows["truth/planted_events"],
+            "companions_per_rule": companions_per_rule, "companion_events": rows["truth/companion_events"],
             "defects": defects, "rows": {n: r for n, r in rows.items() if not n.startswith("truth/")},
         }
         (tmp / "truth" / "rules.json").write_text(json.dumps(rules_document(
-            observation_hours, seed, n_patients, CHUNK_PATIENTS, defects), indent=2) + "\n")
+            observation_hours, seed, n_patients, CHUNK_PATIENTS, intubation_share, defects), indent=2) + "\n")
     return summary

@@ -20,6 +20,7 @@ import pyarrow.csv as pacsv
 from ehrseq.sources.synthetic.catalogue import (
     ANTIBIOTICS,
     DIAGNOSES,
+    DRUG_INDEX,
     DRUG_NDCS,
     DRUGS,
     INGREDIENT_INDEX,
@@ -99,8 +100,11 @@ TABLE_COLUMNS = {
         "highnormalvalue"],
 }
 TRUTH_COLUMNS = {
-    "truth/stay_risk": ["subject_id", "hadm_id", "stay_id", "logit", "true_risk", "eligible", "died_after_cutoff"],
+    "truth/stay_risk": ["subject_id", "hadm_id", "stay_id", "logit", "true_risk", "death_rate_per_hour", "eligible",
+                        "died_after_cutoff"],
     "truth/planted_events": ["subject_id", "stay_id", "rule", "table", "itemid_or_ndc", "time"],
+    "truth/companion_events": ["subject_id", "stay_id", "rule", "table", "itemid_or_ndc", "time"],
+    "truth/problem_codes": ["problem", "kind", "code"],
 }
 
 # Recording habits of MIMIC-IV (probabilities per row, draw or culture)
@@ -252,7 +256,6 @@ def format_labs(rng, labs: pd.DataFrame, stays: pd.DataFrame, ids: Ids) -> tuple
     lab = labs["lab"].to_numpy()
     has_hadm = hadm_known(rng, draw_no, n_draws)
     charttime = labs["minute"].to_numpy() * MINUTE
-    store_delay = (np.round(lognormal(rng, 80, 0.6, n_draws, 10, 1440)) * MINUTE).astype(np.int64)[draw_no]
     valuenum = labs["valuenum"].to_numpy()
     itemid = LABS["itemid"].to_numpy()[lab]
     # Troponin T below the assay limit is reported as text, with no number (as in MIMIC).
@@ -269,7 +272,7 @@ def format_labs(rng, labs: pd.DataFrame, stays: pd.DataFrame, ids: Ids) -> tuple
         "labevent_id": _int(ids.dense("labevent", n)), "subject_id": _int(stays["subject_id"].to_numpy()[stay]),
         "hadm_id": _int(stays["hadm_id"].to_numpy()[stay], has_hadm), "specimen_id": _int(specimen),
         "itemid": _int(itemid), "order_provider_id": _str(provider, has_provider), "charttime": _ts(charttime),
-        "storetime": _ts(charttime + store_delay), "value": value,
+        "storetime": _ts(labs["store_min"].to_numpy() * MINUTE), "value": value,
         "valuenum": _float(valuenum, valid=~below_limit), "valueuom": _str(unit, pd.notna(unit)),
         "ref_range_lower": _float(ref_lo, valid=~np.isnan(ref_lo)),
         "ref_range_upper": _float(ref_hi, valid=~np.isnan(ref_hi)),
@@ -444,12 +447,14 @@ def format_stay_risk(kept: pd.DataFrame) -> pa.Table:
     return pa.table({
         "subject_id": _int(kept["subject_id"]), "hadm_id": _int(kept["hadm_id"]), "stay_id": _int(kept["stay_id"]),
         "logit": _float(kept["logit"]), "true_risk": _float(kept["true_risk"]),
+        "death_rate_per_hour": _float(kept["death_rate_per_hour"]),
         "eligible": pa.array(kept["eligible"].to_numpy()),
         "died_after_cutoff": pa.array(kept["died_after_cutoff"].to_numpy()),
     })
 
 
 def format_planted(planted: pd.DataFrame, stays: pd.DataFrame) -> pa.Table:
+    """Planted (or companion) events: the item as its table names it, the time as written."""
     planted = _sorted(planted.assign(stay_id=stays["stay_id"].to_numpy()[planted["stay"]]),
                       ["stay_id", "minute", "rule", "code"])
     stay = planted["stay"].to_numpy()
@@ -459,6 +464,31 @@ def format_planted(planted: pd.DataFrame, stays: pd.DataFrame) -> pa.Table:
         "rule": _str(planted["rule"]), "table": _str(planted["table"]), "itemid_or_ndc": _str(planted["code"]),
         "time": time,
     })
+
+
+def format_problem_codes(emissions: dict[str, dict[str, list]]) -> pa.Table:
+    """What each latent problem emits (simulate.PROBLEM_EMISSIONS), as the codes the
+    MIMIC-IV extraction (sources/sql/mimic4/canonical.sql) gives those events and
+    diagnoses: LAB//itemid, NDC//ndc (every NDC of the drug), ITEM//itemid,
+    MICRO//spec_itemid//org_itemid (every organism, NEG for no growth, PENDING for a
+    result not yet stored at the cutoff), ICD9//code and ICD10//code."""
+    rows = []
+    for problem, kinds in emissions.items():
+        for kind, items in kinds.items():
+            for item in items:
+                if kind == "lab" or kind == "procedure":
+                    codes = [f"{'LAB' if kind == 'lab' else 'ITEM'}//{item}"]
+                elif kind == "prescription":
+                    codes = [f"NDC//{ndc}" for ndc in DRUG_NDCS.loc[DRUG_NDCS["drug_index"] == DRUG_INDEX[item], "ndc"]]
+                elif kind == "microbiology":
+                    spec = SPECIMENS["spec_itemid"][item]
+                    codes = [f"MICRO//{spec}//{org}" for org in [*ORGANISMS["org_itemid"], "NEG", "PENDING"]]
+                else:  # diagnosis, named by its ICD-10 code
+                    row = DIAGNOSES[DIAGNOSES["icd10"] == item].iloc[0]
+                    codes = [f"ICD9//{row['icd9']}", f"ICD10//{row['icd10']}"]
+                rows += [(problem, "diagnosis" if kind == "diagnosis" else kind, code) for code in codes]
+    problem, kind, code = zip(*rows)
+    return pa.table({"problem": _str(problem), "kind": _str(kind), "code": _str(code)})
 
 
 def dictionaries() -> dict[str, pa.Table]:

@@ -30,12 +30,19 @@ from ehrseq.sources.synthetic.catalogue import (
 )
 from ehrseq.sources.synthetic.rules import (
     BLOOD_CULTURE,
+    CK,
+    CK_MB,
     CREATININE,
+    CRRT,
+    DIALYSIS_CATHETER,
+    EXTUBATION,
+    INTUBATION,
     INVASIVE_VENTILATION,
     LACTATE,
     NOREPINEPHRINE,
     POTASSIUM,
     TROPONIN_T,
+    death_rate_per_hour,
     sigmoid,
 )
 
@@ -98,24 +105,29 @@ PANELS = {
     "coag": [51237, 51274, 51275],
     "lft": [50861, 50878, 50863, 50885, 50862],
     "mg_phos_ca": [50960, 50970, 50893],
-    "cardiac": [51003, 50911, 50910],
+    "troponin": [51003],
+    "ck": [50911, 50910],  # CK-MB and CK: ordered apart from troponin, so not its exact proxy
     "differential": [51256, 51244, 51254, 51200, 51146],
     "urinalysis": [51491, 51498, 51516, 51493],
 }
 # Probability that a draw includes the panel: (on the ward, in the ICU) ...
 PANEL_PROBABILITY = {
     "bmp": (0.9, 0.8), "cbc": (0.8, 0.65), "blood_gas": (0.02, 0.12), "coag": (0.15, 0.3), "lft": (0.1, 0.12),
-    "mg_phos_ca": (0.3, 0.5), "cardiac": (0.02, 0.04), "differential": (0.2, 0.3), "urinalysis": (0.03, 0.06),
+    "mg_phos_ca": (0.3, 0.5), "troponin": (0.02, 0.04), "ck": (0.02, 0.04), "differential": (0.2, 0.3), "urinalysis": (0.03, 0.06),
 }
 # ... plus, in the ICU, this much for a stay with any of the problems: blood gases follow
-# ventilation, shock and DKA, liver tests and differentials infection, cardiac panels injury.
+# ventilation, shock and DKA, liver tests and differentials infection, troponin and CK injury.
 PANEL_PROBLEM_EXTRA = {
     "blood_gas": [(("resp", "shock"), 0.45), (("dka",), 0.3)],
     "lft": [(("sepsis",), 0.2)],
-    "cardiac": [(("cardiac",), 0.4)],
+    "troponin": [(("cardiac",), 0.4)],
+    "ck": [(("cardiac",), 0.25)],
     "differential": [(("sepsis",), 0.2)],
 }
 SINGLE_TESTS_PER_DRAW = 0.6  # Poisson mean of single tests ordered with a draw
+# Minutes from charttime until the results of a draw are stored (known): log-normal,
+# median 80 min, most between 30 min and 4 h, clipped to 10 min - 24 h.
+LAB_STORE_MINUTES = (80, 0.6, 10, 1440)  # median, sigma, min, max
 LAB_ITEMS_PER_DRAW = 14.0  # turns the lab share of the event rate into draws per hour
 _IN_PANEL = {item for items in PANELS.values() for item in items}
 # Single tests: the rest of the catalogue, most frequent first (Zipf over this order).
@@ -134,12 +146,14 @@ BACTEREMIA_SHARE = 0.5  # septic stays whose blood cultures can grow an organism
 BLOOD_CULTURE_YIELD = 0.8  # each blood culture of such a stay grows it (the others stay negative)
 DATE_ONLY_CULTURE_SHARE = 0.1  # non-blood cultures charted with a date only, as in MIMIC
 
-INTUBATION, EXTUBATION, CRRT, DIALYSIS_CATHETER, ARTERIAL_LINE = 224385, 227194, 225802, 224270, 225752
+ARTERIAL_LINE = 225752
 # Background procedures exclude the planted and bundle-driven ones (placed by latents).
 BACKGROUND_PROCEDURES = np.array([k for k, i in enumerate(PROCEDURES["itemid"])
                                   if i not in (INVASIVE_VENTILATION, INTUBATION, EXTUBATION, CRRT, DIALYSIS_CATHETER)])
 EXTUBATION_SHARE = 0.7  # ventilated stays extubated (if that falls inside the stay)
 VENTILATION_WITHOUT_RESP_RATE = 0.04  # stays without respiratory failure ventilated at some time (surgery)
+INTUBATION_LEAD_MINUTES = 30  # a charted Intubation precedes its ventilation by 0-30 min
+INTUBATION_WITHOUT_VENTILATION_RATE = 0.03  # stays never ventilated here with an Intubation (e.g. for a procedure)
 CRRT_SHARE_OF_RENAL = 0.45  # renal-failure stays started on CRRT
 ARTERIAL_LINE_RATE = 0.35  # stays with an arterial line ...
 ARTERIAL_LINE_SHOCK_EXTRA = 0.4  # ... plus this much for shock
@@ -162,10 +176,26 @@ ORDER_RECIPES = {
 # ---- outcomes and diagnoses ------------------------------------------------------------
 
 SHORT_STAY_DEATH_RATE = 0.06  # stays shorter than the window that end in death
-ICU_DEATH_SHARE = 0.7  # of deaths after the cutoff; the rest die on the ward after ICU discharge
 OUT_OF_HOSPITAL_DEATH_RATE = 0.08  # patients alive at discharge with a dod within a year
 BACKGROUND_DIAGNOSES = np.arange(DIAGNOSIS_INDEX["I10"], len(DIAGNOSES))
 BACKGROUND_DIAGNOSES_MEAN = 7  # Poisson mean of background codes per admission, beyond 2
+
+# What each latent problem emits (truth/problem_codes), by event kind: the items the
+# functions below add because of the problem (bundle drugs, procedures, blood cultures,
+# serial troponins, CK), the labs whose value the problem sets, and its discharge
+# diagnoses (ICD-10 names; both versions are listed). Routine panels a problem only makes
+# likelier (blood gases, liver tests, differentials) are not listed.
+PROBLEM_EMISSIONS = {
+    "sepsis": {"microbiology": [BLOOD_CULTURE], "prescription": ["Vancomycin", "Piperacillin-Tazobactam"],
+               "diagnosis": ["A419", "R6520", "R6521"]},
+    "shock": {"prescription": ["Norepinephrine"], "lab": [LACTATE], "procedure": [ARTERIAL_LINE],
+              "diagnosis": ["R6521", "E872"]},
+    "renal_failure": {"lab": [CREATININE, POTASSIUM], "prescription": ["Furosemide"],
+                      "procedure": [CRRT, DIALYSIS_CATHETER], "diagnosis": ["N179", "E875"]},
+    "dka": {"lab": [GLUCOSE, POTASSIUM], "prescription": ["Insulin"], "diagnosis": ["E1010", "E875"]},
+    "cardiac_injury": {"lab": [TROPONIN_T, CK_MB, CK], "diagnosis": ["I214"]},
+    "respiratory_failure": {"procedure": [INVASIVE_VENTILATION, INTUBATION, EXTUBATION], "diagnosis": ["J9600"]},
+}
 
 
 # --------------------------------------------------------------------------------------
@@ -376,10 +406,12 @@ def _latents(rng, stays: pd.DataFrame, patients: pd.DataFrame, observation_secon
 # --------------------------------------------------------------------------------------
 
 
-def events(rng, adm: pd.DataFrame, stays: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def events(rng, adm: pd.DataFrame, stays: pd.DataFrame, intubation_share: float) -> dict[str, pd.DataFrame]:
     """All events of a chunk before outcomes are known: labs, cultures, prescriptions
     (`rx`), procedures (`procs`) and ingredient orders (`orders`), one row per event with
-    its owner `stay`, `minute`, `icu` (False: on the ward) and kind-specific columns."""
+    its owner `stay`, `minute`, `icu` (False: on the ward) and kind-specific columns.
+    Labs and cultures carry `store_min`, the minute their result is stored (known).
+    `intubation_share`: share of invasive ventilations with a charted Intubation."""
     subject_of = stays["patient"].to_numpy()
 
     # Labs: ICU draws, and ward draws owned by the admission's first stay (icu=False).
@@ -412,7 +444,7 @@ def events(rng, adm: pd.DataFrame, stays: pd.DataFrame) -> dict[str, pd.DataFram
     drug = rx["drug"].to_numpy()
     rx["ndc_row"] = first_ndc[drug] + (rng.random(len(rx)) * DRUGS["ndc_variants"].to_numpy()[drug]).astype(int)
 
-    procs = _unique(_procedures(rng, stays).assign(icu=True), ["stay", "proc", "minute"])
+    procs = _unique(_procedures(rng, stays, intubation_share).assign(icu=True), ["stay", "proc", "minute"])
     orders = _unique(_ingredient_orders(rng, stays), ["stay", "minute"])
     return {"labs": labs, "cultures": cultures, "rx": rx, "procs": procs, "orders": orders}
 
@@ -454,20 +486,21 @@ def _unique(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 def _panel_probabilities(stays: pd.DataFrame, owner: np.ndarray, icu: np.ndarray,
                          serial: np.ndarray) -> dict[str, np.ndarray]:
     """Per draw and panel, the probability the draw includes it; a serial troponin draw is
-    the cardiac panel only."""
+    a troponin only."""
     s = {k: stays[k].to_numpy()[owner] for k in ("sepsis", "shock", "resp", "cardiac", "renal", "dka")}
     ward = ~icu
     out = {}
     for name, (on_ward, in_icu) in PANEL_PROBABILITY.items():
         for problems, extra in PANEL_PROBLEM_EXTRA.get(name, ()):
             in_icu = in_icu + extra * np.logical_or.reduce([s[p] for p in problems])
-        out[name] = np.where(serial, float(name == "cardiac"), np.where(ward, on_ward, in_icu))
+        out[name] = np.where(serial, float(name == "troponin"), np.where(ward, on_ward, in_icu))
     return out
 
 
 def _lab_rows(rng, stays: pd.DataFrame, owner: np.ndarray, minute: np.ndarray, icu: np.ndarray,
               serial: np.ndarray) -> pd.DataFrame:
-    """Expand lab draws (owner stay, minute) into one row per test with a value."""
+    """Expand lab draws (owner stay, minute) into one row per test with a value; all
+    tests of a draw are stored at the same `store_min`."""
     n_draws = len(owner)
     probs = _panel_probabilities(stays, owner, icu, serial)
     draw_parts, item_parts = [], []
@@ -481,8 +514,10 @@ def _lab_rows(rng, stays: pd.DataFrame, owner: np.ndarray, minute: np.ndarray, i
     draw, item = np.concatenate(draw_parts), np.concatenate(item_parts)
     keep = ~pd.DataFrame({"d": draw, "i": item}).duplicated().to_numpy()  # a test once per draw
     draw, item = draw[keep], item[keep]
+    median, sigma, low, high = LAB_STORE_MINUTES
+    store_delay = np.round(lognormal(rng, median, sigma, n_draws, low, high)).astype(np.int64)  # per draw
     rows = pd.DataFrame({"draw": draw, "stay": owner[draw], "icu": icu[draw], "minute": minute[draw],
-                         "lab": item})
+                         "store_min": minute[draw] + store_delay[draw], "lab": item})
     rows["valuenum"] = _lab_values(rng, stays, rows)
     return rows
 
@@ -583,7 +618,11 @@ def _cultures(rng, stays: pd.DataFrame) -> pd.DataFrame:
                          "date_only": date_only, "store_min": store_min})
 
 
-def _procedures(rng, stays: pd.DataFrame) -> pd.DataFrame:
+def _procedures(rng, stays: pd.DataFrame, intubation_share: float) -> pd.DataFrame:
+    """Background procedures, plus the problem-driven ones: ventilation for respiratory
+    failure (and a few others), with an Intubation charted for `intubation_share` of them
+    (the rest arrive intubated from the ED or OR) and in a few stays never ventilated
+    here; CRRT with its catheter for renal failure; more arterial lines in shock."""
     owner, minute = _timed(rng, stays, stays["events_per_hour"].to_numpy() * SHARE["procedure"])
     proc = BACKGROUND_PROCEDURES[rng.choice(len(BACKGROUND_PROCEDURES), len(owner),
                                             p=zipf_weights(len(BACKGROUND_PROCEDURES), 0.9))]
@@ -594,16 +633,21 @@ def _procedures(rng, stays: pd.DataFrame) -> pd.DataFrame:
 
     resp = np.flatnonzero(stays["resp"])
     vent_start = _early(rng, stays, resp, 20)
-    add(resp, vent_start, INVASIVE_VENTILATION)
-    add(resp, vent_start, INTUBATION)
     weaned = rng.random(len(resp)) < EXTUBATION_SHARE
     off_vent = vent_start + np.round(lognormal(rng, 36 * 60, 0.8, len(resp), 120, 20 * 24 * 60)).astype(np.int64)
     weaned &= off_vent <= stays["last_min"].to_numpy()[resp]
     add(resp[weaned], off_vent[weaned], EXTUBATION)
     late = np.flatnonzero(~stays["resp"].to_numpy() & (rng.random(len(stays)) < VENTILATION_WITHOUT_RESP_RATE))
-    late_start = _anytime(rng, stays, late)
-    add(late, late_start, INVASIVE_VENTILATION)
-    add(late, late_start, INTUBATION)
+    vent_stay, vent_minute = np.r_[resp, late], np.r_[vent_start, _anytime(rng, stays, late)]
+    add(vent_stay, vent_minute, INVASIVE_VENTILATION)
+    intubated = rng.random(len(vent_stay)) < intubation_share
+    tube_minute = np.maximum(vent_minute - rng.integers(0, INTUBATION_LEAD_MINUTES + 1, len(vent_stay)),
+                             stays["first_min"].to_numpy()[vent_stay])
+    add(vent_stay[intubated], tube_minute[intubated], INTUBATION)
+    never = np.ones(len(stays), bool)
+    never[vent_stay] = False
+    spare = np.flatnonzero(never & (rng.random(len(stays)) < INTUBATION_WITHOUT_VENTILATION_RATE))
+    add(spare, _anytime(rng, stays, spare), INTUBATION)
     crrt = np.flatnonzero(stays["renal"].to_numpy() & (rng.random(len(stays)) < CRRT_SHARE_OF_RENAL))
     crrt_start = _anytime(rng, stays, crrt)
     add(crrt, crrt_start, DIALYSIS_CATHETER)
@@ -654,11 +698,23 @@ def _ward_events(rng, adm: pd.DataFrame, stays: pd.DataFrame, per_day: float) ->
 
 
 def outcomes(rng, patients, adm, stays, logit) -> None:
-    """Draw deaths, then cut every patient's history at the death (in place)."""
+    """Draw deaths and their times, then cut every patient's history at the death (in place).
+
+    A stay that lasts the window dies with probability true_risk = sigmoid(logit), at
+    cutoff + Exponential(death_rate_per_hour(logit)) hours (rules.py), rounded up to the
+    minute: in the ICU if that is before its outtime (which then ends at death), else on
+    the ward, the admission lasting until the death however long that takes, so every
+    drawn death is an in-hospital death after the cutoff. A shorter stay dies at its end
+    with probability SHORT_STAY_DEATH_RATE. Survivors keep their discharge time, drawn
+    before any of this and independent of the risk. Only a patient's first death counts;
+    the stays and admissions after it are dropped (`kept`).
+    """
     m = len(stays)
     risk = sigmoid(logit)
+    rate = death_rate_per_hour(logit)
     eligible = stays["eligible"].to_numpy()
     dies = np.where(eligible, rng.random(m) < risk, rng.random(m) < SHORT_STAY_DEATH_RATE)
+    wait_hours = rng.exponential(1.0 / rate)
     pat = stays["patient"].to_numpy()
     order = np.arange(m)
     first_death = np.full(len(patients), m)
@@ -667,14 +723,8 @@ def outcomes(rng, patients, adm, stays, logit) -> None:
     stays["kept"] = order <= death_stay
     stays["death_here"] = order == death_stay
 
-    # Short stays die at their end; others after the cutoff, in the ICU (which then ends
-    # at death) or on the ward within four days of ICU discharge.
-    last_min, cut_min = stays["last_min"].to_numpy(), stays["cut_min"].to_numpy()
-    in_icu = (rng.random(m) < ICU_DEATH_SHARE) & (last_min >= cut_min + 1)
-    death_min = np.where(
-        ~eligible, last_min,
-        np.where(in_icu, _minutes_between(rng, np.minimum(cut_min + 1, last_min), last_min),
-                 last_min + 60 + (rng.random(m) * 96 * 60).astype(np.int64)))
+    after_cutoff = -(-(stays["cutoff"].to_numpy() + np.round(wait_hours * HOUR).astype(np.int64)) // MINUTE)
+    death_min = np.where(eligible, after_cutoff, stays["last_min"].to_numpy())
     death_time = death_min * MINUTE
     d = stays["death_here"].to_numpy()
     died_in_icu = d & (death_time <= stays["outtime"].to_numpy())
@@ -705,6 +755,7 @@ def outcomes(rng, patients, adm, stays, logit) -> None:
     death_of_adm = adm_death[stays["adm"].to_numpy()]
     stays["logit"] = logit
     stays["true_risk"] = risk
+    stays["death_rate_per_hour"] = rate
     stays["died_after_cutoff"] = eligible & (death_of_adm >= stays["cutoff"].to_numpy())
 
 
