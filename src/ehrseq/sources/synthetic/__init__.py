@@ -1,6 +1,6 @@
 """Synthetic MIMIC-IV-shaped tables with planted, recorded mortality risk.
 
-`generate(out_dir, n_patients, seed)` writes `hosp/*.csv.gz` and `icu/*.csv.gz` with the
+`generate(out_dir, n_patients, seed, observation_hours, intubation_share)` writes `hosp/*.csv.gz` and `icu/*.csv.gz` with the
 MIMIC-IV v2.2 file names and columns, so the real MIMIC-IV extraction runs on them, plus
 `truth/` with what the generator knows and a real dataset never tells.
 
@@ -13,16 +13,21 @@ age at a stay is `anchor_age + year(intime) - anchor_year`. ICU stays last from 
 to weeks (about 15% shorter than 48 h). During a stay, events arrive at a per-stay rate
 (log-normal, so a stay has ~30-150 events in its first 48 h and a few have 300+); fewer
 per hour after the window. Labs come in panels (BMP, CBC, blood gas, ...) sharing a
-specimen and charttime, plus Zipf-distributed single tests; drugs, procedures, ingredient
+specimen, charttime and storetime (results stored 10 min - 24 h later, median 80 min,
+most within 4 h), plus Zipf-distributed single tests; drugs, procedures, ingredient
 orders and cultures are drawn Zipf-like from catalogues with real MIMIC-IV names. Labs and
 prescriptions also happen on the ward (outside any ICU stay); ~5% of lab and
 microbiology rows have no hadm_id, as in MIMIC.
 
 Each stay has latent problems that bundle codes together, so code models have structure:
 sepsis (blood cultures, Vancomycin, Piperacillin-Tazobactam), shock (Norepinephrine,
-high lactate), renal failure (high creatinine and potassium, Furosemide, CRRT), DKA
-(Insulin, very high glucose, high potassium), cardiac injury (troponin), respiratory
-failure (invasive ventilation). A sicker stay also has more deranged routine labs.
+high lactate, arterial lines), renal failure (high creatinine and potassium, Furosemide,
+CRRT), DKA (Insulin, very high glucose, high potassium), cardiac injury (serial troponins,
+CK), respiratory failure (invasive ventilation; an Intubation is charted 0-30 min before
+`intubation_share` of ventilations, the rest arriving intubated, and in a few stays never
+ventilated). A sicker stay also has more deranged routine labs. `truth/problem_codes`
+lists the codes each problem emits (simulate.PROBLEM_EMISSIONS) as the extraction spells
+them (LAB//50813, NDC//..., ITEM//225792, MICRO//70012//80002 | NEG | PENDING, ICD9//0389).
 Diagnoses (ICD-9 or ICD-10 per admission) are coded at discharge from the same latents
 *and from the outcome* (cardiac arrest, palliative care, DNR for many deaths): the
 leakage trap real MIMIC has.
@@ -30,7 +35,9 @@ leakage trap real MIMIC has.
 Planted signal (written to `truth/rules.json`)
 ----------------------------------------------
 Only events in the observation window [intime, cutoff), cutoff = intime +
-observation_hours, count. With age = the MIMIC-IV age at the stay:
+observation_hours, count, and a lab or culture only once its result is stored
+(storetime) before the cutoff: what the extraction can show at the cutoff. With age =
+the MIMIC-IV age at the stay:
 
     logit = BASE_LOGIT + sum(effect for each rule that fires)
             + AGE_EFFECT_PER_DECADE * max(0, age - 60) / 10
@@ -38,7 +45,8 @@ observation_hours, count. With age = the MIMIC-IV age at the stay:
 
 Rules (each fires at most once per stay; see RULES for the effect sizes):
 - vasopressor: a Norepinephrine prescription (any of its NDCs) starts in the window.
-- high_lactate: a Lactate (50813) result > LACTATE_THRESHOLD (4 mmol/L) in the window.
+- high_lactate: a Lactate (50813) result > LACTATE_THRESHOLD (4 mmol/L) in the window,
+  stored before the cutoff.
 - positive_blood_culture: a BLOOD CULTURE (spec_itemid 70012) with an organism is charted
   in the window AND its result is stored (storetime, 12-120 h after the draw) before the
   cutoff. A culture whose result arrives later is only "pending" at the cutoff (the
@@ -46,28 +54,42 @@ Rules (each fires at most once per stay; see RULES for the effect sizes):
 - invasive_ventilation: an Invasive Ventilation (225792) procedure starts in the window
   (its duration, known only at endtime, plays no part).
 - creatinine_and_potassium_abnormal: both an abnormal Creatinine (50912) and an abnormal
-  Potassium (50971) in the window; either one alone adds nothing (an interaction).
-- recent_troponin_abnormal: an abnormal Troponin T (51003) in the last
-  TROPONIN_RECENT_HOURS before the cutoff; earlier abnormal troponins add nothing.
+  Potassium (50971) in the window, stored before the cutoff; either one alone adds
+  nothing (an interaction).
+- recent_troponin_abnormal: an abnormal Troponin T (51003) charted in the last
+  TROPONIN_RECENT_HOURS before the cutoff and stored before it; earlier abnormal
+  troponins add nothing.
 
 Outcome: a stay that lasts at least observation_hours dies with probability true_risk,
-at a time after the cutoff (in the ICU, which then ends at death, or on the ward soon
-after); hospital_expire_flag, deathtime, dischtime = deathtime and dod are set and the
+at cutoff + Exponential(death_rate_per_hour) hours, death_rate_per_hour =
+DEATH_RATE_AT_ZERO_LOGIT * exp(DEATH_RATE_PER_LOGIT * logit) (sicker stays die sooner;
+~85% of deaths within 7 days), in the ICU (which then ends at death) or on the ward after
+it, the hospitalisation lasting until the death. So the true in-hospital survival t hours
+after the cutoff is rules.true_survival: S(t) = 1 - true_risk * (1 - exp(-death_rate_per_hour
+* t)); discharge alive is a competing event, drawn independently of the risk, not
+censoring. hospital_expire_flag, deathtime, dischtime = deathtime and dod are set and the
 patient has nothing after the death. A few short stays end in death too (they are
 excluded from a 48 h cohort). `truth/stay_risk.csv.gz` has each stay's logit, true_risk,
-eligibility and `died_after_cutoff`, which is the extraction's label: death in the same
-hospitalisation after this stay's cutoff. For the earlier stay of an admission whose
+death_rate_per_hour, eligibility and `died_after_cutoff`, which is the extraction's
+label: death in the same hospitalisation after this stay's cutoff. For the earlier stay of an admission whose
 *later* stay dies that label is 1 although its own draw survived, exactly as the label
 means in MIMIC (a few percent of deaths). `truth/planted_events.csv.gz` lists every event
 that fired a rule (both events of the interaction; only the recent troponin), with its
 time exactly as in the source table; for cultures `itemid_or_ndc` is the org_itemid and
 the time is the charttime (the draw), as the extracted event has it.
+`truth/companion_events.csv.gz` (same columns) lists, for each rule that fired in a stay,
+the stay's window events the same latent problem emitted that are not planted
+(rules.COMPANIONS: pending or negative blood cultures and the sepsis antibiotics,
+lactates not above the threshold or pending, the Intubation and Extubation of a
+ventilation, creatinine/potassium still pending and the renal bundle, older or pending
+troponins and CK): correlated with the planted events, never collinear with them, and
+firing nothing; a companion culture is named by its spec_itemid.
 
 Deliberate defects, counted in rules.json: exact duplicate lab rows (inside cohort stays),
 prescriptions whose hadm_id is not in admissions, procedureevents whose stay_id is not in
 icustays. Nothing else is duplicated: events of one kind and item never share a minute.
 
-Output is a pure function of (n_patients, seed, observation_hours): patients are made in
+Output is a pure function of (n_patients, seed, observation_hours, intubation_share): patients are made in
 chunks of CHUNK_PATIENTS with one random stream per chunk, so memory stays bounded and a
 smaller run is a prefix of a larger one; gzip headers carry no time stamp.
 
