@@ -44,7 +44,7 @@ INVASIVE_VENTILATION = 225792  # procedureevents itemid
 NOREPINEPHRINE = DRUG_INDEX["Norepinephrine"]  # row of DRUGS; any of its NDCs counts
 BLOOD_CULTURE = 0  # row of SPECIMENS (spec_itemid 70012)
 # Codes of companions (emitted by the same latent problem as a rule's events)
-CK_MB, CK = 50911, 50910  # lab itemids: with troponin in the cardiac panel
+CK_MB, CK = 50911, 50910  # lab itemids: ordered with troponin in cardiac stays, though not in the same draws
 INTUBATION, EXTUBATION, CRRT, DIALYSIS_CATHETER = 224385, 227194, 225802, 224270  # procedureevents itemids
 VANCOMYCIN, PIPERACILLIN, FUROSEMIDE = (DRUG_INDEX[d] for d in ("Vancomycin", "Piperacillin-Tazobactam", "Furosemide"))
 
