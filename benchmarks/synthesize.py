@@ -22,7 +22,8 @@ def run_one(n_patients: int) -> None:
         start = time.perf_counter()
         summary = generate(f"{tmp}/synthetic", n_patients=n_patients, seed=0)
         seconds = time.perf_counter() - start
-        size = subprocess.run(["du", "-sb", f"{tmp}/synthetic"], check=True, capture_output=True, text=True).stdout.split()[0]
+        du = subprocess.run(["du", "-sb", f"{tmp}/synthetic"], check=True, capture_output=True, text=True)
+        size = du.stdout.split()[0]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     print(json.dumps({
         "n_patients": n_patients, "seconds": round(seconds, 1), "peak_rss_mb": round(peak_mb),

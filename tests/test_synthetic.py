@@ -39,9 +39,9 @@ EXPECTED_COLUMNS = {
                            "valueuom, location, locationcategory, orderid, linkorderid, ordercategoryname, "
                            "ordercategorydescription, patientweight, isopenbag, continueinnextdept, "
                            "statusdescription, originalamount, originalrate",
-    "icu/ingredientevents": "subject_id, hadm_id, stay_id, caregiver_id, starttime, endtime, storetime, itemid, amount, "
-                            "amountuom, rate, rateuom, orderid, linkorderid, statusdescription, originalamount, "
-                            "originalrate",
+    "icu/ingredientevents": "subject_id, hadm_id, stay_id, caregiver_id, starttime, endtime, storetime, itemid, "
+                            "amount, amountuom, rate, rateuom, orderid, linkorderid, statusdescription, "
+                            "originalamount, originalrate",
     "icu/d_items": "itemid, label, abbreviation, linksto, category, unitname, param_type, lownormalvalue, "
                    "highnormalvalue",
     "truth/stay_risk": "subject_id, hadm_id, stay_id, logit, true_risk, death_rate_per_hour, eligible, "
@@ -406,7 +406,8 @@ def test_planted_events_all_found_in_the_extraction(data, tmp_path):
     # a ventilation shown with its duration before the cutoff ended before it
     vent = data["icu/procedureevents"]
     vent = vent[vent["itemid"] == 225792][["stay_id", "starttime", "endtime"]]
-    shown = pre[pre["code"] == "ITEM//225792"].merge(vent, left_on=["stay_id", "time"], right_on=["stay_id", "starttime"])
+    shown = pre[pre["code"] == "ITEM//225792"].merge(vent, left_on=["stay_id", "time"],
+                                                     right_on=["stay_id", "starttime"])
     with_duration = shown["value"].notna()
     assert with_duration.any() and (~with_duration).any()
     assert (shown.loc[with_duration, "endtime"] < shown.loc[with_duration, "cutoff"]).all()

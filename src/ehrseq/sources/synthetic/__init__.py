@@ -1,8 +1,9 @@
 """Synthetic MIMIC-IV-shaped tables with planted, recorded mortality risk.
 
-`generate(out_dir, n_patients, seed, observation_hours, intubation_share)` writes `hosp/*.csv.gz` and `icu/*.csv.gz` with the
-MIMIC-IV v2.2 file names and columns, so the real MIMIC-IV extraction runs on them, plus
-`truth/` with what the generator knows and a real dataset never tells.
+`generate(out_dir, n_patients, seed, observation_hours, intubation_share)` writes
+`hosp/*.csv.gz` and `icu/*.csv.gz` with the MIMIC-IV v2.2 file names and columns, so the
+real MIMIC-IV extraction runs on them, plus `truth/` with what the generator knows and a
+real dataset never tells.
 
 Shape
 -----

@@ -246,7 +246,8 @@ def rules_document(observation_hours: float, seed: int, n_patients: int, chunk_p
         "death_time": {
             "definition": "a stay that dies does so at cutoff + Exponential(death_rate_per_hour) hours, "
                           "death_rate_per_hour = rate_at_zero_logit * exp(rate_per_logit * logit); "
-                          "in-hospital survival after the cutoff S(t) = 1 - true_risk * (1 - exp(-death_rate_per_hour * t))",
+                          "in-hospital survival after the cutoff "
+                          "S(t) = 1 - true_risk * (1 - exp(-death_rate_per_hour * t))",
             "rate_at_zero_logit": DEATH_RATE_AT_ZERO_LOGIT, "rate_per_logit": DEATH_RATE_PER_LOGIT,
         },
         "companions": {rule: [f"{table}:{_item_name(table, item)}" for table, item in items]

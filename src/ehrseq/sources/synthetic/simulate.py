@@ -113,7 +113,8 @@ PANELS = {
 # Probability that a draw includes the panel: (on the ward, in the ICU) ...
 PANEL_PROBABILITY = {
     "bmp": (0.9, 0.8), "cbc": (0.8, 0.65), "blood_gas": (0.02, 0.12), "coag": (0.15, 0.3), "lft": (0.1, 0.12),
-    "mg_phos_ca": (0.3, 0.5), "troponin": (0.02, 0.04), "ck": (0.02, 0.04), "differential": (0.2, 0.3), "urinalysis": (0.03, 0.06),
+    "mg_phos_ca": (0.3, 0.5), "troponin": (0.02, 0.04), "ck": (0.02, 0.04), "differential": (0.2, 0.3),
+    "urinalysis": (0.03, 0.06),
 }
 # ... plus, in the ICU, this much for a stay with any of the problems: blood gases follow
 # ventilation, shock and DKA, liver tests and differentials infection, troponin and CK injury.
