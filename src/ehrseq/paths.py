@@ -24,7 +24,6 @@ STAY_RISK = TRUTH / "stay_risk.parquet"
 PLANTED_EVENTS = TRUTH / "planted_events.parquet"
 STAY_SURVIVAL = TRUTH / "stay_survival.parquet"  # true_risk, death_rate_per_hour: the survival truth
 COMPANION_EVENTS = TRUTH / "companion_events.parquet"
-PROBLEM_CODES = TRUTH / "problem_codes.parquet"
 
 # vocab, embed, tokenize
 VOCAB = Path("data/processed/vocab.csv")
