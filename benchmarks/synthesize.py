@@ -22,13 +22,16 @@ def run_one(n_patients: int) -> None:
         start = time.perf_counter()
         summary = generate(f"{tmp}/synthetic", n_patients=n_patients, seed=0)
         seconds = time.perf_counter() - start
-        size = subprocess.run(["du", "-sb", f"{tmp}/synthetic"], capture_output=True, text=True).stdout.split()[0]
+        du = subprocess.run(["du", "-sb", f"{tmp}/synthetic"], check=True, capture_output=True, text=True)
+        size = du.stdout.split()[0]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     print(json.dumps({
         "n_patients": n_patients, "seconds": round(seconds, 1), "peak_rss_mb": round(peak_mb),
         "output_mb": round(int(size) / 2**20), "icu_stays": summary["icu_stays"],
         "rows": sum(summary["rows"].values()), "mortality_eligible": round(summary["mortality_eligible"], 4),
         "oracle_auroc": round(summary["oracle_auroc"], 4),
+        "deaths_within_7_days_share": round(summary["deaths_within_7_days_share"], 4),
+        "planted_events": summary["planted_events"], "companion_events": summary["companion_events"],
     }))
 
 

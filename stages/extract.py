@@ -30,7 +30,7 @@ def main() -> None:
         threads=data.get("threads"),
         memory_limit=data.get("memory_limit"),
     )
-    metrics["truth"] = export_truth(data["source"], data["path"], paths.EVENTS, paths.TRUTH)
+    metrics["truth"] = export_truth(data["source"], data["path"], paths.EVENTS, paths.TRUTH, paths.DIAGNOSES)
     metrics["seconds"] = round(time.time() - start, 2)
     write_json(paths.metrics_json("extract"), metrics)
     log.info(

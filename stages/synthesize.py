@@ -1,7 +1,7 @@
 """DVC stage `synthesize`: synthetic MIMIC-IV tables with planted risk -> data/raw/synthetic/.
 
-Reads params `synthetic.n_patients`, `synthetic.seed` and `cohort.observation_hours` (the
-planted rules look at the same window the cohort uses).
+Reads params `synthetic.n_patients`, `synthetic.seed`, `synthetic.intubation_share` and
+`cohort.observation_hours` (the planted rules look at the same window the cohort uses).
 """
 import logging
 import time
@@ -23,15 +23,18 @@ def main() -> None:
     synthetic = params["synthetic"]
     start = time.time()
     summary = generate(OUT_DIR, n_patients=synthetic["n_patients"], seed=synthetic["seed"],
-                       observation_hours=params["cohort"]["observation_hours"])
+                       observation_hours=params["cohort"]["observation_hours"],
+                       intubation_share=synthetic["intubation_share"])
     summary["seconds"] = round(time.time() - start, 2)
     write_json(METRICS, summary)
     log.info(
         "wrote %s: %d patients, %d admissions, %d ICU stays (%d last the window), %d in-hospital deaths; "
-        "mortality after the cutoff %.3f, oracle AUROC %.3f; %d planted events; defects %s",
+        "mortality after the cutoff %.3f, oracle AUROC %.3f, %.0f%% of deaths within 7 days; %d planted events, "
+        "%d companions; defects %s",
         OUT_DIR, summary["patients"], summary["admissions"], summary["icu_stays"], summary["eligible_stays"],
         summary["in_hospital_deaths"], summary["mortality_eligible"], summary["oracle_auroc"],
-        summary["planted_events"], summary["defects"],
+        100 * summary["deaths_within_7_days_share"], summary["planted_events"], summary["companion_events"],
+        summary["defects"],
     )
     log.info("rows per table: %s", summary["rows"])
 

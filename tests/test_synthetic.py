@@ -6,6 +6,7 @@ subject and time, prescriptions by admission and time, procedures by stay_id.
 """
 import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,13 +39,16 @@ EXPECTED_COLUMNS = {
                            "valueuom, location, locationcategory, orderid, linkorderid, ordercategoryname, "
                            "ordercategorydescription, patientweight, isopenbag, continueinnextdept, "
                            "statusdescription, originalamount, originalrate",
-    "icu/ingredientevents": "subject_id, hadm_id, stay_id, caregiver_id, starttime, endtime, storetime, itemid, amount, "
-                            "amountuom, rate, rateuom, orderid, linkorderid, statusdescription, originalamount, "
-                            "originalrate",
+    "icu/ingredientevents": "subject_id, hadm_id, stay_id, caregiver_id, starttime, endtime, storetime, itemid, "
+                            "amount, amountuom, rate, rateuom, orderid, linkorderid, statusdescription, "
+                            "originalamount, originalrate",
     "icu/d_items": "itemid, label, abbreviation, linksto, category, unitname, param_type, lownormalvalue, "
                    "highnormalvalue",
-    "truth/stay_risk": "subject_id, hadm_id, stay_id, logit, true_risk, eligible, died_after_cutoff",
+    "truth/stay_risk": "subject_id, hadm_id, stay_id, logit, true_risk, death_rate_per_hour, eligible, "
+                       "died_after_cutoff",
     "truth/planted_events": "subject_id, stay_id, rule, table, itemid_or_ndc, time",
+    "truth/companion_events": "subject_id, stay_id, rule, table, itemid_or_ndc, time",
+    "truth/problem_codes": "problem, kind, code",
 }
 TIMES = {
     "hosp/admissions": ["admittime", "dischtime", "deathtime", "edregtime", "edouttime"],
@@ -55,7 +59,8 @@ TIMES = {
     "icu/procedureevents": ["starttime", "endtime", "storetime"],
     "icu/ingredientevents": ["starttime", "endtime", "storetime"],
 }
-STRINGS = {"hosp/prescriptions": {"ndc": str, "gsn": str}, "truth/planted_events": {"itemid_or_ndc": str}}
+STRINGS = {"hosp/prescriptions": {"ndc": str, "gsn": str}, "truth/planted_events": {"itemid_or_ndc": str},
+           "truth/companion_events": {"itemid_or_ndc": str}, "truth/problem_codes": str}
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +203,7 @@ def _recompute_rules(data) -> tuple[pd.DataFrame, pd.DataFrame]:
     stays = data["icu/icustays"].merge(data["hosp/patients"], on="subject_id")
     stays["cutoff"] = stays["intime"] + pd.Timedelta(hours=rules["observation_hours"])
     labs = _window_events(data["hosp/labevents"].drop_duplicates(), stays, "charttime", "subject_id")
+    labs = labs[labs["storetime"] < labs["cutoff"]]  # a lab result counts once it is stored (known)
     abnormal = labs["flag"] == "abnormal"
     rx = _window_events(data["hosp/prescriptions"], stays, "starttime", ["subject_id", "hadm_id"])
     micro = _window_events(data["hosp/microbiologyevents"], stays, "charttime", "subject_id")
@@ -211,11 +217,12 @@ def _recompute_rules(data) -> tuple[pd.DataFrame, pd.DataFrame]:
                            & micro["ab_itemid"].isna() & (micro["storetime"] < micro["cutoff"])]
     fired = {
         "vasopressor": (rx[rx["ndc"].isin(codes["norepinephrine_ndcs"])], "starttime", "ndc"),
-        "lactate_over_4": (labs[(labs["itemid"] == codes["lactate_itemid"])
+        "high_lactate": (labs[(labs["itemid"] == codes["lactate_itemid"])
                                 & (labs["valuenum"] > codes["lactate_threshold"])], "charttime", "itemid"),
         "positive_blood_culture": (positive_blood, "charttime", "org_itemid"),
         "invasive_ventilation": (procs[procs["itemid"] == codes["invasive_ventilation_itemid"]], "starttime", "itemid"),
-        "creatinine_and_potassium_abnormal": (pd.concat([creat, potassium]).query("stay_id in @both"), "charttime",
+        "creatinine_and_potassium_abnormal": (pd.concat([creat, potassium]).loc[lambda d: d["stay_id"].isin(both)],
+                                              "charttime",
                                               "itemid"),
         "recent_troponin_abnormal": (labs[abnormal & recent & (labs["itemid"] == codes["troponin_t_itemid"])],
                                      "charttime", "itemid"),
@@ -259,7 +266,7 @@ def test_interaction_and_recency_really_matter(data):
     troponin, exist and get no effect from those rules."""
     stays, _ = _recompute_rules(data)
     labs = _window_events(data["hosp/labevents"].drop_duplicates(), stays, "charttime", "subject_id")
-    labs = labs[labs["flag"] == "abnormal"]
+    labs = labs[(labs["flag"] == "abnormal") & (labs["storetime"] < labs["cutoff"])]
     planted = data["truth/planted_events"]
     creat = set(labs.loc[labs["itemid"] == 50912, "stay_id"])
     potassium = set(labs.loc[labs["itemid"] == 50971, "stay_id"])
@@ -352,9 +359,27 @@ def test_planted_events_all_found_in_the_extraction(data, tmp_path):
     planted = planted[planted["stay_id"].isin(cohort["stay_id"])]
     # the truth folder exactly as the extract stage writes it (reading the CSV itself, so
     # an NDC such as 00121963886 must keep its leading zeros to match its event)
-    truth = export_truth("synthetic", data["dir"], tmp_path / "events.parquet", tmp_path / "truth")
+    truth = export_truth("synthetic", data["dir"], tmp_path / "events.parquet", tmp_path / "truth",
+                         tmp_path / "diagnoses.parquet")
     matched = pd.read_parquet(tmp_path / "truth/planted_events.parquet")
     assert len(matched) == len(planted) == truth["planted_events_matched"]
+    # companions of cohort stays: every one is an extracted event, none is planted
+    companions = data["truth/companion_events"]
+    companions = companions[companions["stay_id"].isin(cohort["stay_id"])]
+    matched_companions = pd.read_parquet(tmp_path / "truth/companion_events.parquet")
+    assert len(matched_companions) == len(companions) == truth["companion_events_matched"] > 1000
+    assert not set(matched_companions["event_row"]) & set(matched["event_row"])
+    assert (matched_companions.merge(matched[["stay_id", "rule"]].drop_duplicates(), on=["stay_id", "rule"])
+            .shape[0] == len(matched_companions))  # only in stays where their rule fired
+    # every code a latent problem emits is spelled exactly as the extraction spells it
+    problem_codes = pd.read_parquet(tmp_path / "truth/problem_codes.parquet")
+    diagnoses = pd.read_parquet(tmp_path / "diagnoses.parquet")
+    assert truth["problem_codes_not_extracted"] == 0
+    for kind, codes in problem_codes.groupby("kind")["code"]:
+        seen = set(diagnoses["code"]) if kind == "diagnosis" else set(events.loc[events["event_type"] == kind, "code"])
+        assert set(codes) <= seen, (kind, sorted(set(codes) - seen)[:5])
+    assert set(problem_codes["problem"]) == {"sepsis", "shock", "renal_failure", "dka", "cardiac_injury",
+                                             "respiratory_failure"}
     vasopressor_codes = events.loc[matched.loc[matched["rule"] == "vasopressor", "event_row"], "code"]
     assert vasopressor_codes.str.startswith("NDC//00").any()
     counts = matched["rule"].value_counts()
@@ -366,9 +391,9 @@ def test_planted_events_all_found_in_the_extraction(data, tmp_path):
 
     withheld = metrics["events"]["values_withheld_at_cutoff"]
     assert withheld["microbiology"] > 0 and withheld["procedure"] > 0 and withheld["ingredient"] > 0
-    assert withheld["lab"] == withheld["prescription"] == 0
+    assert withheld["prescription"] == 0
     pre = events[~events["after_cutoff"]].merge(cohort[["stay_id", "cutoff"]], on="stay_id")
-    pending = pre["code"].str.endswith("//PENDING")
+    pending = pre["code"].str.endswith("//PENDING") & (pre["event_type"] == "microbiology")
     assert pending.sum() == withheld["microbiology"]
     # a culture shown with its result before the cutoff was stored before the cutoff
     micro = data["hosp/microbiologyevents"].groupby(["subject_id", "charttime", "spec_itemid"], as_index=False)[
@@ -381,9 +406,191 @@ def test_planted_events_all_found_in_the_extraction(data, tmp_path):
     # a ventilation shown with its duration before the cutoff ended before it
     vent = data["icu/procedureevents"]
     vent = vent[vent["itemid"] == 225792][["stay_id", "starttime", "endtime"]]
-    shown = pre[pre["code"] == "ITEM//225792"].merge(vent, left_on=["stay_id", "time"], right_on=["stay_id", "starttime"])
+    shown = pre[pre["code"] == "ITEM//225792"].merge(vent, left_on=["stay_id", "time"],
+                                                     right_on=["stay_id", "starttime"])
     with_duration = shown["value"].notna()
     assert with_duration.any() and (~with_duration).any()
     assert (shown.loc[with_duration, "endtime"] < shown.loc[with_duration, "cutoff"]).all()
     assert (shown.loc[~with_duration, "endtime"] >= shown.loc[~with_duration, "cutoff"]).all()
     assert (shown.loc[~with_duration, "text"] == "Procedure: Invasive Ventilation").all()
+
+
+def test_lab_results_are_stored_minutes_to_hours_later_and_rules_wait_for_them(data):
+    """Lab storetimes follow charttime by minutes to a few hours; a lab rule fires only on
+    results stored before the cutoff, and results still pending at the cutoff exist."""
+    labs = data["hosp/labevents"].drop_duplicates()
+    delay = (labs["storetime"] - labs["charttime"]).dt.total_seconds() / 60
+    assert (delay >= 10).all() and (delay <= 24 * 60).all()
+    assert 50 < delay.median() < 120 and delay.quantile(0.9) < 4 * 60
+    # one storetime per specimen: a draw's results arrive together
+    assert labs.groupby("specimen_id")["storetime"].nunique().max() == 1
+    stays = data["icu/icustays"].assign(cutoff=lambda s: s["intime"] + pd.Timedelta(hours=HOURS))
+    planted = data["truth/planted_events"]
+    planted_labs = planted[planted["table"] == "labevents"].assign(
+        time=lambda d: pd.to_datetime(d["time"]), itemid=lambda d: d["itemid_or_ndc"].astype(int))
+    rows = planted_labs.merge(labs, left_on=["subject_id", "time", "itemid"],
+                              right_on=["subject_id", "charttime", "itemid"]).merge(stays[["stay_id", "cutoff"]],
+                                                                                    on="stay_id")
+    assert len(rows) == len(planted_labs) > 500 and (rows["storetime"] < rows["cutoff"]).all()
+    window = _window_events(labs, stays, "charttime", "subject_id")
+    pending_high = window[(window["itemid"] == data["rules"]["codes"]["lactate_itemid"])
+                          & (window["valuenum"] > data["rules"]["codes"]["lactate_threshold"])
+                          & (window["storetime"] >= window["cutoff"])]
+    assert len(pending_high) > 5
+    assert not pending_high.merge(planted_labs, left_on=["stay_id", "charttime"],
+                                  right_on=["stay_id", "time"]).shape[0]
+
+
+def test_companions_recomputed_from_tables(data):
+    """Companions are exactly, per stay where a rule fired, the window events of the
+    rule's companion items (rules.json) that are not planted; a culture is named by its
+    spec_itemid. Recomputed here from the tables alone."""
+    rules, planted = data["rules"], data["truth/planted_events"]
+    stays = data["icu/icustays"].assign(cutoff=lambda s: s["intime"] + pd.Timedelta(hours=rules["observation_hours"]))
+    micro = data["hosp/microbiologyevents"]
+    sources = {  # table -> (window events, time column, item column, code column)
+        "labevents": (_window_events(data["hosp/labevents"].drop_duplicates(), stays, "charttime", "subject_id"),
+                      "charttime", "itemid", "itemid"),
+        "prescriptions": (_window_events(data["hosp/prescriptions"], stays, "starttime", ["subject_id", "hadm_id"]),
+                          "starttime", "drug", "ndc"),
+        "microbiologyevents": (_window_events(micro[micro["ab_itemid"].isna()], stays, "charttime", "subject_id"),
+                               "charttime", "spec_itemid", "spec_itemid"),
+        "procedureevents": (_window_events(data["icu/procedureevents"], stays, "starttime", "stay_id"),
+                            "starttime", "itemid", "itemid"),
+    }
+    expected = []
+    for rule, items in rules["companions"].items():
+        fired = set(planted.loc[planted["rule"] == rule, "stay_id"])
+        for spec in items:
+            table, item = spec.split(":")
+            rows, time_col, item_col, code_col = sources[table]
+            rows = rows[(rows[item_col].astype(str) == item) & rows["stay_id"].isin(fired)]
+            time = rows[time_col].dt.strftime("%Y-%m-%d %H:%M:%S")
+            code = rows[code_col] if code_col == "ndc" else rows[code_col].astype("Int64").astype(str)
+            frame = pd.DataFrame({"stay_id": rows["stay_id"].to_numpy(), "rule": rule, "table": table,
+                                  "itemid_or_ndc": code.to_numpy(), "time": time.to_numpy()})
+            # planted events of the same table and time (same item: the same event) are not companions
+            same = planted.merge(frame, on=["stay_id", "table", "time"], suffixes=("_p", ""))
+            if table == "microbiologyevents":
+                taken = {(s, t) for s, t in zip(same["stay_id"], same["time"])}
+            else:
+                same = same[same["itemid_or_ndc_p"] == same["itemid_or_ndc"]]
+                taken = {(s, t, c) for s, t, c in zip(same["stay_id"], same["time"], same["itemid_or_ndc"])}
+            keys = (list(zip(frame["stay_id"], frame["time"])) if table == "microbiologyevents"
+                    else list(zip(frame["stay_id"], frame["time"], frame["itemid_or_ndc"])))
+            expected.append(frame[[k not in taken for k in keys]])
+    expected = pd.concat(expected, ignore_index=True)
+    key = ["stay_id", "rule", "table", "itemid_or_ndc", "time"]
+    got = data["truth/companion_events"]
+    pd.testing.assert_frame_equal(got[key].sort_values(key).reset_index(drop=True),
+                                  expected[key].sort_values(key).reset_index(drop=True))
+    counts = got.groupby("rule")["stay_id"].nunique()
+    # The named proxies are there and correlated with their rule's stays, but not collinear
+    # with the planted events: most planted events have no companion at the same minute
+    # (pending/negative blood cultures, lactates not above the threshold, older
+    # troponins, Intubations 0-30 min before a share of ventilations).
+    same_minute = planted.merge(got, on=["stay_id", "rule", "time"])[["stay_id", "rule", "time"]].drop_duplicates()
+    for rule in ("positive_blood_culture", "high_lactate", "recent_troponin_abnormal", "invasive_ventilation"):
+        fired = planted[planted["rule"] == rule]
+        assert 0.05 * fired["stay_id"].nunique() < counts[rule] <= fired["stay_id"].nunique(), rule
+        assert (same_minute["rule"] == rule).sum() < 0.5 * len(fired.drop_duplicates(["stay_id", "time"])), rule
+
+
+def test_intubation_accompanies_a_share_of_ventilations(data, tmp_path):
+    """An Intubation is charted 0-30 min before a share (intubation_share) of invasive
+    ventilations and in a few stays never ventilated; with share 1 before every one."""
+    def paired(procs):
+        vent = procs[procs["itemid"] == 225792][["stay_id", "starttime"]]
+        tube = procs[procs["itemid"] == 224385][["stay_id", "starttime"]]
+        both = vent.merge(tube, on="stay_id", suffixes=("", "_tube"))
+        lead = both["starttime"] - both["starttime_tube"]
+        near = both[(lead >= pd.Timedelta(0)) & (lead <= pd.Timedelta(minutes=30))]
+        share = vent.set_index(["stay_id", "starttime"]).index.isin(
+            near.set_index(["stay_id", "starttime"]).index).mean()
+        return share, set(tube["stay_id"]) - set(vent["stay_id"]), len(vent)
+
+    share, lone, n_vent = paired(data["icu/procedureevents"])
+    assert data["rules"]["generator"]["intubation_share"] == 0.6
+    assert abs(share - 0.6) < 4 * np.sqrt(0.24 / n_vent) + 0.01, share
+    assert len(lone) > 10
+    generate(tmp_path / "all", n_patients=150, seed=3, intubation_share=1.0)
+    procs = pd.read_csv(tmp_path / "all/icu/procedureevents.csv.gz", parse_dates=["starttime"])
+    assert paired(procs)[0] == 1.0
+    with pytest.raises(ValueError, match="intubation_share"):
+        generate(tmp_path / "bad", n_patients=10, seed=1, intubation_share=1.5)
+
+
+def test_survival_truth_matches_the_generated_death_times(data):
+    """Monte-Carlo check of rules.true_survival: the share of cohort-length stays that die
+    (their own death: the last stay of the admission) within t hours of the cutoff matches
+    the mean of 1 - S_i(t) over stays, within 4 standard errors; sicker stays die sooner."""
+    from scipy.stats import spearmanr
+
+    from ehrseq.sources.synthetic.rules import death_rate_per_hour, true_survival
+
+    truth = data["truth/stay_risk"]
+    np.testing.assert_allclose(truth["death_rate_per_hour"], death_rate_per_hour(truth["logit"]), rtol=1e-12)
+    stays = truth[truth["eligible"]].merge(data["icu/icustays"], on=["subject_id", "hadm_id", "stay_id"]).merge(
+        data["hosp/admissions"][["hadm_id", "deathtime"]], on="hadm_id")
+    last = stays["intime"] == stays.groupby("hadm_id")["intime"].transform("max")
+    own = stays["died_after_cutoff"] & last
+    hours = (stays["deathtime"] - stays["intime"]).dt.total_seconds() / 3600 - HOURS
+    assert (hours[own] > 0).all()
+    for t in (6, 24, 72, 168, 500):
+        p = 1 - true_survival(stays["true_risk"], stays["death_rate_per_hour"], t)  # P(own death by t)
+        observed = (own & (hours <= t)).mean()
+        se = np.sqrt((p * (1 - p)).sum()) / len(stays)
+        assert abs(observed - p.mean()) < 4 * se, (t, observed, p.mean(), se)
+    assert 0.7 < (hours[own] <= 168).mean() < 0.95  # most deaths within 7 days, some later
+    assert spearmanr(stays.loc[own, "death_rate_per_hour"], hours[own]).statistic < -0.1
+    # deaths stay in hospital: the admission ends at the death (checked for all in
+    # test_no_overlaps_and_nothing_after_death), and S(infinity) = 1 - true_risk
+    np.testing.assert_allclose(true_survival(stays["true_risk"], stays["death_rate_per_hour"], np.inf),
+                               1 - stays["true_risk"])
+
+
+def test_catalogue_keeps_codes_and_names_exactly():
+    """The catalogue CSVs are read as text: leading zeros and exact spacing survive."""
+    from ehrseq.sources.synthetic.catalogue import DIAGNOSES, DRUGS, LABS, SPECIMENS
+
+    assert DIAGNOSES.loc[DIAGNOSES["icd10"] == "A419", "icd9"].item() == "0389"
+    assert "Sodium Chloride 0.9%  Flush" in set(DRUGS["drug"])
+    assert SPECIMENS["test_name"][0] == "Blood Culture, Routine"
+    assert LABS["itemid"].dtype.kind == "i" and LABS["unit"].isna().sum() >= 1  # INR has no unit
+
+
+REFERENCE = Path(__file__).parent / "data" / "synthetic_reference.json"
+
+
+def _reference_summary(out: Path) -> dict:
+    """What the committed reference pins: rows per file and every stay's truth."""
+    rows = {}
+    for path in sorted(out.rglob("*.csv.gz")):
+        with gzip.open(path, "rt") as f:
+            rows[str(path.relative_to(out))] = sum(1 for _ in f) - 1  # minus the header
+    risk = pd.read_csv(out / "truth/stay_risk.csv.gz")
+    return {"rows": rows, "stay_risk": {c: risk[c].tolist() for c in ("stay_id", "logit", "true_risk",
+                                                                      "death_rate_per_hour", "died_after_cutoff")}}
+
+
+def test_same_seed_matches_the_committed_reference(tmp_path):
+    """Same seed, same data, across machines: a tiny run against a committed reference,
+    floats within a tolerance (float formatting may differ in the last digit across CPUs,
+    so no hash). Regenerate after an intended change of the data with
+    `python tests/test_synthetic.py` and say why in the commit."""
+    generate(tmp_path / "s", n_patients=40, seed=2)
+    got, want = _reference_summary(tmp_path / "s"), json.loads(REFERENCE.read_text())
+    assert got["rows"] == want["rows"]
+    assert got["stay_risk"]["stay_id"] == want["stay_risk"]["stay_id"]
+    assert got["stay_risk"]["died_after_cutoff"] == want["stay_risk"]["died_after_cutoff"]
+    for col in ("logit", "true_risk", "death_rate_per_hour"):
+        np.testing.assert_allclose(got["stay_risk"][col], want["stay_risk"][col], rtol=1e-9, atol=1e-12)
+
+
+if __name__ == "__main__":  # regenerate the committed reference
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        generate(Path(tmp) / "s", n_patients=40, seed=2)
+        REFERENCE.parent.mkdir(exist_ok=True)
+        REFERENCE.write_text(json.dumps(_reference_summary(Path(tmp) / "s"), indent=1) + "\n")

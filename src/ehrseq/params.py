@@ -218,7 +218,7 @@ MED2VEC = Section({
 # Sections, and models under `train`, may be absent from a file: a stage names the ones
 # it reads (`load_params("cohort", ...)`), and those must be there.
 SCHEMA = Section({name: Omittable(spec) for name, spec in {
-    "synthetic": Section({"n_patients": POSITIVE, "seed": INT}),
+    "synthetic": Section({"n_patients": POSITIVE, "seed": INT, "intubation_share": Num(min=0, max=1)}),
     "data": Section({
         "source": Choice(("synthetic", "mimic4", "mimic3")),
         "path": STR,
