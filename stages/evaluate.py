@@ -3,10 +3,11 @@
     python -P stages/evaluate.py MODEL
 
 Writes reports/metrics/MODEL.json -- AUROC, AUPRC, Brier score and ECE with bootstrap
-95% intervals over stays; the oracle AUROC (the generator's true risk on the same stays)
-and the model/oracle ratio when the synthetic truth exists; perplexity and next-token
-accuracy of the pretrained model -- and ROC, PR and calibration tables under
-reports/plots/MODEL/ for `dvc plots`.
+95% intervals that resample patients (`resample_unit`; subject_id from the cohort table,
+since the stays of one patient are not independent); the oracle AUROC (the generator's
+true risk on the same stays) and the model/oracle ratio when the synthetic truth exists;
+perplexity and next-token accuracy of the pretrained model -- and ROC, PR and
+calibration tables under reports/plots/MODEL/ for `dvc plots`.
 """
 import argparse
 import logging
@@ -23,9 +24,10 @@ from ehrseq.training import NextTokenTask, load_trained_model, pick_device, pred
 log = logging.getLogger("ehrseq.stages.evaluate")
 
 TRUTH = Path("data/interim/truth/stay_risk.parquet")
+COHORT = Path("data/interim/cohort.parquet")  # subject_id of each stay: the bootstrap's unit
 
 
-def oracle_metrics(stay_ids, y, prob, n_resamples: int, seed: int) -> dict:
+def oracle_metrics(stay_ids, y, prob, clusters, n_resamples: int, seed: int) -> dict:
     """AUROC of the true risk on the same stays, and the model's share of it (paired bootstrap)."""
     if not TRUTH.exists():
         reason = f"{TRUTH} not found (only the synthetic source records true risks)"
@@ -39,7 +41,7 @@ def oracle_metrics(stay_ids, y, prob, n_resamples: int, seed: int) -> dict:
     def ratio(y_, model, oracle):
         return metrics.auroc(y_, model) / metrics.auroc(y_, oracle)
 
-    kw = dict(n_resamples=n_resamples, seed=seed)
+    kw = dict(clusters=clusters, n_resamples=n_resamples, seed=seed)
     return {"oracle_auroc": metrics.bootstrap(metrics.auroc, (y, risk), **kw),
             "auroc_vs_oracle": metrics.bootstrap(ratio, (y, prob, risk), **kw)}
 
@@ -47,7 +49,7 @@ def oracle_metrics(stay_ids, y, prob, n_resamples: int, seed: int) -> dict:
 def pretrain_metrics(path: Path, loader, device, n_resamples: int, seed: int) -> dict:
     model, _ = load_trained_model(path, device)
     p = predict(model, NextTokenTask(), loader, device)
-    kw = dict(n_resamples=n_resamples, seed=seed)
+    kw = dict(clusters=metrics.patient_ids(p["stay_id"], COHORT), n_resamples=n_resamples, seed=seed)
     return {"perplexity": metrics.bootstrap(metrics.perplexity, (p["nll_sum"], p["n_tokens"]), **kw),
             "next_token_accuracy": metrics.bootstrap(metrics.token_accuracy, (p["n_correct"], p["n_tokens"]), **kw)}
 
@@ -67,12 +69,14 @@ def main() -> None:
     loader = data.loader("test", params["batch_size"], device, shuffle=False)
     p = predict(model, task_class(args.model)(**checkpoint["task_config"]), loader, device)
     y, prob = p["label"].astype(int), p["prob"]
+    patients = metrics.patient_ids(p["stay_id"], COHORT)
+    kw = dict(clusters=patients, n_resamples=n_resamples, seed=seed)
 
     report = {
         "model": args.model, "split": "test", "stays": len(y), "deaths": int(y.sum()),
-        "best_epoch": checkpoint["epoch"],
-        **metrics.binary_classification_metrics(y, prob, n_bins=n_bins, n_resamples=n_resamples, seed=seed),
-        **oracle_metrics(p["stay_id"], y, prob, n_resamples, seed),
+        "patients": len(set(patients)), "resample_unit": "patient", "best_epoch": checkpoint["epoch"],
+        **metrics.binary_classification_metrics(y, prob, n_bins=n_bins, **kw),
+        **oracle_metrics(p["stay_id"], y, prob, **kw),
     }
     if (checkpoints / "pretrain" / "best.pt").exists():
         report["pretrain"] = pretrain_metrics(checkpoints / "pretrain" / "best.pt", loader, device, n_resamples, seed)
