@@ -125,23 +125,50 @@ def test_encoder_rejects_bad_settings(tiny_bert):
         TextEncoder("package:no_such_pkg")
 
 
+def mixed_texts(n: int, seed: int) -> list[str]:
+    """Texts of many token lengths, in random order."""
+    rng = np.random.default_rng(seed)
+    words = ["Lab:", "Creatinine", "2.3", "mg/dL", "(abnormal)", "Prescription:", "Heparin", "IV", "q12h"]
+    return list(dict.fromkeys(" ".join(rng.choice(words, size=rng.integers(1, 12))) + f" #{i}" for i in range(n)))
+
+
+def test_batches_hold_one_token_length_in_canonical_order(tiny_bert):
+    encoder = TextEncoder(tiny_bert, max_length=32, batch_size=3)
+    texts = mixed_texts(40, seed=0)
+    seen = []
+    encoder.model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["input_ids"]), with_kwargs=True)
+    encoder.encode(texts)
+    ids = [encoder.tokenizer(t, truncation=True, max_length=32)["input_ids"] for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: (len(ids[i]), texts[i]))  # by length, then content
+    assert [row for batch in seen for row in batch.tolist()] == [ids[i] for i in order]
+    assert all(len(batch) <= 3 for batch in seen)  # no padding: a batch is a tensor of equal-length rows
+
+
+def test_a_vector_is_the_same_bytes_whatever_its_batch(tiny_bert):
+    """The oracle is each text encoded alone (a batch of one, nothing to pad): any batch
+    size and any companions give exactly those bytes. Padded batches differed by ~1e-7."""
+    texts = mixed_texts(30, seed=1)
+    alone = np.stack([TextEncoder(tiny_bert, max_length=32, batch_size=1).encode([t])[0] for t in texts])
+    for batch_size in (2, 7, 64):
+        together = TextEncoder(tiny_bert, max_length=32, batch_size=batch_size).encode(texts)
+        assert together.tobytes() == alone.tobytes(), batch_size
+
+
 def test_longformer_gets_global_attention_on_first_token_and_long_inputs(tiny_longformer):
     encoder = TextEncoder(tiny_longformer, pooling="cls", max_length=200, batch_size=4)
     seen = []
     encoder.model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs), with_kwargs=True)
     long_text = " ".join(lab_texts(12))  # well past the 8-token attention window
-    vectors = encoder.encode(["short text", long_text])  # already shortest first: batch order = input order
-    (kwargs,) = seen
-    lengths = kwargs["attention_mask"].sum(1)
-    assert lengths.max() > 100  # the long text was not cut to a short limit
-    expected = torch.zeros_like(kwargs["attention_mask"])
-    expected[:, 0] = 1
-    assert torch.equal(kwargs["global_attention_mask"], expected)
-    # The mask changes what the model computes: without it the [CLS] vector differs.
-    with torch.no_grad():
-        plain = encoder.model(input_ids=kwargs["input_ids"], attention_mask=kwargs["attention_mask"])
-    for without, with_global in zip(plain.last_hidden_state[:, 0].numpy(), vectors):
-        assert not np.allclose(without, with_global, atol=1e-4)
+    vectors = encoder.encode(["short text", long_text])  # two lengths: two batches, shortest first
+    assert len(seen) == 2 and seen[1]["attention_mask"].shape[1] > 100  # the long text was not cut short
+    for kwargs, vector in zip(seen, vectors):
+        expected = torch.zeros_like(kwargs["attention_mask"])
+        expected[:, 0] = 1
+        assert torch.equal(kwargs["global_attention_mask"], expected)
+        # The mask changes what the model computes: without it the [CLS] vector differs.
+        with torch.no_grad():
+            plain = encoder.model(input_ids=kwargs["input_ids"], attention_mask=kwargs["attention_mask"])
+        assert not np.allclose(plain.last_hidden_state[0, 0].numpy(), vector, atol=1e-4)
 
 
 def test_hub_names_are_fetched_to_a_folder_and_loaded_from_it(tiny_bert, monkeypatch):
@@ -187,6 +214,21 @@ def test_only_new_texts_are_encoded(tiny_bert, tmp_path):
     vectors, stats, forwarded = run(lab_texts(30), tiny_bert, tmp_path)
     assert (stats["cache_hits"], stats["encoded"], forwarded) == (20, 10, 10)
     np.testing.assert_allclose(vectors, TextEncoder(tiny_bert, max_length=32).encode(lab_texts(30)), atol=1e-6)
+
+
+def test_a_cold_cache_and_an_incremental_one_give_identical_bytes(tiny_bert, tmp_path):
+    """The issue's case: a fresh clone encodes everything at once; an old checkout filled
+    its cache in increments. Both must hand clinical_lf the same bytes."""
+    texts = mixed_texts(60, seed=2)
+    cold, stats, _ = run(texts, tiny_bert, tmp_path / "cold", shard_size=16)
+    assert stats["encoded"] == 60
+    rng = np.random.default_rng(0)
+    first = [texts[i] for i in rng.choice(60, size=25, replace=False)]
+    run(first, tiny_bert, tmp_path / "incremental", shard_size=4)
+    run(list(dict.fromkeys(first + texts[:20])), tiny_bert, tmp_path / "incremental", shard_size=4)
+    incremental, stats, _ = run(texts, tiny_bert, tmp_path / "incremental", shard_size=4)
+    assert 0 < stats["encoded"] < 60 and stats["cache_hits"] > 0  # really filled in three increments
+    assert incremental.tobytes() == cold.tobytes()
 
 
 def test_changing_pooling_or_weights_reencodes_everything(tiny_bert, tmp_path):
@@ -309,7 +351,7 @@ def test_minilm_vector_does_not_depend_on_batch_or_padding(minilm):
     batch = [text, "Microbiology: blood culture, Staphylococcus aureus, resistant to oxacillin", "ok",
              "Prescription: Vancomycin 1000 mg IV every 12 hours"]
     alone = minilm.encode([text])[0]
-    np.testing.assert_allclose(minilm.encode(batch)[0], alone, atol=1e-5)
+    assert minilm.encode(batch)[0].tobytes() == alone.tobytes()  # bit for bit: no padding ever
 
 
 def test_minilm_close_texts_are_closer_than_unrelated_ones(minilm):
