@@ -19,6 +19,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel, LongformerConfig,
 from ehrseq.embeddings import (
     EmbeddingCache,
     TextEncoder,
+    default_cache_dir,
     distinct_texts,
     embed_texts,
     pool,
@@ -281,6 +282,65 @@ def test_partial_temporaries_and_corrupt_shards_are_ignored(tiny_bert, tmp_path,
     np.testing.assert_allclose(vectors, TextEncoder(tiny_bert, max_length=32).encode(texts), atol=1e-6)
 
 
+WRITER = """
+import json, pathlib, sys, time
+import torch
+torch.set_num_threads(1)
+from ehrseq.embeddings import EmbeddingCache, TextEncoder, embed_texts
+model, cache_dir, texts_file, go = sys.argv[1:]
+encoder = TextEncoder(model, max_length=32, batch_size=3)
+encoder.model  # load and open the (empty) cache before the start signal: both write all their texts at once
+cache = EmbeddingCache(cache_dir, encoder.settings)
+pathlib.Path(texts_file + ".ready").touch()
+while not pathlib.Path(go).exists():
+    time.sleep(0.01)
+texts = json.loads(pathlib.Path(texts_file).read_text())
+embed_texts(texts, encoder, cache, shard_size=2, progress=False)
+"""
+
+
+def test_two_runs_writing_one_cache_at_once_lose_and_tear_nothing(tiny_bert, tmp_path, caplog):
+    """Two processes (two queued experiments) fill the same cache at the same moment with
+    overlapping texts, while a reader keeps opening it: the reader never meets a torn
+    shard, and afterwards every text is there with the bytes of a lone encode."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    texts = mixed_texts(60, seed=3)
+    cache_dir, go = tmp_path / "machine_cache", tmp_path / "go"
+    procs = []
+    for name, part in (("a", texts[:40]), ("b", texts[20:])):
+        (tmp_path / f"{name}.json").write_text(json.dumps(part))
+        procs.append(subprocess.Popen([sys.executable, "-c", WRITER, tiny_bert, str(cache_dir),
+                                       str(tmp_path / f"{name}.json"), str(go)], stderr=subprocess.PIPE, text=True))
+    encoder = TextEncoder(tiny_bert, max_length=32, batch_size=3)
+    oracle = {t: encoder.encode([t])[0].tobytes() for t in texts}  # each text alone
+    while not all((tmp_path / f"{name}.json.ready").exists() for name in "ab"):
+        assert all(p.poll() is None for p in procs), [p.stderr.read()[-2000:] for p in procs]
+        time.sleep(0.05)
+    go.touch()
+    views = 0
+    with caplog.at_level(logging.WARNING):
+        while any(p.poll() is None for p in procs) or views == 0:
+            cache = EmbeddingCache(cache_dir, encoder.settings)
+            present = [t for t in texts if cache.key(t) in cache]
+            for text, vector in zip(present, cache.get([cache.key(t) for t in present])):
+                assert vector.tobytes() == oracle[text]
+            views += 1
+            time.sleep(0.05)
+    for p in procs:
+        assert p.wait() == 0, p.stderr.read()[-2000:]
+    assert "unreadable shard" not in caplog.text  # never a torn shard, even mid-write
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        cache = EmbeddingCache(cache_dir, encoder.settings)
+    assert caplog.text == ""  # no temporaries left behind
+    assert len(cache) == 60 and cache.shards == 40  # 20 + 20 shards of 2; the 20 shared texts stored twice
+    assert cache.get([cache.key(t) for t in texts]).tobytes() == b"".join(oracle[t] for t in texts)
+
+
 def test_cache_rejects_inconsistent_input(tiny_bert, tmp_path):
     cache = EmbeddingCache(tmp_path, {"model": "x"})
     with pytest.raises(ValueError, match="3 keys for vectors of shape"):
@@ -342,6 +402,38 @@ def test_stage_writes_outputs_and_metrics_and_reuses_the_cache(tiny_bert, tmp_pa
     metrics = read_json("reports/metrics/embed.json")
     assert (metrics["distinct_texts"], metrics["cache_hits"], metrics["encoded"], metrics["texts_per_s"]) == (6, 6, 0, None)
     assert len(read_text_embeddings("data/processed/text_embeddings").texts) == 6
+
+
+def test_default_cache_is_per_machine_not_per_workspace(monkeypatch, tmp_path):
+    monkeypatch.setenv("EHRSEQ_CACHE", str(tmp_path / "ehrseq"))
+    assert default_cache_dir() == tmp_path / "ehrseq" / "embeddings"
+    monkeypatch.delenv("EHRSEQ_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "ehrseq" / "embeddings"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "ehrseq" / "embeddings"
+
+
+def test_a_second_workspace_encodes_nothing_and_gets_the_same_bytes(tiny_bert, tmp_path, monkeypatch):
+    """Two clones (or a queued experiment's temporary workspace) on one machine, with
+    `embed.cache_dir: null`: the second finds every vector in the machine's cache."""
+    monkeypatch.setenv("EHRSEQ_CACHE", str(tmp_path / "machine"))
+    params = {"embed": {"model": tiny_bert, "pooling": "mean", "max_length": 32, "batch_size": 4,
+                        "shard_size": 8, "cache_dir": None}}
+    texts = lab_texts(10)
+    for workspace in ("clone_a", "clone_b"):
+        (tmp_path / workspace / "data/interim").mkdir(parents=True)
+        (tmp_path / workspace / "params.yaml").write_text(yaml.safe_dump(params))
+        write_events(tmp_path / workspace / "data/interim/events.parquet", texts)
+        monkeypatch.chdir(tmp_path / workspace)
+        runpy.run_path(str(STAGE), run_name="__main__")
+    metrics = read_json("reports/metrics/embed.json")
+    assert (metrics["cache_hits"], metrics["encoded"]) == (10, 0)
+    assert not (tmp_path / "clone_b" / "data" / "cache").exists()  # nothing cached inside the workspace
+    a, b = (tmp_path / w / "data/processed/text_embeddings/vectors.npy" for w in ("clone_a", "clone_b"))
+    assert a.read_bytes() == b.read_bytes()
+    assert len(list((tmp_path / "machine" / "embeddings").glob("*/shard-*"))) == 2
 
 
 # ---- the real MiniLM ----------------------------------------------------------------
