@@ -436,6 +436,68 @@ def test_a_second_workspace_encodes_nothing_and_gets_the_same_bytes(tiny_bert, t
     assert len(list((tmp_path / "machine" / "embeddings").glob("*/shard-*"))) == 2
 
 
+QUEUE_EVENTS = """
+import pandas as pd, pathlib, yaml
+n = yaml.safe_load(open("params.yaml"))["events"]["n"]
+pathlib.Path("data/interim").mkdir(parents=True, exist_ok=True)
+texts = [f"Lab: Creatinine {v / 10:.1f} mg/dL{' (abnormal)' * (v % 3 == 0)}" for v in range(n)]  # lab_texts(n)
+pd.DataFrame({"stay_id": range(n), "text": texts}).to_parquet("data/interim/events.parquet")
+"""
+
+
+def test_a_queued_experiment_reuses_the_machine_cache(tiny_bert, tmp_path):
+    """`dvc exp run --queue` + `dvc queue start` run in a temporary workspace: with the
+    cache in the workspace (the old layout) it started empty and re-encoded every text.
+    Here the machine's cache already holds 10 texts; the experiment's events have 14."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    repo, machine = tmp_path / "repo", tmp_path / "machine"
+    (repo / "stages").mkdir(parents=True)
+    shutil.copy(STAGE, repo / "stages" / "embed.py")
+    (repo / "stages" / "make_events.py").write_text(QUEUE_EVENTS)
+    (repo / "params.yaml").write_text(yaml.safe_dump({"events": {"n": 10}, "embed": {
+        "model": tiny_bert, "pooling": "mean", "max_length": 32, "batch_size": 4, "shard_size": 8, "cache_dir": None}}))
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "make_events": {"cmd": "python -P stages/make_events.py", "deps": ["stages/make_events.py"],
+                        "params": ["events.n"], "outs": ["data/interim/events.parquet"]},
+        "embed": {"cmd": "python -P stages/embed.py", "deps": ["stages/embed.py", "data/interim/events.parquet"],
+                  "params": ["embed.model", "embed.pooling", "embed.max_length"],
+                  "outs": ["data/processed/text_embeddings"],
+                  "metrics": [{"reports/metrics/embed.json": {"cache": False}}]}}}))
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "EHRSEQ_CACHE": str(machine), "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+
+    def sh(*cmd):
+        done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{cmd}: {done.stdout[-2000:]} {done.stderr[-2000:]}"
+        return done.stdout
+
+    sh("git", "init", "-q")
+    sh("dvc", "init", "-q")
+    sh("git", "add", "-A")
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base")
+    # An earlier run on this machine (another clone, say) encoded the first 10 texts.
+    encoder = TextEncoder(tiny_bert, max_length=32)
+    embed_texts(lab_texts(10), encoder, EmbeddingCache(machine / "embeddings", encoder.settings), 8, progress=False)
+
+    sh("dvc", "exp", "run", "--queue", "-S", "events.n=14", "-n", "more-events")
+    sh("dvc", "queue", "start")
+    deadline = time.time() + 240
+    while "Success" not in (status := sh("dvc", "queue", "status")):
+        assert "Failed" not in status and time.time() < deadline, status + sh("dvc", "queue", "logs", "more-events")
+        time.sleep(2)
+    shows = json.loads(sh("dvc", "exp", "show", "--json"))
+    found = [exp["data"]["metrics"]["reports/metrics/embed.json"]["data"]
+             for commit in shows for exp in (commit.get("experiments") or [])
+             for exp in exp["revs"] if exp.get("name") == "more-events"]
+    assert len(found) == 1, json.dumps(shows)[:3000]
+    assert (found[0]["distinct_texts"], found[0]["cache_hits"], found[0]["encoded"]) == (14, 10, 4)
+
+
 # ---- the real MiniLM ----------------------------------------------------------------
 
 def test_minilm_vector_does_not_depend_on_batch_or_padding(minilm):
