@@ -25,7 +25,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ehrseq.embeddings import EmbeddingCache, TextEncoder, distinct_texts, embed_texts, pool
+from ehrseq.embeddings import (
+    EmbeddingCache,
+    TextEncoder,
+    distinct_texts,
+    embed_texts,
+    pool,
+)
 
 LABS = [("Creatinine", "mg/dL", 0.4, 6.0), ("Potassium", "mEq/L", 2.5, 6.5), ("Lactate", "mmol/L", 0.5, 12.0),
         ("Hemoglobin", "g/dL", 6.0, 17.0), ("Sodium", "mEq/L", 120, 155), ("White Blood Cells", "K/uL", 1.0, 30.0)]

@@ -41,7 +41,7 @@ def oracle_metrics(stay_ids, y, prob, clusters, n_resamples: int, seed: int) -> 
     def ratio(y_, model, oracle):
         return metrics.auroc(y_, model) / metrics.auroc(y_, oracle)
 
-    kw = dict(clusters=clusters, n_resamples=n_resamples, seed=seed)
+    kw = {"clusters": clusters, "n_resamples": n_resamples, "seed": seed}
     return {"oracle_auroc": metrics.bootstrap(metrics.auroc, (y, risk), **kw),
             "auroc_vs_oracle": metrics.bootstrap(ratio, (y, prob, risk), **kw)}
 
@@ -49,7 +49,7 @@ def oracle_metrics(stay_ids, y, prob, clusters, n_resamples: int, seed: int) -> 
 def pretrain_metrics(path: Path, loader, device, n_resamples: int, seed: int) -> dict:
     model, _ = load_trained_model(path, device)
     p = predict(model, NextTokenTask(), loader, device)
-    kw = dict(clusters=metrics.patient_ids(p["stay_id"], COHORT), n_resamples=n_resamples, seed=seed)
+    kw = {"clusters": metrics.patient_ids(p["stay_id"], COHORT), "n_resamples": n_resamples, "seed": seed}
     return {"perplexity": metrics.bootstrap(metrics.perplexity, (p["nll_sum"], p["n_tokens"]), **kw),
             "next_token_accuracy": metrics.bootstrap(metrics.token_accuracy, (p["n_correct"], p["n_tokens"]), **kw)}
 
@@ -70,7 +70,7 @@ def main() -> None:
     p = predict(model, task_class(args.model)(**checkpoint["task_config"]), loader, device)
     y, prob = p["label"].astype(int), p["prob"]
     patients = metrics.patient_ids(p["stay_id"], COHORT)
-    kw = dict(clusters=patients, n_resamples=n_resamples, seed=seed)
+    kw = {"clusters": patients, "n_resamples": n_resamples, "seed": seed}
 
     report = {
         "model": args.model, "split": "test", "stays": len(y), "deaths": int(y.sum()),

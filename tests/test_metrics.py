@@ -68,7 +68,7 @@ def test_copies_of_a_patients_stays_narrow_stay_intervals_but_not_patient_interv
     patients = np.arange(len(y)) * 7 + 3  # any ids
     copies = 4
     y4, p4, patients4 = np.repeat(y, copies), np.repeat(p, copies), np.repeat(patients, copies)
-    kw = dict(n_bins=10, n_resamples=200, seed=3)
+    kw = {"n_bins": 10, "n_resamples": 200, "seed": 3}
     base = metrics.binary_classification_metrics(y, p, clusters=patients, **kw)
     by_patient = metrics.binary_classification_metrics(y4, p4, clusters=patients4, **kw)
     by_stay = metrics.binary_classification_metrics(y4, p4, clusters=None, **kw)

@@ -12,12 +12,17 @@ a resampled patient comes along, in every array at once (paired).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
 
 
 class UndefinedMetricError(ValueError):
@@ -182,7 +187,7 @@ def binary_classification_metrics(y_true, y_prob, *, clusters, n_bins: int, n_re
         return expected_calibration_error(y, p, n_bins)
 
     metrics = {"auroc": auroc, "auprc": auprc, "brier": brier, "ece": ece}
-    kw = dict(clusters=clusters, n_resamples=n_resamples, seed=seed)
+    kw = {"clusters": clusters, "n_resamples": n_resamples, "seed": seed}
     return {name: bootstrap(fn, (y_true, y_prob), **kw) for name, fn in metrics.items()}
 
 

@@ -5,7 +5,13 @@ cache.py     sharded on-disk store of vectors keyed by (model hash, settings, te
 pipeline.py  distinct texts of the events -> vectors, encoding only cache misses
 """
 from ehrseq.embeddings.cache import EmbeddingCache, default_cache_dir
-from ehrseq.embeddings.encoder import TextEncoder, fingerprint_model_dir, pool, resolve_model_dir, runtime_identity
+from ehrseq.embeddings.encoder import (
+    TextEncoder,
+    fingerprint_model_dir,
+    pool,
+    resolve_model_dir,
+    runtime_identity,
+)
 from ehrseq.embeddings.pipeline import (
     TextEmbeddings,
     distinct_texts,

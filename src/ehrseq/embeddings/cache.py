@@ -32,8 +32,8 @@ import logging
 import os
 import re
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -21,8 +21,8 @@ import hashlib
 import importlib.util
 import itertools
 import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
