@@ -139,7 +139,9 @@ def bootstrap(
     `clusters[i]` names the independent unit row i belongs to (the patient of a stay): each
     resample draws as many clusters as there are, with replacement, and takes all rows of
     every drawn cluster (a cluster drawn twice comes twice). `clusters=None` treats every
-    row as its own cluster -- only right when rows are independent; callers must say so.
+    row as its own cluster -- right only when rows are independent (one row per patient);
+    callers must say so. Clusters are numbered by sorted id, so a resample draws the same
+    patients whatever the row order.
     All arrays are resampled with the same rows (paired), so a metric of several
     predictions on the same stays -- e.g. a model/oracle AUROC ratio -- gets one interval.
     Resamples on which the metric is undefined are skipped and counted.
