@@ -19,7 +19,9 @@ import torch
 from ehrseq.data import TokenSequenceDataset, load_sequences, token_loader
 from ehrseq.models import build_model
 from ehrseq.schema import BOS_ID, EOS_ID, SPECIAL_TOKENS
-from ehrseq.training import MortalityTask, NextTokenTask, make_optimizer, to_device
+from ehrseq.tasks import MortalityTask, NextTokenTask
+from ehrseq.torch_utils import to_device
+from ehrseq.training import make_optimizer
 
 MODELS = {
     "lstm": dict(embedding_dim=64, hidden_size=128, num_layers=1, dropout=0.1, bidirectional=False),

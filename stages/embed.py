@@ -10,6 +10,7 @@ change vectors (model, pooling, max_length).
 import logging
 import time
 
+from ehrseq import paths
 from ehrseq.embeddings import (
     EmbeddingCache,
     TextEncoder,
@@ -23,14 +24,14 @@ from ehrseq.params import load_params
 
 log = logging.getLogger("ehrseq.stages.embed")
 
-EVENTS = "data/interim/events.parquet"
-OUT = "data/processed/text_embeddings"
-METRICS = "reports/metrics/embed.json"
+EVENTS = paths.EVENTS
+OUT = paths.TEXT_EMBEDDINGS
+METRICS = paths.metrics_json("embed")
 
 
 def main() -> None:
     setup_logging()
-    params = load_params()["embed"]
+    params = load_params("embed")["embed"]
     start = time.time()
     texts, rows = distinct_texts(EVENTS)
     log.info("read %d events with %d distinct texts from %s", rows, len(texts), EVENTS)

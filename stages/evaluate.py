@@ -15,16 +15,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from ehrseq import metrics
+from ehrseq import metrics, paths
 from ehrseq.io import atomic_path, setup_logging, write_json
 from ehrseq.model_data import checkpoint_encoder, load_model_data, task_class
 from ehrseq.params import load_params
-from ehrseq.training import NextTokenTask, load_trained_model, pick_device, predict
+from ehrseq.tasks import NextTokenTask
+from ehrseq.torch_utils import pick_device
+from ehrseq.training import load_trained_model, predict
 
 log = logging.getLogger("ehrseq.stages.evaluate")
 
-TRUTH = Path("data/interim/truth/stay_risk.parquet")
-COHORT = Path("data/interim/cohort.parquet")  # subject_id of each stay: the bootstrap's unit
+TRUTH = paths.STAY_RISK
+COHORT = paths.COHORT  # subject_id of each stay: the bootstrap's unit
 
 
 def oracle_metrics(stay_ids, y, prob, clusters, n_resamples: int, seed: int) -> dict:
@@ -59,12 +61,10 @@ def main() -> None:
     parser.add_argument("model")
     args = parser.parse_args()
     setup_logging()
-    params = load_params()["evaluate"]
+    params = load_params("evaluate")["evaluate"]
     device = pick_device()
     n_resamples, seed, n_bins = params["n_bootstrap"], params["seed"], params["calibration_bins"]
-    checkpoints = Path("models") / args.model
-
-    model, checkpoint = load_trained_model(checkpoints / "finetune" / "best.pt", device)
+    model, checkpoint = load_trained_model(paths.checkpoint(args.model, "finetune"), device)
     data = load_model_data(args.model, ("test",), encoder=checkpoint_encoder(checkpoint))
     loader = data.loader("test", params["batch_size"], device, shuffle=False)
     p = predict(model, task_class(args.model)(**checkpoint["task_config"]), loader, device)
@@ -78,11 +78,12 @@ def main() -> None:
         **metrics.binary_classification_metrics(y, prob, n_bins=n_bins, **kw),
         **oracle_metrics(p["stay_id"], y, prob, **kw),
     }
-    if (checkpoints / "pretrain" / "best.pt").exists():
-        report["pretrain"] = pretrain_metrics(checkpoints / "pretrain" / "best.pt", loader, device, n_resamples, seed)
-    write_json(f"reports/metrics/{args.model}.json", report)
+    pretrained = paths.checkpoint(args.model, "pretrain")
+    if pretrained.exists():
+        report["pretrain"] = pretrain_metrics(pretrained, loader, device, n_resamples, seed)
+    write_json(paths.metrics_json(args.model), report)
     for name, table in metrics.classification_curves(y, prob, n_bins).items():
-        with atomic_path(f"reports/plots/{args.model}/{name}.csv") as tmp:
+        with atomic_path(paths.plots_dir(args.model) / f"{name}.csv") as tmp:
             table.to_csv(tmp, index=False)
     log.info("%s on %d test stays: AUROC %s, oracle %s", args.model, len(y), report["auroc"]["value"],
              report["oracle_auroc"]["value"])

@@ -11,26 +11,28 @@ convergence deltas, deletion AOPC per method against random, precision@k against
 planted events, and head specialisation.
 """
 import logging
-from pathlib import Path
 
 import pandas as pd
 
+from ehrseq import paths
 from ehrseq.explain.run import ExplainConfig, explain_split
 from ehrseq.io import atomic_path, setup_logging, write_json
 from ehrseq.model_data import checkpoint_encoder, load_model_data
 from ehrseq.params import load_params
-from ehrseq.training import load_trained_model, pick_device
+from ehrseq.torch_utils import pick_device
+from ehrseq.training import load_trained_model
 
 log = logging.getLogger("ehrseq.stages.explain")
 
-CHECKPOINT = "models/clinical_lf/finetune/best.pt"
-PLANTED = Path("data/interim/truth/planted_events.parquet")
-OUT = "reports/explain"
+CHECKPOINT = paths.checkpoint("clinical_lf", "finetune")
+PLANTED = paths.PLANTED_EVENTS
+OUT = paths.EXPLAIN
+METRICS = paths.metrics_json("explain")
 
 
 def main() -> None:
     setup_logging()
-    params = load_params()["explain"]
+    params = load_params("explain")["explain"]
     config = ExplainConfig(**{**params, "precision_k": tuple(params["precision_k"])})
     model, checkpoint = load_trained_model(CHECKPOINT, pick_device())
     encoder = checkpoint_encoder(checkpoint)
@@ -40,8 +42,8 @@ def main() -> None:
         log.info("no planted truth at %s (real data): precision@k is not computed; faithfulness still is", PLANTED)
     with atomic_path(OUT) as tmp:
         metrics = explain_split(model, encoder, data.datasets["test"], data.events, tmp, config, planted_rows=planted)
-    write_json("reports/metrics/explain.json", metrics)
-    log.info("wrote %s and reports/metrics/explain.json for %d test stays", OUT, metrics["stays"])
+    write_json(METRICS, metrics)
+    log.info("wrote %s and %s for %d test stays", OUT, METRICS, metrics["stays"])
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ import json
 import logging
 import time
 
+from ehrseq import paths
 from ehrseq.io import setup_logging, write_json
 from ehrseq.params import load_params
 from ehrseq.sources.extract import extract
@@ -13,15 +14,15 @@ log = logging.getLogger("ehrseq.stages.extract")
 
 def main() -> None:
     setup_logging()
-    params = load_params()
+    params = load_params("data", "cohort")
     data, cohort = params["data"], params["cohort"]
     start = time.time()
     metrics = extract(
         source=data["source"],
         path=data["path"],
-        events_path="data/interim/events.parquet",
-        cohort_path="data/interim/cohort.parquet",
-        diagnoses_path="data/interim/diagnoses.parquet",
+        events_path=paths.EVENTS,
+        cohort_path=paths.COHORT,
+        diagnoses_path=paths.DIAGNOSES,
         observation_hours=cohort["observation_hours"],
         min_age=cohort["min_age"],
         split_fractions=cohort["split"],
@@ -29,11 +30,9 @@ def main() -> None:
         threads=data.get("threads"),
         memory_limit=data.get("memory_limit"),
     )
-    metrics["truth"] = export_truth(
-        data["source"], data["path"], "data/interim/events.parquet", "data/interim/truth"
-    )
+    metrics["truth"] = export_truth(data["source"], data["path"], paths.EVENTS, paths.TRUTH)
     metrics["seconds"] = round(time.time() - start, 2)
-    write_json("reports/metrics/extract.json", metrics)
+    write_json(paths.metrics_json("extract"), metrics)
     log.info(
         "wrote %d events (%d after the cutoff) for %d stays; dropped %d events: %s; excluded stays: %s",
         metrics["events"]["kept_total"], metrics["events"]["after_cutoff"], metrics["stays"]["kept"],

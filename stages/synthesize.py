@@ -6,19 +6,20 @@ planted rules look at the same window the cohort uses).
 import logging
 import time
 
+from ehrseq import paths
 from ehrseq.io import setup_logging, write_json
 from ehrseq.params import load_params
 from ehrseq.sources.synthetic import generate
 
 log = logging.getLogger("ehrseq.stages.synthesize")
 
-OUT_DIR = "data/raw/synthetic"
-METRICS = "reports/metrics/synthesize.json"
+OUT_DIR = paths.SYNTHETIC_RAW
+METRICS = paths.metrics_json("synthesize")
 
 
 def main() -> None:
     setup_logging()
-    params = load_params()
+    params = load_params("synthetic", "cohort")
     synthetic = params["synthetic"]
     start = time.time()
     summary = generate(OUT_DIR, n_patients=synthetic["n_patients"], seed=synthetic["seed"],

@@ -3,6 +3,7 @@ import logging
 
 import pandas as pd
 
+from ehrseq import paths
 from ehrseq.io import setup_logging, write_json
 from ehrseq.params import load_params
 from ehrseq.schema import SPLITS
@@ -10,34 +11,34 @@ from ehrseq.tokenize import patient_sequences, stay_sequences, survival_sequence
 from ehrseq.vocab import Vocab
 
 log = logging.getLogger("ehrseq.stages.tokenize")
-OUT = "data/processed/sequences"
+OUT = paths.SEQUENCES
 
 
 def main() -> None:
     setup_logging()
-    params = load_params()
+    params = load_params("tokenize", "vocab")
     p, v = params["tokenize"], params["vocab"]
     vocab = Vocab.from_frames(
-        pd.read_csv("data/processed/vocab.csv", keep_default_na=False),
-        pd.read_csv("data/processed/value_bins.csv"),
+        pd.read_csv(paths.VOCAB, keep_default_na=False),
+        pd.read_csv(paths.VALUE_BINS),
         v["binned_event_types"], v["icd_grouping"],
     )
-    events = pd.read_parquet("data/interim/events.parquet")
-    cohort = pd.read_parquet("data/interim/cohort.parquet")
-    diagnoses = pd.read_parquet("data/interim/diagnoses.parquet")
+    events = pd.read_parquet(paths.EVENTS)
+    cohort = pd.read_parquet(paths.COHORT)
+    diagnoses = pd.read_parquet(paths.DIAGNOSES)
     metrics = {}
     for split in SPLITS:
         part = cohort[cohort["split"] == split].sort_values("stay_id").reset_index(drop=True)
         stays, s1 = stay_sequences(events, part, vocab, p["max_length"], v["time_gap_tokens"])
         survival, s2 = survival_sequences(events, part, vocab, p["visit_hours"], p["max_visits"])
         patients, s3 = patient_sequences(diagnoses[diagnoses["split"] == split], vocab)
-        write_sequences(f"{OUT}/{split}.parquet", stays)
-        write_sequences(f"{OUT}/survival/{split}.parquet", survival)
-        write_sequences(f"{OUT}/patients/{split}.parquet", patients)
+        write_sequences(OUT / f"{split}.parquet", stays)
+        write_sequences(OUT / "survival" / f"{split}.parquet", survival)
+        write_sequences(OUT / "patients" / f"{split}.parquet", patients)
         metrics[split] = {"stays": s1, "survival": s2, "patients": s3}
         log.info("%s: %d stays (%d truncated to %d tokens), %d patients with diagnoses",
                  split, s1["stays"], s1["truncated"], p["max_length"], s3["patients"])
-    write_json("reports/metrics/tokenize.json", metrics)
+    write_json(paths.metrics_json("tokenize"), metrics)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ Reads params `train.MODEL`; writes models/MODEL/{pretrain,finetune}/{best,last}.
 DVCLive logs under reports/train/MODEL/{pretrain,finetune}/. `--resume` continues a
 killed run from its last completed epoch (a finished phase is not repeated).
 clinical_lf has no pretraining; its feature encoder (fitted on train) is stored in the
-checkpoint, and every `attention_every` training batches its attention is saved under
-reports/train/clinical_lf/attention/.
+checkpoint, and every `attention_every` training steps its attention is saved under
+reports/train/clinical_lf/attention/batch_<global step>.npz (an `on_step` callback of the loop).
 """
 import argparse
 import logging
@@ -15,11 +15,15 @@ import time
 
 import numpy as np
 
+from ehrseq import paths
 from ehrseq.io import setup_logging
-from ehrseq.model_data import EMBEDDING_MODELS, load_model_data, task_class
+from ehrseq.model_data import EMBEDDING_MODELS, data_inputs, load_model_data, task_class
 from ehrseq.models import build_model
-from ehrseq.params import load_params
-from ehrseq.training import FitConfig, NextTokenTask, fit, mortality_task, pick_device, seed_everything
+from ehrseq.models.attention import AttentionSnapshots
+from ehrseq.params import check_model_kwargs, load_params
+from ehrseq.tasks import NextTokenTask, mortality_task
+from ehrseq.torch_utils import pick_device, seed_everything
+from ehrseq.training import FitConfig, fit
 
 log = logging.getLogger("ehrseq.stages.train")
 
@@ -34,7 +38,8 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="continue from models/MODEL/*/last.pt")
     args = parser.parse_args()
     setup_logging()
-    params = load_params()["train"][args.model]
+    params = load_params(f"train.{args.model}")["train"][args.model]
+    check_model_kwargs(args.model, params["model"], data_inputs(args.model))  # before any data is read
     device = pick_device()
     start = time.time()
 
@@ -52,10 +57,11 @@ def main() -> None:
         return data.loader(split, params["batch_size"], device, seed=params["seed"], shuffle=shuffle,
                            pool_batches=params["bucket_pool_batches"], weights=weights)
 
-    task_kwargs = {}
+    task_kwargs, on_step = {}, None
     if args.model in EMBEDDING_MODELS:
-        task_kwargs = {"temporal_lambda": params["temporal_lambda"], "attention_every": params["attention_every"],
-                       "attention_dir": f"reports/train/{args.model}/attention"}
+        task_kwargs = {"temporal_lambda": params["temporal_lambda"]}
+        if params["attention_every"]:
+            on_step = AttentionSnapshots(params["attention_every"], paths.train_reports(args.model) / "attention")
     labels = np.asarray(data.datasets["train"].labels)
     finetune_task, weights = mortality_task(labels, params["imbalance"], task_class(args.model), **task_kwargs)
     # (phase, task, sampling weights): pretraining reads every stay once an epoch.
@@ -68,9 +74,9 @@ def main() -> None:
         result = fit(
             model, task, loader("train", weights=phase_weights), loader("val", shuffle=False),
             FitConfig(seed=params["seed"], **{**{k: params[k] for k in OPTIMIZER_KEYS}, **params[phase]}),
-            checkpoint_dir=f"models/{args.model}/{phase}",
-            live_dir=f"reports/train/{args.model}/{phase}",
-            resume=args.resume, device=device, metadata=metadata,
+            checkpoint_dir=paths.model_dir(args.model) / phase,
+            live_dir=paths.train_reports(args.model) / phase,
+            resume=args.resume, device=device, metadata=metadata, on_step=on_step,
         )
         log.info("%s: best val %s %.4f at epoch %d of %d%s", phase, task.monitor, result.best_metric,
                  result.best_epoch + 1, result.epochs_run, " (stopped early)" if result.stopped_early else "")

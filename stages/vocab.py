@@ -3,6 +3,7 @@ import logging
 
 import pandas as pd
 
+from ehrseq import paths
 from ehrseq.io import atomic_path, setup_logging, write_json
 from ehrseq.params import load_params
 from ehrseq.vocab import coverage, fit_vocab
@@ -12,10 +13,10 @@ log = logging.getLogger("ehrseq.stages.vocab")
 
 def main() -> None:
     setup_logging()
-    p = load_params()["vocab"]
-    events = pd.read_parquet("data/interim/events.parquet")
-    cohort = pd.read_parquet("data/interim/cohort.parquet")
-    diagnoses = pd.read_parquet("data/interim/diagnoses.parquet")
+    p = load_params("vocab")["vocab"]
+    events = pd.read_parquet(paths.EVENTS)
+    cohort = pd.read_parquet(paths.COHORT)
+    diagnoses = pd.read_parquet(paths.DIAGNOSES)
     split_of = cohort.set_index("stay_id")["split"]
     events_split = events["stay_id"].map(split_of)
     train = events_split == "train"
@@ -25,14 +26,14 @@ def main() -> None:
         min_values_for_bins=p["min_values_for_bins"], icd_grouping=p["icd_grouping"],
         time_gap_tokens=p["time_gap_tokens"],
     )
-    with atomic_path("data/processed/vocab.csv") as tmp:
+    with atomic_path(paths.VOCAB) as tmp:
         vocab.to_frame().to_csv(tmp, index=False)
-    with atomic_path("data/processed/value_bins.csv") as tmp:
+    with atomic_path(paths.VALUE_BINS) as tmp:
         vocab.edges_frame().to_csv(tmp, index=False)
     metrics = {"size": len(vocab), **fit_stats, "train_events": int(train.sum())}
     for split in ("val", "test"):
         metrics[split] = coverage(vocab, vocab.event_tokens(events[events_split == split]))
-    write_json("reports/metrics/vocab.json", metrics)
+    write_json(paths.metrics_json("vocab"), metrics)
     log.info("vocabulary of %d tokens from %d train events; %d codes below min_frequency=%d; val <unk> rate %s",
              len(vocab), metrics["train_events"], fit_stats["dropped_below_min_frequency"], p["min_frequency"],
              metrics["val"]["unk_rate"])

@@ -1,10 +1,22 @@
-"""Shared fixtures: a hand-built MIMIC-IV folder whose every row's fate is known."""
+"""Shared fixtures and toy data; test modules import from here, never from each other.
+
+    build_tiny_mimic4 / tiny_mimic4   a hand-built MIMIC-IV folder whose every row's fate is known
+    toy_sequences, write_toy_split    token-model stays with a planted risk token (TOY_VOCAB ids)
+    make_toy_data, train_tiny, TINY   clinical_lf stays labelled by a planted "danger" text
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from ehrseq.features import collate
+from ehrseq.models.clinical_lf import ClinicalLF, clinical_lf_loss
+from ehrseq.schema import BOS_ID, EOS_ID, EVENT_COLUMNS, EVENT_TYPES
 
 DEMO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mimic-iii-demo-1.4"
 
@@ -116,3 +128,129 @@ def build_tiny_mimic4(root: Path) -> Path:
 @pytest.fixture
 def tiny_mimic4(tmp_path: Path) -> Path:
     return build_tiny_mimic4(tmp_path / "mimic4")
+
+
+# ------------------------------------------------------- token-model toy stays
+
+TOY_VOCAB = 40
+DEMOGRAPHIC_IDS = (5, 6, 7, 8)  # two age bins, two genders
+RISK_TOKEN = 9  # present in a stay -> high mortality
+FIRST_EVENT = 10
+
+
+def toy_sequences(n: int, seed: int, risk_rate: float = 0.3, max_events: int = 60) -> pd.DataFrame:
+    """Stays in the sequences/{split}.parquet contract with a learnable signal.
+
+    Events walk up the vocabulary (next = previous + 1 most of the time, something a
+    language model can learn); a stay holding RISK_TOKEN somewhere dies with probability
+    0.95, others with 0.02. `true_risk` is that probability (the oracle's score).
+    Lengths are long-tailed (log-normal).
+    """
+    rng = np.random.default_rng(seed)
+    n_event_ids = TOY_VOCAB - FIRST_EVENT
+    rows = []
+    for i in range(n):
+        n_events = int(np.clip(rng.lognormal(np.log(15), 0.6), 3, max_events))
+        events = [FIRST_EVENT + rng.integers(n_event_ids)]
+        for _ in range(n_events - 1):
+            step = 1 if rng.random() < 0.8 else rng.integers(n_event_ids)
+            events.append(FIRST_EVENT + (events[-1] - FIRST_EVENT + step) % n_event_ids)
+        has_risk = rng.random() < risk_rate
+        if has_risk:
+            events[rng.integers(n_events)] = RISK_TOKEN
+        true_risk = 0.95 if has_risk else 0.02
+        ids = [BOS_ID, int(rng.choice(DEMOGRAPHIC_IDS[:2])), int(rng.choice(DEMOGRAPHIC_IDS[2:])), *events, EOS_ID]
+        hours = np.r_[0, 0, 0, np.sort(rng.uniform(0, 24, n_events)), 0].astype(np.float32)
+        rows.append({
+            "stay_id": 1000 + i, "subject_id": 10 * i,
+            "input_ids": np.array(ids, dtype=np.int32), "hours": hours,
+            "event_row": np.r_[-1, -1, -1, np.arange(n_events), -1].astype(np.int64),
+            "mortality": np.int8(rng.random() < true_risk),
+            "event_hours": np.float32(rng.uniform(1, 100)), "event": np.int8(0), "true_risk": true_risk,
+        })
+    return pd.DataFrame(rows)
+
+
+def write_toy_split(path, frame: pd.DataFrame) -> str:
+    frame.drop(columns="true_risk").to_parquet(path, index=False)
+    return str(path)
+
+
+# ------------------------------------------------------------ clinical_lf toy stays
+
+DIM = 8  # toy text-embedding size
+TINY = dict(d_model=16, n_layers=2, n_heads=4, ff_dim=32, dropout=0.0, pool_heads=4, mlp_hidden=32, norm_first=False)
+
+
+def make_toy_data(n_stays: int = 200, seed: int = 0):
+    """Stays whose label is 1 exactly when a "danger" text occurs before the cutoff.
+
+    Danger texts' embeddings carry a fixed direction; the same texts also occur AFTER the
+    cutoff in survivors, so a model that saw post-cutoff events would be misled.
+    Returns events, cohort, texts (text, row), vectors [N, DIM], planted event rows.
+    """
+    rng = np.random.default_rng(seed)
+    direction = np.zeros(DIM, dtype=np.float32)
+    direction[0] = 1.0
+    normal = [f"Lab: routine result {i}" for i in range(30)]
+    danger = [f"Lab: critical lactate {i}" for i in range(3)]
+    texts = normal + danger
+    vectors = rng.normal(size=(len(texts), DIM)).astype(np.float32) / np.sqrt(DIM)
+    vectors[:, 0] = 0.0
+    vectors[len(normal):] += 2.0 * direction
+    origin = pd.Timestamp("2150-01-01")
+    events, cohort, planted = [], [], []
+    for i in range(n_stays):
+        stay_id = 1000 + i
+        intime = origin + pd.Timedelta(days=10 * i)
+        cutoff = intime + pd.Timedelta(hours=48)
+        dies = i % 2 == 0
+        n = int(rng.integers(4, 12))
+        hours = np.sort(rng.uniform(0.5, 47.5, size=n))
+        chosen = list(rng.choice(normal, size=n))
+        if dies:
+            chosen[int(rng.integers(n))] = str(rng.choice(danger))
+        rows = [(h, t, False) for h, t in zip(hours, chosen)]
+        rows += [(48.5, str(rng.choice(danger)), True), (50.0, str(rng.choice(normal)), True)]
+        for h, text, after in rows:
+            if text in danger and not after:
+                planted.append(len(events))
+            events.append(dict(
+                subject_id=i, hadm_id=10 * i, stay_id=stay_id, time=intime + pd.Timedelta(hours=float(h)),
+                hours=float(h), event_type=str(rng.choice(EVENT_TYPES)), code=f"LAB//{texts.index(text)}",
+                text=text, value=float(rng.normal()), unit="mg/dL", flag=None, after_cutoff=after,
+            ))
+        cohort.append(dict(
+            subject_id=i, hadm_id=10 * i, stay_id=stay_id, intime=intime, outtime=cutoff + pd.Timedelta(hours=24),
+            cutoff=cutoff, age=float(rng.uniform(20, 90)), gender=str(rng.choice(["F", "M"])),
+            race=str(rng.choice(["WHITE", "BLACK", "ASIAN"])), admission_type="URGENT",
+            insurance=str(rng.choice(["Medicare", "Other"])), marital_status=rng.choice(["MARRIED", None]),
+            first_careunit=str(rng.choice(["MICU", "SICU"])), mortality=int(dies), event_hours=72.0,
+            event=int(dies), split="train" if i % 10 < 7 else ("val" if i % 10 < 8 else "test"),
+        ))
+    events = pd.DataFrame(events, columns=list(EVENT_COLUMNS))
+    text_table = pd.DataFrame({"text": texts, "row": np.arange(len(texts))})
+    return events, pd.DataFrame(cohort), text_table, vectors, np.array(planted)
+
+
+def train_tiny(dataset, steps: int = 250, seed: int = 0, temporal_lambda: float = 0.0, **overrides) -> ClinicalLF:
+    """A tiny clinical_lf trained with a few lines of loop (the shared loop is tested elsewhere)."""
+    torch.manual_seed(seed)
+    first = dataset[0]
+    model = ClinicalLF(first["steps"].shape[1], first["static"].shape[0], **{**TINY, **overrides})
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    loader = DataLoader(dataset, batch_size=32, shuffle=True, collate_fn=collate,
+                        generator=torch.Generator().manual_seed(seed))
+    model.train()
+    step = 0
+    while step < steps:
+        for batch in loader:
+            out = model(batch["steps"], batch["static"], batch["padding_mask"])
+            loss = clinical_lf_loss(out, batch, temporal_lambda=temporal_lambda)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            if step == steps:
+                break
+    return model.eval()

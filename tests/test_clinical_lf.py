@@ -1,7 +1,5 @@
-"""clinical_lf features and model on toy data with a planted signal.
-
-`make_toy_data` and `train_tiny` are shared with test_explain.py.
-"""
+"""clinical_lf features and model on toy data with a planted signal (`make_toy_data`,
+`train_tiny` and the `TINY` sizes come from conftest.py)."""
 from __future__ import annotations
 
 import math
@@ -12,93 +10,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
-from torch.utils.data import DataLoader
 
+from conftest import DIM, TINY, make_toy_data, train_tiny
+from ehrseq.data import token_loader
 from ehrseq.features import (
     MISSING, FeatureEncoder, build_dataset, collate, fit_encoder, select_events,
 )
+from ehrseq.models.attention import AttentionSnapshots
 from ehrseq.models.clinical_lf import ClinicalLF, clinical_lf_loss, temporal_step_weights
-from ehrseq.schema import EVENT_COLUMNS, EVENT_TYPES
+from ehrseq.schema import EVENT_TYPES
+from ehrseq.tasks import ClinicalLFTask
+from ehrseq.training import FitConfig, fit
 
 torch.set_num_threads(1)
-
-DIM = 8  # toy text-embedding size
-TINY = dict(d_model=16, n_layers=2, n_heads=4, ff_dim=32, dropout=0.0, pool_heads=4, mlp_hidden=32)
-
-
-def make_toy_data(n_stays: int = 200, seed: int = 0):
-    """Stays whose label is 1 exactly when a "danger" text occurs before the cutoff.
-
-    Danger texts' embeddings carry a fixed direction; the same texts also occur AFTER the
-    cutoff in survivors, so a model that saw post-cutoff events would be misled.
-    Returns events, cohort, texts (text, row), vectors [N, DIM], planted event rows.
-    """
-    rng = np.random.default_rng(seed)
-    direction = np.zeros(DIM, dtype=np.float32)
-    direction[0] = 1.0
-    normal = [f"Lab: routine result {i}" for i in range(30)]
-    danger = [f"Lab: critical lactate {i}" for i in range(3)]
-    texts = normal + danger
-    vectors = rng.normal(size=(len(texts), DIM)).astype(np.float32) / np.sqrt(DIM)
-    vectors[:, 0] = 0.0
-    vectors[len(normal):] += 2.0 * direction
-    origin = pd.Timestamp("2150-01-01")
-    events, cohort, planted = [], [], []
-    for i in range(n_stays):
-        stay_id = 1000 + i
-        intime = origin + pd.Timedelta(days=10 * i)
-        cutoff = intime + pd.Timedelta(hours=48)
-        dies = i % 2 == 0
-        n = int(rng.integers(4, 12))
-        hours = np.sort(rng.uniform(0.5, 47.5, size=n))
-        chosen = list(rng.choice(normal, size=n))
-        if dies:
-            chosen[int(rng.integers(n))] = str(rng.choice(danger))
-        rows = [(h, t, False) for h, t in zip(hours, chosen)]
-        rows += [(48.5, str(rng.choice(danger)), True), (50.0, str(rng.choice(normal)), True)]
-        for h, text, after in rows:
-            if text in danger and not after:
-                planted.append(len(events))
-            events.append(dict(
-                subject_id=i, hadm_id=10 * i, stay_id=stay_id, time=intime + pd.Timedelta(hours=float(h)),
-                hours=float(h), event_type=str(rng.choice(EVENT_TYPES)), code=f"LAB//{texts.index(text)}",
-                text=text, value=float(rng.normal()), unit="mg/dL", flag=None, after_cutoff=after,
-            ))
-        cohort.append(dict(
-            subject_id=i, hadm_id=10 * i, stay_id=stay_id, intime=intime, outtime=cutoff + pd.Timedelta(hours=24),
-            cutoff=cutoff, age=float(rng.uniform(20, 90)), gender=str(rng.choice(["F", "M"])),
-            race=str(rng.choice(["WHITE", "BLACK", "ASIAN"])), admission_type="URGENT",
-            insurance=str(rng.choice(["Medicare", "Other"])), marital_status=rng.choice(["MARRIED", None]),
-            first_careunit=str(rng.choice(["MICU", "SICU"])), mortality=int(dies), event_hours=72.0,
-            event=int(dies), split="train" if i % 10 < 7 else ("val" if i % 10 < 8 else "test"),
-        ))
-    events = pd.DataFrame(events, columns=list(EVENT_COLUMNS))
-    text_table = pd.DataFrame({"text": texts, "row": np.arange(len(texts))})
-    return events, pd.DataFrame(cohort), text_table, vectors, np.array(planted)
-
-
-def train_tiny(dataset, steps: int = 250, seed: int = 0, temporal_lambda: float = 0.0, **overrides) -> ClinicalLF:
-    """A tiny clinical_lf trained with a few lines of loop (the shared loop is tested elsewhere)."""
-    torch.manual_seed(seed)
-    first = dataset[0]
-    model = ClinicalLF(first["steps"].shape[1], first["static"].shape[0], **{**TINY, **overrides})
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    loader = DataLoader(dataset, batch_size=32, shuffle=True, collate_fn=collate,
-                        generator=torch.Generator().manual_seed(seed))
-    model.train()
-    step = 0
-    while step < steps:
-        for batch in loader:
-            out = model(batch["steps"], batch["static"], batch["padding_mask"])
-            loss = clinical_lf_loss(out, batch, temporal_lambda=temporal_lambda)["loss"]
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-            if step == steps:
-                break
-    return model.eval()
-
 
 @pytest.fixture(scope="module")
 def toy():
@@ -221,15 +145,13 @@ def _random_batch(B=3, T=6, F=12, S=4, lengths=(6, 3, 1), seed=0):
     return steps, torch.randn(B, S, generator=g), padding
 
 
-def test_forward_shapes_and_pooling_weights():
+def test_forward_shapes():
     steps, static, padding = _random_batch()
     model = ClinicalLF(12, 4, **TINY).eval()
-    out = model(steps, static, padding, return_pooling_weights=True)
+    out = model(steps, static, padding)
+    assert set(out) == {"logits", "step_logits"}
     assert out["logits"].shape == (3,)
     assert out["step_logits"].shape == (3, 6)
-    assert out["pooling_weights"].shape == (3, 4, 1, 6)
-    assert (out["pooling_weights"][padding[:, None, None, :].expand(-1, 4, 1, -1)] == 0).all()
-    assert torch.allclose(out["pooling_weights"].sum(-1), torch.ones(3, 4, 1), atol=1e-6)
     assert (out["step_logits"][padding] == 0).all()
 
 
@@ -297,6 +219,81 @@ def test_tiny_model_learns_the_planted_signal(toy, encoder):
     assert roc_auc_score(batch["label"].numpy(), logits.numpy()) > 0.95
 
 
+# --------------------------------------------------------- attention snapshots in fit
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resumed_run_writes_the_same_attention_snapshots_as_an_uninterrupted_one(toy, encoder, tmp_path):
+    """Snapshots are named by the global step restored from the checkpoint: a run killed in
+    its second epoch and resumed writes exactly the files (names and bytes of every array)
+    of a run that never stopped. Numbering by batches seen in this process restarted at 0
+    and overwrote batch_0000000 with a later batch's attention."""
+    events, cohort, texts, vectors, _ = toy
+    train = build_dataset(events, cohort, texts, vectors, encoder, "train")
+    val = build_dataset(events, cohort, texts, vectors, encoder, "test")  # the toy val split has no deaths
+    cpu = torch.device("cpu")
+    train_loader = token_loader(train, 16, device=cpu, seed=1, pool_batches=2, collate_fn=collate)
+    val_loader = token_loader(val, 32, device=cpu, shuffle=False, collate_fn=collate)
+    steps_per_epoch = len(train_loader)
+    config = FitConfig(epochs=2, lr=3e-3, weight_decay=0.01, warmup_steps=2, schedule="cosine", min_lr_ratio=0.1,
+                       grad_clip=1.0, patience=None, seed=3)
+
+    def run(name, on_step, resume=False):
+        torch.manual_seed(0)  # the same initial weights, as a re-run stage builds them
+        model = ClinicalLF(train[0]["steps"].shape[1], train[0]["static"].shape[0], **{**TINY, "dropout": 0.1})
+        return fit(model, ClinicalLFTask(pos_weight=1.0), train_loader, val_loader, config,
+                   checkpoint_dir=tmp_path / name / "ckpt", live_dir=tmp_path / name / "live", resume=resume,
+                   device=cpu, on_step=on_step)
+
+    full = run("full", AttentionSnapshots(3, tmp_path / "full" / "attention"))
+    snapshots = AttentionSnapshots(3, tmp_path / "killed" / "attention")
+
+    def snapshot_then_die(step, model, batch):
+        snapshots(step, model, batch)
+        if step == steps_per_epoch + 4:  # in the middle of the second epoch
+            raise Killed
+
+    with pytest.raises(Killed):
+        run("killed", snapshot_then_die)
+    resumed = run("killed", snapshots, resume=True)
+    assert resumed.history == full.history
+
+    names = sorted(p.name for p in (tmp_path / "full" / "attention").iterdir())
+    assert names == [f"batch_{step:07d}.npz" for step in range(0, 2 * steps_per_epoch, 3)]
+    assert sorted(p.name for p in (tmp_path / "killed" / "attention").iterdir()) == names
+    for name in names:
+        full_dir, killed_dir = tmp_path / "full" / "attention", tmp_path / "killed" / "attention"
+        with np.load(full_dir / name) as a, np.load(killed_dir / name) as b:
+            assert a.files == b.files
+            for key in a.files:
+                assert np.array_equal(a[key], b[key]), (name, key)
+
+
+def test_snapshots_do_not_change_the_training_run(toy, encoder, tmp_path):
+    """The snapshot forward runs in eval mode without grad: no dropout draw, no weight
+    change, so the run with snapshots is the run without them, bit for bit."""
+    events, cohort, texts, vectors, _ = toy
+    train = build_dataset(events, cohort, texts, vectors, encoder, "train")
+    val = build_dataset(events, cohort, texts, vectors, encoder, "test")  # the toy val split has no deaths
+    cpu = torch.device("cpu")
+    config = FitConfig(epochs=1, lr=3e-3, weight_decay=0.01, warmup_steps=2, schedule="cosine", min_lr_ratio=0.1,
+                       grad_clip=1.0, patience=None, seed=3)
+    results = []
+    for name, on_step in (("with", AttentionSnapshots(1, tmp_path / "snapshots")), ("without", None)):
+        torch.manual_seed(0)
+        model = ClinicalLF(train[0]["steps"].shape[1], train[0]["static"].shape[0], **{**TINY, "dropout": 0.1})
+        fit(model, ClinicalLFTask(), token_loader(train, 16, device=cpu, seed=1, collate_fn=collate),
+            token_loader(val, 32, device=cpu, shuffle=False, collate_fn=collate), config,
+            checkpoint_dir=tmp_path / name, live_dir=tmp_path / name / "live", device=cpu, on_step=on_step)
+        results.append(model.state_dict())
+    assert len(list((tmp_path / "snapshots").iterdir())) > 1
+    for key, value in results[0].items():
+        assert torch.equal(value, results[1][key]), key
+
+
 # -------------------------------------------------------------------------- stages
 
 LF_STAGE_PARAMS = """
@@ -324,6 +321,7 @@ explain: {batch_size: 8, ig_steps: 16, internal_batch_size: 64, k_max: 3, precis
 """
 
 
+@pytest.mark.slow
 def test_train_evaluate_explain_stages_for_clinical_lf(tmp_path):
     """The three stages as DVC runs them, on files laid out as the pipeline writes them."""
     import json

@@ -6,6 +6,7 @@ re-computation, and against the planted truth.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -15,10 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ehrseq.explain.attention import (
-    attention_rollout, forward_with_attention, load_attention, pooling_event_scores, record_attention,
-    save_attention,
-)
+from conftest import TINY, make_toy_data, train_tiny
+from ehrseq.explain.attention import attention_rollout, pooling_event_scores
 from ehrseq.explain.attributions import (
     event_ablation, group_ablation, importance_by, integrated_gradients, layer_integrated_gradients,
     mean_baselines, scores_frame, step_scores,
@@ -28,8 +27,8 @@ from ehrseq.explain.faithfulness import (
 )
 from ehrseq.explain.plots import head_heatmap, importance_bars, stay_timeline
 from ehrseq.features import build_dataset, collate, fit_encoder
+from ehrseq.models.attention import forward_with_attention, record_attention, save_attention
 from ehrseq.models.clinical_lf import ClinicalLF, sinusoidal_positions
-from test_clinical_lf import TINY, make_toy_data, train_tiny
 
 torch.set_num_threads(1)
 
@@ -74,14 +73,27 @@ def test_hooks_fire_on_the_real_forward_and_match_its_outputs(setup):
     assert len(att.layers) == TINY["n_layers"]
     assert all(w.shape == (B, TINY["n_heads"], T, T) for w in att.layers)
     assert att.pooling.shape == (B, TINY["pool_heads"], 1, T)
-    plain = model(batch["steps"], batch["static"], batch["padding_mask"], return_pooling_weights=True)
+    plain = model(batch["steps"], batch["static"], batch["padding_mask"])
     assert torch.allclose(outputs["logits"], plain["logits"], atol=1e-5)
-    assert torch.allclose(att.pooling, plain["pooling_weights"], atol=1e-6)
+    assert torch.allclose(att.pooling, _manual_pooling(model, batch), atol=1e-6)
     # every padded key gets exactly zero weight, in every layer and in the pooling
     padded_keys = batch["padding_mask"][:, None, None, :]
     for w in [*att.layers, att.pooling]:
         assert (w.masked_select(padded_keys.expand_as(w)) == 0).all()
         assert torch.allclose(w.sum(-1), torch.ones_like(w.sum(-1)), atol=1e-5)
+
+
+def _manual_pooling(model: ClinicalLF, batch) -> torch.Tensor:
+    """[B, H, 1, T] pooling weights from a second, explicit pass: the encoder, then the
+    pooling attention asked for its weights directly."""
+    padding = batch["padding_mask"]
+    B, T = padding.shape
+    with torch.no_grad():
+        x = model.input_proj(batch["steps"]) + sinusoidal_positions(T, model.input_proj.out_features)
+        h = model.encoder(x, src_key_padding_mask=padding)
+        _, weights = model.pool(model.pool_query.expand(B, -1, -1), h, h, key_padding_mask=padding,
+                                need_weights=True, average_attn_weights=False)
+    return weights
 
 
 def test_capture_fails_loudly_when_no_hook_fired(setup):
@@ -152,7 +164,8 @@ def test_attention_npz_round_trip(setup, tmp_path):
     batch = setup["batch"]
     _, att = forward_with_attention(setup["model"], batch)
     save_attention(tmp_path / "attention" / "test.npz", att, batch)
-    loaded = load_attention(tmp_path / "attention" / "test.npz")
+    with np.load(tmp_path / "attention" / "test.npz") as npz:
+        loaded = {key: npz[key] for key in npz.files}
     assert set(loaded) == {"layer_0", "layer_1", "pooling", "padding_mask", "stay_id", "event_row"}
     assert np.array_equal(loaded["layer_1"], att.layers[1].numpy())
     assert np.array_equal(loaded["event_row"], batch["event_row"].numpy())
@@ -378,8 +391,8 @@ def test_explain_split_writes_every_artifact(setup, tmp_path):
 
     events, cohort, texts, vectors, planted = make_toy_data()
     test = build_dataset(events, cohort, texts, vectors, setup["encoder"], "test")
-    config = ExplainConfig(batch_size=8, ig_steps=32, k_max=3, precision_k=(1, 3), n_random=3,
-                           n_permutations=20, plot_stays=2)
+    config = ExplainConfig(batch_size=8, ig_steps=32, internal_batch_size=None, k_max=3, precision_k=(1, 3),
+                           n_random=3, n_permutations=20, plot_stays=2, attention_batches=1, max_stays=None, seed=0)
     metrics = explain_split(setup["model"], setup["encoder"], test, events, tmp_path, config, planted_rows=planted)
     assert metrics["stays"] == len(test)
     assert set(metrics["aopc"]) == {"integrated_gradients", "layer_integrated_gradients", "event_ablation",
@@ -397,8 +410,8 @@ def test_explain_split_writes_every_artifact(setup, tmp_path):
     assert len(list((tmp_path / "stays").glob("timeline_*.png"))) == 2
     assert len(list((tmp_path / "stays").glob("heads_*.png"))) == 2
     sample = explain_split(setup["model"], setup["encoder"], test, events, tmp_path / "sample",
-                           ExplainConfig(batch_size=8, ig_steps=16, k_max=2, n_random=2, n_permutations=10,
-                                         plot_stays=1, max_stays=10))
+                           dataclasses.replace(config, ig_steps=16, k_max=2, n_random=2, n_permutations=10,
+                                               plot_stays=1, max_stays=10))
     assert sample["stays"] == 10 and "precision_at_k" not in sample  # no planted truth given
 
 

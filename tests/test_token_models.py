@@ -4,14 +4,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import TOY_VOCAB, toy_sequences
 from ehrseq.data import TokenSequenceDataset, collate_tokens, token_loader
 from ehrseq.metrics import auroc
 from ehrseq.models import build_model
 from ehrseq.models.lstm import reverse_within_length
 from ehrseq.models.transformer import attention_mask_4d
 from ehrseq.schema import PAD_ID
-from ehrseq.training import FitConfig, NextTokenTask, fit, mortality_task, predict
-from test_training import TOY_VOCAB, toy_sequences
+from ehrseq.tasks import NextTokenTask, mortality_task
+from ehrseq.training import FitConfig, fit, predict
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")
@@ -47,7 +48,7 @@ def test_output_shapes(name):
     out = model(batch["input_ids"], batch["attention_mask"])
     hidden_size = {"lstm": 24, "lstm_packed": 24, "lstm_forward": 12, "transformer": 16, "gpt2": 16}[name]
     assert out["hidden"].shape == (2, 10, hidden_size)
-    assert out["mortality_logit"].shape == (2,)
+    assert out["logits"].shape == (2,)
     assert out["pool_weights"].shape == (2, 10)
     assert torch.allclose(out["pool_weights"].sum(-1), torch.ones(2)) and (out["pool_weights"][1, 4:] == 0).all()
     assert model.next_token_logits(out["hidden"]).shape == (2, 10, TOY_VOCAB)
@@ -73,7 +74,7 @@ def test_more_padding_changes_nothing(name):
     a = model(alone["input_ids"], alone["attention_mask"])
     b = model(padded["input_ids"], padded["attention_mask"])
     assert torch.allclose(a["hidden"][0], b["hidden"][0, :6], atol=1e-5)
-    assert torch.allclose(a["mortality_logit"][0], b["mortality_logit"][0], atol=1e-5)
+    assert torch.allclose(a["logits"][0], b["logits"][0], atol=1e-5)
 
 
 def test_attention_rows_of_padding_are_never_empty():
@@ -84,7 +85,7 @@ def test_attention_rows_of_padding_are_never_empty():
     model = tiny("transformer").train()
     out = model(torch.tensor([[PAD_ID, PAD_ID, 7, 8], [2, 7, 8, PAD_ID]]), mask)
     out["hidden"].sum().backward()
-    assert torch.isfinite(out["hidden"]).all() and torch.isfinite(out["mortality_logit"]).all()
+    assert torch.isfinite(out["hidden"]).all() and torch.isfinite(out["logits"]).all()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
@@ -100,7 +101,7 @@ def test_packed_and_padded_lstm_agree_on_real_tokens(bidirectional):
     b = padded(batch["input_ids"], batch["attention_mask"])
     mask = batch["attention_mask"]
     assert torch.allclose(a["hidden"][mask], b["hidden"][mask], atol=1e-6)
-    assert torch.allclose(a["mortality_logit"], b["mortality_logit"], atol=1e-6)
+    assert torch.allclose(a["logits"], b["logits"], atol=1e-6)
 
 
 def test_reverse_within_length_keeps_padding_in_place():

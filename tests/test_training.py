@@ -1,7 +1,6 @@
 """The training machinery: data contract, batching, schedule, early stopping, checkpoints, resume.
 
-Also home of `toy_sequences`, a tiny split in the tokenize stage's contract with a planted
-risk token, used by the model tests too.
+Toy stays (`toy_sequences`, a planted risk token) come from conftest.py.
 """
 from __future__ import annotations
 
@@ -13,65 +12,18 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import TOY_VOCAB, toy_sequences, write_toy_split
 from ehrseq.data import (
     LengthBucketSampler, TokenSequenceDataset, class_balance_weights, collate_tokens, load_sequences,
     read_vocab_size, token_loader,
 )
 from ehrseq.models import build_model
 from ehrseq.schema import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS
-from ehrseq.training import (
-    EarlyStopping, FitConfig, MortalityTask, NextTokenTask, fit, load_checkpoint, load_trained_model,
-    lr_multiplier, mortality_task, predict,
-)
+from ehrseq.tasks import MortalityTask, NextTokenTask, mortality_task
+from ehrseq.training import EarlyStopping, FitConfig, fit, load_checkpoint, load_trained_model, lr_multiplier, predict
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")
-
-# ---------------------------------------------------------------- toy data
-
-TOY_VOCAB = 40
-DEMOGRAPHIC_IDS = (5, 6, 7, 8)  # two age bins, two genders
-RISK_TOKEN = 9  # present in a stay -> high mortality
-FIRST_EVENT = 10
-
-
-def toy_sequences(n: int, seed: int, risk_rate: float = 0.3, max_events: int = 60) -> pd.DataFrame:
-    """Stays in the sequences/{split}.parquet contract with a learnable signal.
-
-    Events walk up the vocabulary (next = previous + 1 most of the time, something a
-    language model can learn); a stay holding RISK_TOKEN somewhere dies with probability
-    0.95, others with 0.02. `true_risk` is that probability (the oracle's score).
-    Lengths are long-tailed (log-normal).
-    """
-    rng = np.random.default_rng(seed)
-    n_event_ids = TOY_VOCAB - FIRST_EVENT
-    rows = []
-    for i in range(n):
-        n_events = int(np.clip(rng.lognormal(np.log(15), 0.6), 3, max_events))
-        events = [FIRST_EVENT + rng.integers(n_event_ids)]
-        for _ in range(n_events - 1):
-            step = 1 if rng.random() < 0.8 else rng.integers(n_event_ids)
-            events.append(FIRST_EVENT + (events[-1] - FIRST_EVENT + step) % n_event_ids)
-        has_risk = rng.random() < risk_rate
-        if has_risk:
-            events[rng.integers(n_events)] = RISK_TOKEN
-        true_risk = 0.95 if has_risk else 0.02
-        ids = [BOS_ID, int(rng.choice(DEMOGRAPHIC_IDS[:2])), int(rng.choice(DEMOGRAPHIC_IDS[2:])), *events, EOS_ID]
-        hours = np.r_[0, 0, 0, np.sort(rng.uniform(0, 24, n_events)), 0].astype(np.float32)
-        rows.append({
-            "stay_id": 1000 + i, "subject_id": 10 * i,
-            "input_ids": np.array(ids, dtype=np.int32), "hours": hours,
-            "event_row": np.r_[-1, -1, -1, np.arange(n_events), -1].astype(np.int64),
-            "mortality": np.int8(rng.random() < true_risk),
-            "event_hours": np.float32(rng.uniform(1, 100)), "event": np.int8(0), "true_risk": true_risk,
-        })
-    return pd.DataFrame(rows)
-
-
-def write_toy_split(path, frame: pd.DataFrame) -> str:
-    frame.drop(columns="true_risk").to_parquet(path, index=False)
-    return str(path)
-
 
 def toy_config(**overrides) -> FitConfig:
     config = dict(epochs=3, lr=1e-2, weight_decay=0.01, warmup_steps=2, schedule="cosine", min_lr_ratio=0.1,
@@ -316,7 +268,7 @@ class BiasOnly(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1))
 
     def forward(self, input_ids, attention_mask):
-        return {"mortality_logit": self.bias.expand(input_ids.shape[0])}
+        return {"logits": self.bias.expand(input_ids.shape[0])}
 
 
 @pytest.mark.parametrize("imbalance", ["pos_weight", "sampler", "none"])
@@ -368,6 +320,7 @@ evaluate: {batch_size: 64, n_bootstrap: 50, calibration_bins: 5, seed: 0}
 """
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_stages_write_their_outputs(tmp_path):
     import json
     import subprocess

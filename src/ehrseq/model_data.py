@@ -3,35 +3,28 @@
 Token models (`lstm`, `transformer`, `gpt2`) read `sequences/{split}.parquet`;
 `clinical_lf` reads events, cohort and the text embeddings, encoded by a
 `FeatureEncoder` fitted on the train split (and stored in the checkpoint, so evaluation
-and explanation encode exactly as training did). Stages pass paths in; nothing here
-reads params.yaml.
+and explanation encode exactly as training did). Files are the pipeline's, named in
+`ehrseq.paths`; nothing here reads params.yaml. Every model in the registry
+(`ehrseq.models.REGISTRY`) belongs to exactly one of the input groups below
+(tests/test_layout.py checks it).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ehrseq import paths
 from ehrseq.data import TokenSequenceDataset, collate_tokens, load_sequences, read_vocab_size, token_loader
 from ehrseq.embeddings import read_text_embeddings
 from ehrseq.features import FeatureEncoder, build_dataset, collate, fit_encoder
-from ehrseq.training import ClinicalLFTask, MortalityTask
+from ehrseq.tasks import ClinicalLFTask, MortalityTask
 
-TOKEN_MODELS = ("lstm", "transformer", "gpt2")
-EMBEDDING_MODELS = ("clinical_lf",)
-
-
-@dataclass
-class PipelinePaths:
-    sequences_dir: Path = Path("data/processed/sequences")
-    vocab: Path = Path("data/processed/vocab.csv")
-    events: Path = Path("data/interim/events.parquet")
-    cohort: Path = Path("data/interim/cohort.parquet")
-    embeddings_dir: Path = Path("data/processed/text_embeddings")
+TOKEN_MODELS = ("lstm", "transformer", "gpt2")  # read paths.SEQUENCES and paths.VOCAB
+EMBEDDING_MODELS = ("clinical_lf",)  # read paths.INTERIM and paths.TEXT_EMBEDDINGS
 
 
 @dataclass
@@ -46,6 +39,16 @@ class ModelData:
         return token_loader(self.datasets[split], batch_size, device=device, collate_fn=self.collate_fn, **kwargs)
 
 
+def data_inputs(model: str) -> tuple[str, ...]:
+    """The constructor arguments of `model` that its data fixes (`ModelData.model_inputs`);
+    params.yaml sets all the others."""
+    if model in TOKEN_MODELS:
+        return ("vocab_size",)
+    if model in EMBEDDING_MODELS:
+        return ("step_dim", "static_dim")
+    raise KeyError(f"unknown model {model!r}; token models {TOKEN_MODELS}, embedding models {EMBEDDING_MODELS}")
+
+
 def task_class(model: str) -> type[MortalityTask]:
     return ClinicalLFTask if model in EMBEDDING_MODELS else MortalityTask
 
@@ -57,21 +60,20 @@ def checkpoint_encoder(checkpoint: dict[str, Any]) -> FeatureEncoder | None:
 
 
 def load_model_data(
-    model: str, splits: Sequence[str], paths: PipelinePaths = PipelinePaths(), *,
-    max_events: int | None = None, encoder: FeatureEncoder | None = None,
+    model: str, splits: Sequence[str], *, max_events: int | None = None, encoder: FeatureEncoder | None = None,
 ) -> ModelData:
     """Datasets of `splits` for `model`. For clinical_lf, pass `max_events` to fit a new
     encoder on train (training) or a fitted `encoder` (evaluation, explanation)."""
     if model in TOKEN_MODELS:
-        vocab_size = read_vocab_size(paths.vocab)
+        vocab_size = read_vocab_size(paths.VOCAB)
         datasets = {
-            s: TokenSequenceDataset(load_sequences(paths.sequences_dir / f"{s}.parquet", vocab_size)) for s in splits
+            s: TokenSequenceDataset(load_sequences(paths.SEQUENCES / f"{s}.parquet", vocab_size)) for s in splits
         }
         return ModelData(datasets, {"vocab_size": vocab_size}, collate_tokens)
     if model in EMBEDDING_MODELS:
-        events = pd.read_parquet(paths.events)
-        cohort = pd.read_parquet(paths.cohort)
-        embeddings = read_text_embeddings(paths.embeddings_dir)
+        events = pd.read_parquet(paths.EVENTS)
+        cohort = pd.read_parquet(paths.COHORT)
+        embeddings = read_text_embeddings(paths.TEXT_EMBEDDINGS)
         if encoder is None:
             if max_events is None:
                 raise ValueError("clinical_lf needs max_events to fit a feature encoder, or a fitted encoder")

@@ -1,6 +1,6 @@
 """One training loop for every model.
 
-The loop never looks inside a batch (a dict of tensors). A *task* does:
+The loop never looks inside a batch (a dict of tensors). A *task* (`ehrseq.tasks`) does:
 
     task.loss(model, batch)    -> (scalar loss, {name: float} to log besides the loss)
     task.predict(model, batch) -> {name: [B] tensor}, one row per example
@@ -11,11 +11,11 @@ The loop never looks inside a batch (a dict of tensors). A *task* does:
 so a new model plugs in with its own task and the loop stays as it is. The loop owns
 the rest: device, seeds, AdamW with warmup then cosine/linear decay, gradient clipping,
 bf16 autocast on CUDA, early stopping, checkpoints (best and last), resume, DVCLive logs
-and a progress bar.
+and a progress bar. Anything else done during training (attention snapshots) is an
+`on_step` callback; the loop imports no explanation code.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import pickle
@@ -23,26 +23,25 @@ import random
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from dvclive import Live
 from torch import nn
 from tqdm import tqdm
 
 from ehrseq import metrics
-from ehrseq.data import class_balance_weights
-from ehrseq.explain.attention import forward_with_attention, save_attention
-from ehrseq.explain.attributions import eval_mode
 from ehrseq.io import atomic_path
 from ehrseq.models import build_model
-from ehrseq.models.clinical_lf import clinical_lf_loss
+from ehrseq.torch_utils import Batch, autocast, pick_device, seed_everything, to_device
 
 log = logging.getLogger(__name__)
 
-Batch = dict[str, torch.Tensor]
+# on_step(step, model, batch): called before each training step's forward pass with the
+# global step (0-based, counted from the start of the run, resumed or not) and the batch
+# on the device. It must leave the model's weights, mode and every RNG as it found them.
+StepCallback = Callable[[int, nn.Module, Batch], None]
 
 
 class Task(Protocol):
@@ -56,172 +55,7 @@ class Task(Protocol):
     def config(self) -> dict[str, Any]: ...
 
 
-# --------------------------------------------------------------------------- tasks
-
-
-class NextTokenTask:
-    """Next-token pretraining: the state at position t predicts token t+1.
-
-    Only pairs whose target is a real token count, and only their hidden states go
-    through the vocabulary projection (the largest matrix multiply) -- not the padding.
-    """
-
-    name = "pretrain"
-    monitor, mode = "loss", "min"
-
-    def _token_nll(self, model: nn.Module, batch: Batch):
-        out = model(batch["input_ids"], batch["attention_mask"])
-        target_mask = batch["attention_mask"][:, 1:]  # [B, T-1]
-        hidden = out["hidden"][:, :-1][target_mask]  # [N, H]
-        targets = batch["input_ids"][:, 1:][target_mask]  # [N]
-        logits = model.next_token_logits(hidden).float()  # [N, V]
-        return logits, targets, F.cross_entropy(logits, targets, reduction="none"), target_mask
-
-    def loss(self, model, batch):
-        _, _, nll, _ = self._token_nll(model, batch)
-        return nll.mean(), {}
-
-    def predict(self, model, batch):
-        logits, targets, nll, target_mask = self._token_nll(model, batch)
-        row = target_mask.nonzero()[:, 0]  # [N] which sequence each target belongs to
-        per_row = torch.zeros(target_mask.shape[0], device=nll.device)
-        correct = (logits.argmax(dim=-1) == targets).float()
-        return {
-            "stay_id": batch["stay_id"],
-            "nll_sum": per_row.index_add(0, row, nll),
-            "n_correct": per_row.index_add(0, row, correct),
-            "n_tokens": target_mask.sum(dim=1),
-        }
-
-    def metrics(self, p):
-        return {
-            "loss": float(p["nll_sum"].sum() / p["n_tokens"].sum()),
-            "perplexity": metrics.perplexity(p["nll_sum"], p["n_tokens"]),
-            "accuracy": metrics.token_accuracy(p["n_correct"], p["n_tokens"]),
-        }
-
-    def config(self):
-        return {}
-
-
-class MortalityTask:
-    """In-hospital mortality from the model's single logit (token models).
-
-    Rare positives are up-weighted either in the loss (`pos_weight`) or by a
-    class-balanced sampler. Both raise the training odds of death by a known factor, so
-    the best logit moves up by log(that factor); `logit_shift` subtracts it again at
-    prediction time (prior correction), keeping probabilities calibrated to the real
-    prevalence. Ranking metrics are unaffected.
-    """
-
-    name = "mortality"
-    monitor, mode = "auroc", "max"
-
-    def __init__(self, pos_weight: float = 1.0, logit_shift: float = 0.0):
-        self.pos_weight = pos_weight
-        self.logit_shift = logit_shift
-
-    def outputs(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        out = model(batch["input_ids"], batch["attention_mask"])
-        return {"logits": out["mortality_logit"]}
-
-    def loss(self, model, batch):
-        logit = self.outputs(model, batch)["logits"].float()  # [B]
-        pos_weight = torch.tensor(self.pos_weight, device=logit.device)
-        return F.binary_cross_entropy_with_logits(logit, batch["label"], pos_weight=pos_weight), {}
-
-    def predict(self, model, batch):
-        logit = self.outputs(model, batch)["logits"].float() - self.logit_shift
-        return {"stay_id": batch["stay_id"], "label": batch["label"], "logit": logit, "prob": torch.sigmoid(logit)}
-
-    def metrics(self, p):
-        log_loss = F.binary_cross_entropy_with_logits(torch.from_numpy(p["logit"]), torch.from_numpy(p["label"]))
-        return {"auroc": metrics.auroc(p["label"], p["prob"]), "loss": float(log_loss)}
-
-    def config(self):
-        return {"pos_weight": self.pos_weight, "logit_shift": self.logit_shift}
-
-
-class ClinicalLFTask(MortalityTask):
-    """Mortality for `clinical_lf`: its stay logit, plus the temporal auxiliary loss when
-    `temporal_lambda` > 0 (see `models.clinical_lf.clinical_lf_loss`).
-
-    With `attention_every` > 0 and an `attention_dir`, every N-th training batch's
-    attention weights (every encoder layer and the pooling, per head) are saved as
-    compressed npz, read by hooks on a real forward pass in eval mode, so the snapshot
-    draws no dropout randomness and cannot change the training run.
-    """
-
-    def __init__(self, pos_weight: float = 1.0, logit_shift: float = 0.0, temporal_lambda: float = 0.0,
-                 attention_every: int = 0, attention_dir: str | None = None):
-        super().__init__(pos_weight, logit_shift)
-        self.temporal_lambda = temporal_lambda
-        self.attention_every = attention_every
-        self.attention_dir = attention_dir
-        self.batches_seen = 0
-
-    def outputs(self, model, batch):
-        return model(batch["steps"], batch["static"], batch["padding_mask"])
-
-    def loss(self, model, batch):
-        if self.attention_every and self.attention_dir and self.batches_seen % self.attention_every == 0:
-            with eval_mode(model):
-                _, attention = forward_with_attention(model, batch)
-            save_attention(Path(self.attention_dir) / f"batch_{self.batches_seen:07d}.npz", attention, batch)
-        self.batches_seen += 1
-        out = {k: v.float() for k, v in self.outputs(model, batch).items()}
-        losses = clinical_lf_loss(out, batch, self.temporal_lambda, self.pos_weight)
-        return losses["loss"], {"stay_loss": losses["stay_loss"].item(), "step_loss": losses["step_loss"].item()}
-
-    def config(self):
-        # Prediction needs only the shift; the snapshot settings are training-time I/O.
-        return {"pos_weight": self.pos_weight, "logit_shift": self.logit_shift, "temporal_lambda": self.temporal_lambda}
-
-
-IMBALANCE_STRATEGIES = ("pos_weight", "sampler", "none")
-
-
-def mortality_task(
-    labels: np.ndarray, imbalance: str, task_class: type[MortalityTask] = MortalityTask, **task_kwargs
-) -> tuple[MortalityTask, np.ndarray | None]:
-    """The mortality task for one imbalance strategy, and sampling weights if it needs them."""
-    if imbalance not in IMBALANCE_STRATEGIES:
-        raise ValueError(f"imbalance must be one of {IMBALANCE_STRATEGIES}, got {imbalance!r}")
-    labels = np.asarray(labels)
-    n_pos = int(labels.sum())
-    if n_pos in (0, len(labels)):
-        raise ValueError(f"training labels have one class ({n_pos} deaths in {len(labels)} stays)")
-    odds_factor = (len(labels) - n_pos) / n_pos  # negatives per positive
-    if imbalance == "pos_weight":
-        return task_class(pos_weight=odds_factor, logit_shift=math.log(odds_factor), **task_kwargs), None
-    if imbalance == "sampler":
-        return task_class(logit_shift=math.log(odds_factor), **task_kwargs), class_balance_weights(labels)
-    return task_class(**task_kwargs), None
-
-
 # ----------------------------------------------------------------- loop machinery
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on GPUs that support it (no loss scaling needed); full precision elsewhere."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    # non_blocking only helps from pinned memory, which the loaders pin only for CUDA.
-    return {k: v.to(device, non_blocking=device.type == "cuda") for k, v in batch.items()}
 
 
 def lr_multiplier(step: int, *, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float) -> float:
@@ -371,6 +205,7 @@ def fit(
     resume: bool = False,
     device: torch.device | None = None,
     metadata: dict[str, Any] | None = None,
+    on_step: StepCallback | None = None,
 ) -> FitResult:
     """Train `model` on `task`; leaves it holding the best validation weights.
 
@@ -380,6 +215,7 @@ def fit(
     `last.pt` is picked up at the start of the epoch after it, so a killed run ends
     exactly where an uninterrupted one would; a finished run returns at once.
     `metadata` (e.g. the model name and config) is stored in both checkpoints.
+    `on_step` (see `StepCallback`) runs before every training step.
     """
     if config.epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {config.epochs}")
@@ -426,8 +262,11 @@ def fit(
         # disable=None: a live bar on a terminal, no carriage-return spam in CI logs
         bar = tqdm(train_loader, desc=f"{task.name} epoch {epoch + 1}/{config.epochs}", leave=False, disable=None)
         for batch in bar:
+            batch = to_device(batch, device)
             with autocast(device):
-                loss, logged = task.loss(model, to_device(batch, device))
+                if on_step is not None:
+                    on_step(step, model, batch)
+                loss, logged = task.loss(model, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{task.name}: loss is {loss.item()} at epoch {epoch + 1}, step {step}")
             optimizer.zero_grad(set_to_none=True)

@@ -20,9 +20,8 @@ them exactly zero.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -32,18 +31,7 @@ from torch import nn
 
 from ehrseq.features import FeatureEncoder
 from ehrseq.schema import EVENT_TYPES
-
-Batch = dict[str, torch.Tensor]
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
+from ehrseq.torch_utils import Batch, eval_mode
 
 
 def logit_function(model: nn.Module) -> Callable[..., torch.Tensor]:

@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ehrseq.explain.attributions import Batch, eval_mode
 from ehrseq.schema import EVENT_TYPES
+from ehrseq.torch_utils import Batch, eval_mode
 
 
 def _rank(scores: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ehrseq.explain.attention import attention_rollout, forward_with_attention, pooling_event_scores, save_attention
+from ehrseq.explain.attention import attention_rollout, pooling_event_scores
 from ehrseq.explain.attributions import (
     event_ablation, group_ablation, importance_by, integrated_gradients, layer_integrated_gradients,
     mean_baselines, scores_frame, step_scores,
@@ -41,23 +41,26 @@ from ehrseq.explain.faithfulness import deletion_curves, deletion_table, head_sp
 from ehrseq.explain.plots import deletion_plot, head_heatmap, importance_bars, stay_timeline, write_csv
 from ehrseq.features import FeatureEncoder, collate
 from ehrseq.io import write_parquet
+from ehrseq.models.attention import forward_with_attention, save_attention
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class ExplainConfig:
-    batch_size: int = 16
-    ig_steps: int = 64
-    internal_batch_size: int | None = None  # bounds IG memory: examples x steps per forward
-    k_max: int = 5  # deletion curves remove up to this many events
-    precision_k: tuple[int, ...] = (1, 3, 5)
-    n_random: int = 10  # random rankings averaged for the deletion baseline
-    n_permutations: int = 200  # head-specialisation null
-    plot_stays: int = 3
-    attention_batches: int = 1
-    max_stays: int | None = None  # explain a seeded sample: event ablation costs T forwards per batch
-    seed: int = 0
+    """The `explain` section of params.yaml, which holds the defaults (this class has none)."""
+
+    batch_size: int
+    ig_steps: int
+    internal_batch_size: int | None  # bounds IG memory: examples x steps per forward
+    k_max: int  # deletion curves remove up to this many events
+    precision_k: tuple[int, ...]
+    n_random: int  # random rankings averaged for the deletion baseline
+    n_permutations: int  # head-specialisation null
+    plot_stays: int
+    attention_batches: int
+    max_stays: int | None  # explain a seeded sample: event ablation costs T forwards per batch
+    seed: int
 
 
 def _delta_summary(delta: torch.Tensor, change: torch.Tensor, n_steps: int) -> dict[str, float]:
@@ -76,7 +79,7 @@ def _pad_cat(parts: list[torch.Tensor], value) -> torch.Tensor:
 
 def explain_split(
     model: nn.Module, encoder: FeatureEncoder, dataset: Dataset, events: pd.DataFrame, out_dir: str | Path,
-    config: ExplainConfig = ExplainConfig(), planted_rows: np.ndarray | None = None,
+    config: ExplainConfig, planted_rows: np.ndarray | None = None,
 ) -> dict:
     start = time.time()
     out_dir = Path(out_dir)

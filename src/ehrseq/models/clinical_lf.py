@@ -7,9 +7,8 @@
 
 plus a per-step logit head on h (for the optional temporal auxiliary loss). The model
 returns logits; `BCEWithLogits` losses live in `clinical_lf_loss`, and the sigmoid is
-only for reporting. Attention weights are read by `ehrseq.explain.attention` with hooks
-on this real forward pass; `return_pooling_weights` is the cheap way to get the pooling
-weights alone.
+only for reporting. Attention weights (every layer and the pooling) are read by
+`ehrseq.models.attention` with hooks on this real forward pass.
 
 Steps come from `ehrseq.features` (F = 5 event kinds + D text dims + 1 time). A stay with
 no event (all padding) is predicted from its static features alone: its pooled vector is
@@ -40,15 +39,17 @@ class ClinicalLF(nn.Module):
         self,
         step_dim: int,
         static_dim: int,
-        d_model: int = 256,
-        n_layers: int = 4,
-        n_heads: int = 8,
-        ff_dim: int = 512,
-        dropout: float = 0.1,
-        pool_heads: int = 4,
-        mlp_hidden: int = 256,
-        norm_first: bool = False,
+        d_model: int,
+        n_layers: int,
+        n_heads: int,
+        ff_dim: int,
+        dropout: float,
+        pool_heads: int,
+        mlp_hidden: int,
+        norm_first: bool,
     ):
+        # No defaults: sizes live in params.yaml (`train.clinical_lf.model`), the one home
+        # of every default; step_dim and static_dim come from the fitted feature encoder.
         super().__init__()
         self.input_proj = nn.Linear(step_dim, d_model)
         self.dropout = nn.Dropout(dropout)
@@ -77,7 +78,6 @@ class ClinicalLF(nn.Module):
         steps: torch.Tensor,
         static: torch.Tensor,
         padding_mask: torch.Tensor,
-        return_pooling_weights: bool = False,
     ) -> dict[str, torch.Tensor]:
         """steps [B, T, F], static [B, S], padding_mask [B, T] (True = padding)."""
         B, T, _ = steps.shape
@@ -89,18 +89,12 @@ class ClinicalLF(nn.Module):
         h = self.encoder(self.dropout(x), src_key_padding_mask=key_mask)  # [B, T, E]
 
         query = self.pool_query.expand(B, -1, -1)  # [B, 1, E]
-        pooled, pool_weights = self.pool(
-            query, h, h, key_padding_mask=key_mask,
-            need_weights=return_pooling_weights, average_attn_weights=False,
-        )  # [B, 1, E], [B, H, 1, T] (or None)
+        pooled, _ = self.pool(query, h, h, key_padding_mask=key_mask, need_weights=False)  # [B, 1, E]
         pooled = pooled.squeeze(1) * has_events[:, None].to(pooled.dtype)  # [B, E]
 
         logits = self.classifier(torch.cat([pooled, static], dim=-1)).squeeze(-1)  # [B]
         step_logits = self.step_head(h).squeeze(-1).masked_fill(padding_mask, 0.0)  # [B, T]
-        out = {"logits": logits, "step_logits": step_logits}
-        if return_pooling_weights:
-            out["pooling_weights"] = pool_weights.masked_fill(padding_mask[:, None, None, :], 0.0)  # [B, H, 1, T]
-        return out
+        return {"logits": logits, "step_logits": step_logits}
 
 
 def temporal_step_weights(

@@ -46,8 +46,8 @@ class GPT2TokenModel(nn.Module):
         # GPT-2 combines this padding mask with its causal mask; positions count from 0
         # on every row, which is right for right-padded batches.
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask.long()).last_hidden_state  # [B, T, D]
-        mortality_logit, pool_weights = self.mortality_head(hidden, attention_mask)
-        return {"hidden": hidden, "mortality_logit": mortality_logit, "pool_weights": pool_weights}
+        logits, pool_weights = self.mortality_head(hidden, attention_mask)
+        return {"hidden": hidden, "logits": logits, "pool_weights": pool_weights}
 
     def next_token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)  # [..., V]

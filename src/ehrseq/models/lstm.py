@@ -82,8 +82,8 @@ class LSTMTokenModel(nn.Module):
             backward_states = self._run(self.backward_lstm, reverse_within_length(x, lengths), lengths)
             hidden = torch.cat([forward_states, reverse_within_length(backward_states, lengths)], dim=-1)  # [B, T, 2H]
         hidden = self.drop(hidden)
-        mortality_logit, pool_weights = self.mortality_head(hidden, attention_mask)
-        return {"hidden": hidden, "mortality_logit": mortality_logit, "pool_weights": pool_weights}
+        logits, pool_weights = self.mortality_head(hidden, attention_mask)
+        return {"hidden": hidden, "logits": logits, "pool_weights": pool_weights}
 
     def next_token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits for the token after each position, from the forward stack only. [..., V]"""

@@ -102,8 +102,8 @@ class TransformerTokenModel(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         hidden = self.ln_f(x)  # [B, T, D]
-        mortality_logit, pool_weights = self.mortality_head(hidden, attention_mask)
-        return {"hidden": hidden, "mortality_logit": mortality_logit, "pool_weights": pool_weights}
+        logits, pool_weights = self.mortality_head(hidden, attention_mask)
+        return {"hidden": hidden, "logits": logits, "pool_weights": pool_weights}
 
     def next_token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)  # [..., V]

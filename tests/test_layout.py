@@ -1,0 +1,197 @@
+"""The layout's promises: dependencies point down, one home for paths, one list of models.
+
+dvc.yaml, params.yaml and the code are read as files, so adding a stage, a path or a
+model without declaring it everywhere fails here, not in a stale `dvc repro`.
+"""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from ehrseq import metrics, paths
+from ehrseq.model_data import EMBEDDING_MODELS, TOKEN_MODELS
+from ehrseq.models import REGISTRY
+
+REPO = Path(__file__).resolve().parents[1]
+DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+DVC_MODELS = DVC["vars"][0]["models"]
+
+
+# ------------------------------------------------------------- dependencies point down
+
+
+def import_graph() -> dict[str, set[str]]:
+    """ehrseq module -> every module it imports (top-level or inside a function: a lazy
+    import is still a dependency), read from the source, so the whole graph costs no import."""
+    src = REPO / "src"
+    graph = {}
+    for path in sorted((src / "ehrseq").rglob("*.py")):
+        parts = list(path.relative_to(src).with_suffix("").parts)
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        package = ".".join(parts[:-1])
+        imports = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imports |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from . import x
+                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + [base]).strip(".")
+                imports.add(base)
+                imports |= {f"{base}.{alias.name}" for alias in node.names}  # `from pkg import module`
+        graph[name] = imports
+    return graph
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module `start` imports, directly or through other ehrseq modules (a package's
+    __init__ counts as imported with any of its modules)."""
+    seen, todo = set(), [start]
+    while todo:
+        module = todo.pop()
+        for imported in graph.get(module, ()):
+            parents = [".".join(imported.split(".")[:i]) for i in range(1, imported.count(".") + 2)]
+            for name in parents:
+                if name not in seen:
+                    seen.add(name)
+                    todo.append(name)
+    return seen
+
+
+GRAPH = import_graph()
+
+
+def test_the_import_graph_sees_the_known_edges():
+    """The probe itself: edges that exist must be found (else the tests below pass vacuously)."""
+    assert "ehrseq.explain.attributions" in reachable(GRAPH, "ehrseq.explain.run")
+    assert "captum" in reachable(GRAPH, "ehrseq.explain.run")
+    assert {"ehrseq.models", "ehrseq.torch_utils"} <= reachable(GRAPH, "ehrseq.training")
+    assert "ehrseq.models.clinical_lf" in reachable(GRAPH, "ehrseq.model_data")  # through ehrseq.tasks
+
+
+@pytest.mark.parametrize("module", ["ehrseq.training", "ehrseq.tasks", "ehrseq.model_data", "ehrseq.models.attention"])
+def test_training_side_never_imports_explain_or_captum(module):
+    reached = sorted(m for m in reachable(GRAPH, module) if m.startswith(("ehrseq.explain", "captum")))
+    assert not reached, f"{module} imports {reached}"
+
+
+def test_model_data_does_not_import_the_loop():
+    assert "ehrseq.training" not in reachable(GRAPH, "ehrseq.model_data")
+
+
+@pytest.mark.parametrize("module", sorted(m for m in GRAPH if m.startswith("ehrseq.models")))
+def test_a_model_knows_no_loop_task_source_or_explanation(module):
+    upward = ("ehrseq.training", "ehrseq.tasks", "ehrseq.model_data", "ehrseq.sources", "ehrseq.explain",
+              "ehrseq.params")
+    reached = sorted(m for m in reachable(GRAPH, module) if m.startswith(upward))
+    assert not reached, f"{module} imports {reached}"
+
+
+# ------------------------------------------------------------------ one list of models
+
+
+def test_model_lists_agree_with_the_registry():
+    registry = set(REGISTRY)
+    assert set(DVC_MODELS) == registry, "dvc.yaml `vars: models` differs from ehrseq.models.REGISTRY"
+    assert set(PARAMS["train"]) == registry, "params.yaml `train:` sections differ from the registry"
+    assert not set(TOKEN_MODELS) & set(EMBEDDING_MODELS)
+    assert set(TOKEN_MODELS) | set(EMBEDDING_MODELS) == registry, "model_data's input groups differ from the registry"
+
+
+def test_dvc_model_inputs_are_the_files_model_data_reads():
+    reads = {**{m: (paths.SEQUENCES, paths.VOCAB) for m in TOKEN_MODELS},
+             **{m: (paths.INTERIM, paths.TEXT_EMBEDDINGS) for m in EMBEDDING_MODELS}}
+    for model, item in DVC_MODELS.items():
+        assert (Path(item["data"]), Path(item["index"])) == reads[model], model
+
+
+# --------------------------------------------------------------- one home for paths
+
+
+def _expand(stages: dict) -> dict[str, dict]:
+    """dvc.yaml stages with `foreach: ${models}` expanded the way DVC does (`train@lstm`)."""
+    out = {}
+    for name, stage in stages.items():
+        if "foreach" not in stage:
+            out[name] = stage
+            continue
+        assert stage["foreach"] == "${models}", f"{name}: unexpected foreach {stage['foreach']}"
+        for key, item in DVC_MODELS.items():
+            text = yaml.safe_dump(stage["do"]).replace("${key}", key)
+            text = re.sub(r"\$\{item\.(\w+)\}", lambda m: item[m.group(1)], text)
+            out[f"{name}@{key}"] = yaml.safe_load(text)
+    return out
+
+
+STAGES = _expand(DVC["stages"])
+
+
+def _entries(stage: dict, field: str) -> list[str]:
+    return [next(iter(e)) if isinstance(e, dict) else e for e in stage.get(field, [])]
+
+
+def _pipeline_path(entry: str) -> bool:
+    """Files the pipeline writes (not code, not a parameter-named folder such as ${data.path})."""
+    return entry.startswith(("data/", "models/", "reports/"))
+
+
+def named_paths() -> set[Path]:
+    """Every path `ehrseq.paths` names, for every stage and registered model."""
+    constants = {v for v in vars(paths).values() if isinstance(v, Path)}
+    curves = metrics.classification_curves(np.array([0, 1, 0, 1]), np.array([0.1, 0.8, 0.3, 0.6]), 2)
+    per_model = set()
+    for model in REGISTRY:
+        per_model |= {paths.model_dir(model), paths.train_reports(model), paths.metrics_json(model)}
+        per_model |= {paths.plots_dir(model) / f"{name}.csv" for name in curves}
+        per_model |= {paths.train_reports(model) / phase / "plots" / "metrics" for phase in ("pretrain", "finetune")}
+    per_stage = {paths.metrics_json(name) for name in DVC["stages"]}
+    return constants | per_model | per_stage
+
+
+def test_every_pipeline_path_in_dvc_yaml_is_named_in_ehrseq_paths():
+    named = named_paths()
+    listed = [(s, f, e) for s, stage in STAGES.items() for f in ("deps", "outs", "metrics", "plots")
+              for e in _entries(stage, f) if _pipeline_path(e)]
+    listed += [("plots", "plots", e) for e in _entries(DVC, "plots")]
+    stray = [(s, f, e) for s, f, e in listed if Path(e) not in named]
+    assert not stray, f"dvc.yaml paths not named in ehrseq.paths: {stray}"
+
+
+def test_every_dep_is_some_stage_output():
+    outs = {Path(e) for stage in STAGES.values() for f in ("outs", "metrics", "plots") for e in _entries(stage, f)}
+    for name, stage in STAGES.items():
+        for dep in filter(_pipeline_path, _entries(stage, "deps")):
+            dep = Path(dep)
+            assert any(dep == o or o in dep.parents or dep in o.parents for o in outs), f"{name}: {dep} is no output"
+
+
+def test_every_named_path_is_declared_in_dvc_yaml():
+    declared = {Path(e) for stage in STAGES.values() for f in ("deps", "outs", "metrics", "plots")
+                for e in _entries(stage, f)}
+    roots = {paths.MODELS, paths.REPORTS, paths.METRICS}  # parents of outputs, never outputs themselves
+    for name, value in vars(paths).items():
+        if isinstance(value, Path) and value not in roots:
+            assert any(value == d or d in value.parents for d in declared), f"paths.{name} = {value} is in no stage"
+
+
+def test_every_model_has_its_training_curves_in_dvc_plots():
+    plotted = set(map(Path, _entries(DVC, "plots")))
+    for model in REGISTRY:
+        assert paths.train_reports(model) / "finetune" / "plots" / "metrics" in plotted, model
+
+
+def test_every_params_key_dvc_yaml_tracks_exists_in_params_yaml():
+    """A stage re-runs when a tracked key changes; a tracked key that does not exist (a
+    typo in dvc.yaml, or a section renamed in params.yaml) would never trigger it."""
+    for name, stage in STAGES.items():
+        for key in stage.get("params", []):
+            node = PARAMS
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"{name}: params key {key} is not in params.yaml"
+                node = node[part]
