@@ -299,6 +299,7 @@ embed_texts(texts, encoder, cache, shard_size=2, progress=False)
 """
 
 
+@pytest.mark.slow  # two writer subprocesses importing torch (~1 min)
 def test_two_runs_writing_one_cache_at_once_lose_and_tear_nothing(tiny_bert, tmp_path, caplog):
     """Two processes (two queued experiments) fill the same cache at the same moment with
     overlapping texts, while a reader keeps opening it: the reader never meets a torn
@@ -438,13 +439,14 @@ def test_a_second_workspace_encodes_nothing_and_gets_the_same_bytes(tiny_bert, t
 
 QUEUE_EVENTS = """
 import pandas as pd, pathlib, yaml
-n = yaml.safe_load(open("params.yaml"))["events"]["n"]
+n = yaml.safe_load(open("params.yaml"))["synthetic"]["n_patients"]  # a section ehrseq's params schema knows
 pathlib.Path("data/interim").mkdir(parents=True, exist_ok=True)
 texts = [f"Lab: Creatinine {v / 10:.1f} mg/dL{' (abnormal)' * (v % 3 == 0)}" for v in range(n)]  # lab_texts(n)
 pd.DataFrame({"stay_id": range(n), "text": texts}).to_parquet("data/interim/events.parquet")
 """
 
 
+@pytest.mark.slow  # subprocesses importing torch; the queue test starts a DVC queue worker (1-2.5 min)
 def test_a_queued_experiment_reuses_the_machine_cache(tiny_bert, tmp_path):
     """`dvc exp run --queue` + `dvc queue start` run in a temporary workspace: with the
     cache in the workspace (the old layout) it started empty and re-encoded every text.
@@ -459,11 +461,11 @@ def test_a_queued_experiment_reuses_the_machine_cache(tiny_bert, tmp_path):
     (repo / "stages").mkdir(parents=True)
     shutil.copy(STAGE, repo / "stages" / "embed.py")
     (repo / "stages" / "make_events.py").write_text(QUEUE_EVENTS)
-    (repo / "params.yaml").write_text(yaml.safe_dump({"events": {"n": 10}, "embed": {
+    (repo / "params.yaml").write_text(yaml.safe_dump({"synthetic": {"n_patients": 10, "seed": 7}, "embed": {
         "model": tiny_bert, "pooling": "mean", "max_length": 32, "batch_size": 4, "shard_size": 8, "cache_dir": None}}))
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
         "make_events": {"cmd": "python -P stages/make_events.py", "deps": ["stages/make_events.py"],
-                        "params": ["events.n"], "outs": ["data/interim/events.parquet"]},
+                        "params": ["synthetic.n_patients"], "outs": ["data/interim/events.parquet"]},
         "embed": {"cmd": "python -P stages/embed.py", "deps": ["stages/embed.py", "data/interim/events.parquet"],
                   "params": ["embed.model", "embed.pooling", "embed.max_length"],
                   "outs": ["data/processed/text_embeddings"],
@@ -484,7 +486,7 @@ def test_a_queued_experiment_reuses_the_machine_cache(tiny_bert, tmp_path):
     encoder = TextEncoder(tiny_bert, max_length=32)
     embed_texts(lab_texts(10), encoder, EmbeddingCache(machine / "embeddings", encoder.settings), 8, progress=False)
 
-    sh("dvc", "exp", "run", "--queue", "-S", "events.n=14", "-n", "more-events")
+    sh("dvc", "exp", "run", "--queue", "-S", "synthetic.n_patients=14", "-n", "more-events")
     sh("dvc", "queue", "start")
     deadline = time.time() + 240
     while "Success" not in (status := sh("dvc", "queue", "status")):
