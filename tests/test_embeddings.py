@@ -446,7 +446,7 @@ pd.DataFrame({"stay_id": range(n), "text": texts}).to_parquet("data/interim/even
 """
 
 
-@pytest.mark.slow  # subprocesses importing torch; the queue test starts a DVC queue worker (1-2.5 min)
+@pytest.mark.slow  # a DVC queue worker runs the experiment (1-2.5 min on 2 busy cores)
 def test_a_queued_experiment_reuses_the_machine_cache(tiny_bert, tmp_path):
     """`dvc exp run --queue` + `dvc queue start` run in a temporary workspace: with the
     cache in the workspace (the old layout) it started empty and re-encoded every text.
