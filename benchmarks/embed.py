@@ -131,11 +131,12 @@ def main() -> None:
           + (f", a sample of {args.sample}" if args.sample else ""))
     print(f"model load        {load_seconds:.2f} s (hash + weights)")
     runs = lambda xs: ", ".join(f"{x:.1f}" for x in xs)
-    print(f"bare loop         {bare_seconds:.2f} s  {len(texts) / bare_seconds:,.0f} texts/s  (shuffled, padded batches; "
-          f"runs {runs(bare_runs)} s)")
-    print(f"cold cache        {cold_seconds:.2f} s  {len(texts) / cold_seconds:,.0f} texts/s  (encoded {cold['encoded']}; "
-          f"runs {runs(cold_runs)} s)")
-    print(f"warm cache        {warm_seconds:.3f} s  {len(texts) / warm_seconds:,.0f} texts/s  (hits {warm['cache_hits']})")
+    n = len(texts)
+    print(f"bare loop         {bare_seconds:.2f} s  {n / bare_seconds:,.0f} texts/s  "
+          f"(shuffled, padded batches; runs {runs(bare_runs)} s)")
+    print(f"cold cache        {cold_seconds:.2f} s  {n / cold_seconds:,.0f} texts/s  "
+          f"(encoded {cold['encoded']}; runs {runs(cold_runs)} s)")
+    print(f"warm cache        {warm_seconds:.3f} s  {n / warm_seconds:,.0f} texts/s  (hits {warm['cache_hits']})")
     print(f"warm/cold speedup {cold_seconds / warm_seconds:,.0f}x")
     print(f"cold/bare speedup {bare_seconds / cold_seconds:.2f}x  (canonical batches incl. hashing and cache writes; "
           f"max |cold - bare| {max_diff:.1e})")

@@ -88,7 +88,8 @@ def run(texts, model, cache_dir, pooling="mean", shard_size=4):
     stats, and how many texts reached the model."""
     encoder = TextEncoder(model, pooling=pooling, max_length=32, batch_size=3)
     forwarded = count_forwarded(encoder)
-    vectors, stats = embed_texts(texts, encoder, EmbeddingCache(cache_dir, encoder.settings), shard_size, progress=False)
+    cache = EmbeddingCache(cache_dir, encoder.settings)
+    vectors, stats = embed_texts(texts, encoder, cache, shard_size, progress=False)
     return vectors, stats, sum(forwarded)
 
 
@@ -401,7 +402,8 @@ def test_stage_writes_outputs_and_metrics_and_reuses_the_cache(tiny_bert, tmp_pa
     write_events(Path("data/interim/events.parquet"), texts[:6])  # fewer texts, all cached
     runpy.run_path(str(STAGE), run_name="__main__")
     metrics = read_json("reports/metrics/embed.json")
-    assert (metrics["distinct_texts"], metrics["cache_hits"], metrics["encoded"], metrics["texts_per_s"]) == (6, 6, 0, None)
+    counts = (metrics["distinct_texts"], metrics["cache_hits"], metrics["encoded"], metrics["texts_per_s"])
+    assert counts == (6, 6, 0, None)
     assert len(read_text_embeddings("data/processed/text_embeddings").texts) == 6
 
 

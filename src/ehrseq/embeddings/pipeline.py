@@ -104,4 +104,5 @@ def write_text_embeddings(path: str | Path, texts: Sequence[str], vectors: np.nd
 
 def read_text_embeddings(path: str | Path) -> TextEmbeddings:
     path = Path(path)
-    return TextEmbeddings(pd.read_parquet(path / "texts.parquet"), np.load(path / "vectors.npy"), read_json(path / "meta.json"))
+    texts, vectors = pd.read_parquet(path / "texts.parquet"), np.load(path / "vectors.npy")
+    return TextEmbeddings(texts, vectors, read_json(path / "meta.json"))
