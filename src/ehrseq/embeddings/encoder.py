@@ -21,6 +21,7 @@ import hashlib
 import importlib.util
 import itertools
 import logging
+import pickle
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -140,7 +141,12 @@ class TextEncoder:
 
     @functools.cached_property
     def model(self) -> torch.nn.Module:
-        model = AutoModel.from_pretrained(self.folder, config=self.config, local_files_only=True)
+        # weights_only: a hub `pytorch_model.bin` is a pickle; never let it run code (safetensors is preferred anyway).
+        try:
+            model = AutoModel.from_pretrained(self.folder, config=self.config, local_files_only=True, weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise ValueError(f"{self.folder}: refusing to load these weights: a weights file holds a pickled object "
+                             "that is not a tensor, and unpickling it could run arbitrary code") from err
         log.info("loaded %s (%s) on %s/%s", self.folder, self.identity, self.device, self.dtype)
         return model.to(self.device, self.dtype).eval()
 
