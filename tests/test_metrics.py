@@ -106,6 +106,16 @@ def test_a_patient_comes_with_all_stays_in_every_array_at_once():
     assert 30 < np.mean(seen) < 46  # distinct patients per draw: 60 * (1 - (59/60)**60) ~ 38
 
 
+def test_cluster_resamples_drive_the_bootstrap(scores):
+    """A caller with several metrics per resample (survival) loops over cluster_resamples
+    and gets the intervals `bootstrap` gives."""
+    y, p = scores
+    patients = np.arange(len(y)) // 3
+    values = [metrics.auroc(y[idx], p[idx]) for idx in metrics.cluster_resamples(patients, n_resamples=100, seed=4)]
+    result = metrics.bootstrap(metrics.auroc, (y, p), clusters=patients, n_resamples=100, seed=4)
+    assert [result["ci_low"], result["ci_high"]] == pytest.approx(np.quantile(values, [0.025, 0.975]), rel=1e-12)
+
+
 def test_patient_ids_come_from_the_cohort_and_missing_stays_are_named(tmp_path):
     path = tmp_path / "cohort.parquet"
     pd.DataFrame({"stay_id": [10, 11, 12], "subject_id": [1, 1, 2], "split": "test"}).to_parquet(path)

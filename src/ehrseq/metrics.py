@@ -12,7 +12,7 @@ a resampled patient comes along, in every array at once (paired).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +125,27 @@ def patient_ids(stay_ids, cohort_path: str | Path) -> np.ndarray:
     return subject.loc[stay_ids].to_numpy()
 
 
+def cluster_resamples(clusters, *, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """Row indices of `n_resamples` cluster-bootstrap resamples: each draws as many
+    clusters as there are, with replacement, and takes every row of each drawn cluster
+    (twice if drawn twice). `clusters[i]` is row i's cluster (its patient). Clusters are
+    numbered by sorted id, so the rows drawn do not depend on the row order. For a
+    metric of several outputs computed on the same rows (e.g. survival curves), loop over
+    this; for one scalar metric of arrays use `bootstrap`."""
+    codes = np.unique(np.asarray(clusters), return_inverse=True)[1].ravel()
+    # Rows grouped by cluster: cluster c owns rows[starts[c] : starts[c] + sizes[c]].
+    rows = np.argsort(codes, kind="stable")
+    sizes = np.bincount(codes)
+    starts = np.cumsum(sizes) - sizes
+    rng = np.random.default_rng(seed)
+    for _ in range(n_resamples):
+        drawn = rng.integers(0, len(sizes), size=len(sizes))
+        counts = sizes[drawn]
+        # Position of each output row within its drawn cluster: 0..size-1, cluster after cluster.
+        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        yield rows[np.repeat(starts[drawn], counts) + within]
+
+
 def bootstrap(
     metric: Callable[..., float],
     arrays: tuple[np.ndarray, ...],
@@ -136,12 +157,9 @@ def bootstrap(
 ) -> dict:
     """Point estimate and percentile interval of `metric(*arrays)` by a cluster bootstrap.
 
-    `clusters[i]` names the independent unit row i belongs to (the patient of a stay): each
-    resample draws as many clusters as there are, with replacement, and takes all rows of
-    every drawn cluster (a cluster drawn twice comes twice). `clusters=None` treats every
-    row as its own cluster -- right only when rows are independent (one row per patient);
-    callers must say so. Clusters are numbered by sorted id, so a resample draws the same
-    patients whatever the row order.
+    `clusters[i]` names the independent unit row i belongs to (the patient of a stay); the
+    resamples are `cluster_resamples`. `clusters=None` treats every row as its own cluster
+    -- right only when rows are independent (one row per patient); callers must say so.
     All arrays are resampled with the same rows (paired), so a metric of several
     predictions on the same stays -- e.g. a model/oracle AUROC ratio -- gets one interval.
     Resamples on which the metric is undefined are skipped and counted.
@@ -150,25 +168,15 @@ def bootstrap(
     n = len(arrays[0])
     if any(len(a) != n for a in arrays):
         raise ValueError(f"arrays must have equal length, got {[len(a) for a in arrays]}")
-    codes = np.arange(n) if clusters is None else np.unique(np.asarray(clusters), return_inverse=True)[1]
-    if len(codes) != n:
-        raise ValueError(f"clusters must name one cluster per row: {len(codes)} for {n} rows")
+    clusters = np.arange(n) if clusters is None else np.asarray(clusters)
+    if len(clusters) != n:
+        raise ValueError(f"clusters must name one cluster per row: {len(clusters)} for {n} rows")
     try:
         value = metric(*arrays)
     except UndefinedMetricError as err:
         return {"value": None, "reason": str(err)}
-    # Rows grouped by cluster: cluster c owns rows[starts[c] : starts[c] + sizes[c]].
-    rows = np.argsort(codes, kind="stable")
-    sizes = np.bincount(codes)
-    starts = np.cumsum(sizes) - sizes
-    rng = np.random.default_rng(seed)
     values = []
-    for _ in range(n_resamples):
-        drawn = rng.integers(0, len(sizes), size=len(sizes))
-        counts = sizes[drawn]
-        # Position of each output row within its drawn cluster: 0..size-1, cluster after cluster.
-        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        idx = rows[np.repeat(starts[drawn], counts) + within]
+    for idx in cluster_resamples(clusters, n_resamples=n_resamples, seed=seed):
         try:
             values.append(metric(*(a[idx] for a in arrays)))
         except UndefinedMetricError:
