@@ -1,12 +1,17 @@
-"""Extraction throughput and peak memory: DuckDB SQL vs a straightforward pandas version.
+"""Extraction throughput, peak memory and scratch disk: DuckDB SQL vs a straightforward pandas version.
 
-    python benchmarks/extract.py                 # 10,000 and 100,000 synthetic patients
+    python benchmarks/extract.py                           # 10,000 and 100,000 synthetic patients
     python benchmarks/extract.py --patients 2000
+    python benchmarks/extract.py --data-dir /tmp/bench     # keep the generated data for the next run
+    python benchmarks/extract.py --memory-limit 4GB        # DuckDB's memory_limit (data.memory_limit)
 
-Each measurement runs in a fresh subprocess so its peak RSS is its own. The pandas
-version does the same work the SQL does for the event tables (read, parse times, attach
-labs/microbiology to stays by subject and time window, the others by stay or admission,
-keep cohort stays, drop duplicates), without the bad-input checks.
+Each measurement runs in a fresh subprocess so its peak RSS and CPU time are its own.
+The pandas version does the same work the SQL does for the event tables (read, parse
+times, attach labs/microbiology to stays by subject and time window, the others by stay
+or admission, keep cohort stays, drop duplicates), without the bad-input checks, the
+withholding of late values and the cohort/diagnoses outputs. Wall time on a shared
+machine depends on the load; CPU seconds (all threads) are printed beside it. Scratch
+disk is the peak size of DuckDB's scratch database and spill files, polled every 0.2 s.
 """
 from __future__ import annotations
 
@@ -16,21 +21,22 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 SPLIT = {"train": 0.7, "val": 0.15, "test": 0.15}
 
 
-def run_duckdb(src: str, out: str) -> dict:
+def run_duckdb(src: str, out: str, memory_limit: str) -> dict:
     from ehrseq.sources.extract import extract
 
     m = extract("synthetic", src, f"{out}/events.parquet", f"{out}/cohort.parquet", f"{out}/diagnoses.parquet",
-                observation_hours=48, min_age=18, split_fractions=SPLIT, seed=0, threads=2, memory_limit="8GB")
+                observation_hours=48, min_age=18, split_fractions=SPLIT, seed=0, threads=2, memory_limit=memory_limit)
     return {"events": m["events"]["kept_total"], "rows_read": sum(m["tables_read"].values())}
 
 
-def run_pandas(src: str, out: str) -> dict:
+def run_pandas(src: str, out: str, memory_limit: str) -> dict:  # no memory limit: pandas has none
     import pandas as pd
 
     root = Path(src)
@@ -58,60 +64,108 @@ def run_pandas(src: str, out: str) -> dict:
     parts = []
     labs = read("hosp/labevents", ["subject_id", "itemid", "charttime", "valuenum"], ["charttime"])
     rows_read += len(labs)
-    parts.append(by_window(labs.rename(columns={"charttime": "time", "valuenum": "value"}).assign(code=lambda d: "LAB//" + d["itemid"].astype(str))))
+    labs = labs.rename(columns={"charttime": "time", "valuenum": "value"})
+    parts.append(by_window(labs.assign(code="LAB//" + labs["itemid"].astype(str))))
     micro = read("hosp/microbiologyevents", ["subject_id", "charttime", "spec_itemid", "org_itemid"], ["charttime"])
     rows_read += len(micro)
     micro = micro.drop_duplicates().rename(columns={"charttime": "time"})
-    parts.append(by_window(micro.assign(code=lambda d: "MICRO//" + d["spec_itemid"].astype(str) + "//" + d["org_itemid"].astype(str))))
+    parts.append(by_window(micro.assign(
+        code="MICRO//" + micro["spec_itemid"].astype(str) + "//" + micro["org_itemid"].astype(str))))
     rx = read("hosp/prescriptions", ["hadm_id", "starttime", "ndc"], ["starttime"])
     rows_read += len(rx)
     m = rx.rename(columns={"starttime": "time"}).merge(window.drop(columns="subject_id"), on="hadm_id")
-    parts.append(m[(m["time"] >= m["intime"]) & (m["time"] <= m["outtime"])].assign(code=lambda d: "NDC//" + d["ndc"].astype(str)))
+    m = m[(m["time"] >= m["intime"]) & (m["time"] <= m["outtime"])]
+    parts.append(m.assign(code="NDC//" + m["ndc"].astype(str)))
     for stem, amount in (("icu/procedureevents", "value"), ("icu/ingredientevents", "amount")):
         df = read(stem, ["stay_id", "starttime", "itemid", amount], ["starttime"])
         rows_read += len(df)
-        parts.append(by_stay(df.rename(columns={"starttime": "time", amount: "value"}).assign(code=lambda d: "ITEM//" + d["itemid"].astype(str))))
+        df = df.rename(columns={"starttime": "time", amount: "value"})
+        parts.append(by_stay(df.assign(code="ITEM//" + df["itemid"].astype(str))))
     events = pd.concat([p[["stay_id", "time", "code"] + (["value"] if "value" in p else [])] for p in parts])
     events = events.drop_duplicates().sort_values(["stay_id", "time", "code"])
     events.to_parquet(f"{out}/events.parquet")
     return {"events": len(events), "rows_read": rows_read}
 
 
-def measure(impl: str, src: str) -> dict:
+def _tree_bytes(root: Path) -> int:
+    total = 0
+    for p in root.rglob("*"):
+        try:
+            total += p.stat().st_size if p.is_file() else 0
+        except FileNotFoundError:  # a spill file removed while we walk
+            pass
+    return total
+
+
+def measure(impl: str, src: str, memory_limit: str) -> dict:
     """Run one implementation in this process (called in a subprocess by main)."""
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory(dir=Path(src).parent) as out:
+        peak = [0]
+        done = threading.Event()
+
+        def poll() -> None:  # outputs + scratch database + spill files all live under `out`
+            while not done.wait(0.2):
+                peak[0] = max(peak[0], _tree_bytes(Path(out)))
+
+        watcher = threading.Thread(target=poll, daemon=True)
+        watcher.start()
         start = time.perf_counter()
-        result = {"duckdb": run_duckdb, "pandas": run_pandas}[impl](src, out)
+        result = {"duckdb": run_duckdb, "pandas": run_pandas}[impl](src, out, memory_limit)
         result["seconds"] = time.perf_counter() - start
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        done.set()
+        watcher.join()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["cpu_seconds"] = usage.ru_utime + usage.ru_stime
+    result["peak_rss_mb"] = usage.ru_maxrss / 1024
+    result["peak_disk_mb"] = peak[0] / 2**20
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patients", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--measure", nargs=2, metavar=("IMPL", "SRC"), help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", type=Path,
+                        help="generate into (and reuse from) DIR/synthetic_<n> instead of a temp dir")
+    parser.add_argument("--memory-limit", default="8GB", help="DuckDB memory_limit (default: params.yaml's 8GB)")
+    parser.add_argument("--impl", nargs="+", default=["duckdb", "pandas"], choices=["duckdb", "pandas"])
+    parser.add_argument("--measure", nargs=3, metavar=("IMPL", "SRC", "MEMORY_LIMIT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure(*args.measure)))
         return
     from ehrseq.sources.synthetic import generate
 
+    rows = []
     for n in args.patients:
-        with tempfile.TemporaryDirectory() as src:
-            t = time.perf_counter()
-            generate(src, n_patients=n, seed=0)
-            print(f"\n{n:,} patients (generated in {time.perf_counter() - t:.0f} s)")
+        with tempfile.TemporaryDirectory() as tmp:
+            src = (args.data_dir or Path(tmp)) / f"synthetic_{n}"
+            if not (src / "icu" / "icustays.csv.gz").exists():
+                t = time.perf_counter()
+                generate(src, n_patients=n, seed=0)
+                print(f"generated {n:,} patients in {time.perf_counter() - t:.0f} s", flush=True)
+            input_mb = sum(p.stat().st_size for p in src.rglob("*.csv.gz") if "truth" not in p.parts) / 2**20
             results = {}
-            for impl in ("duckdb", "pandas"):
-                proc = subprocess.run([sys.executable, __file__, "--measure", impl, src],
+            for impl in args.impl:
+                proc = subprocess.run([sys.executable, __file__, "--measure", impl, str(src), args.memory_limit],
                                       capture_output=True, text=True, check=True)
-                r = results[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
-                print(f"  {impl:7s} {r['seconds']:7.1f} s  {r['rows_read'] / r['seconds']:>12,.0f} source rows/s  "
-                      f"peak RSS {r['peak_rss_mb']:7.0f} MB  events kept {r['events']:,}")
-            d, p = results["duckdb"], results["pandas"]
-            print(f"  duckdb vs pandas: {p['seconds'] / d['seconds']:.2f}x faster, "
-                  f"{p['peak_rss_mb'] / d['peak_rss_mb']:.2f}x less peak memory")
+                results[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
+                print(f"{n:,} patients, {impl}: {json.dumps(results[impl])}", flush=True)
+            rows.append((n, input_mb, results))
+
+    print(f"\nDuckDB memory_limit {args.memory_limit}")
+    print(f"{'patients':>9} {'impl':7} {'wall s':>8} {'cpu s':>7} {'source rows/s':>14} {'peak RSS MB':>12} "
+          f"{'peak disk MB':>13} {'csv.gz MB':>10} {'events':>11}")
+    for n, input_mb, results in rows:
+        for impl, r in results.items():
+            rate = r["rows_read"] / r["seconds"]
+            print(f"{n:>9,} {impl:7} {r['seconds']:8.1f} {r['cpu_seconds']:7.1f} {rate:14,.0f} "
+                  f"{r['peak_rss_mb']:12,.0f} {r['peak_disk_mb']:13,.0f} {input_mb:10,.0f} {r['events']:11,}")
+        if len(results) < 2:
+            continue
+        d, p = results["duckdb"], results["pandas"]
+        print(f"{'':>9} duckdb vs pandas: {p['seconds'] / d['seconds']:.2f}x faster (wall), "
+              f"{p['cpu_seconds'] / d['cpu_seconds']:.2f}x less CPU, {p['peak_rss_mb'] / d['peak_rss_mb']:.2f}x less "
+              f"peak RSS; duckdb scratch+outputs at the peak {d['peak_disk_mb'] / input_mb:.1f}x the csv.gz input")
 
 
 if __name__ == "__main__":

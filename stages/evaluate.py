@@ -8,11 +8,14 @@ since the stays of one patient are not independent); the oracle AUROC (the gener
 true risk on the same stays) and the model/oracle ratio when the synthetic truth exists;
 perplexity and next-token accuracy of the pretrained model -- and ROC, PR and
 calibration tables under reports/plots/MODEL/ for `dvc plots`.
+prompt_bart is a generative model: its file holds test perplexities instead (see
+`evaluate_prompt_bart`), and reports/plots/prompt_bart/perplexity.csv.
 """
 import argparse
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ehrseq import metrics, paths
@@ -64,6 +67,10 @@ def main() -> None:
     params = load_params("evaluate")["evaluate"]
     device = pick_device()
     n_resamples, seed, n_bins = params["n_bootstrap"], params["seed"], params["calibration_bins"]
+    if args.model == "prompt_bart":
+        evaluate_prompt_bart(paths.checkpoint(args.model, "denoise"), params, device)
+        return
+
     model, checkpoint = load_trained_model(paths.checkpoint(args.model, "finetune"), device)
     data = load_model_data(args.model, ("test",), encoder=checkpoint_encoder(checkpoint))
     loader = data.loader("test", params["batch_size"], device, shuffle=False)
@@ -87,6 +94,79 @@ def main() -> None:
             table.to_csv(tmp, index=False)
     log.info("%s on %d test stays: AUROC %s, oracle %s", args.model, len(y), report["auroc"]["value"],
              report["oracle_auroc"]["value"])
+
+
+def evaluate_prompt_bart(path: Path, params: dict, device) -> None:
+    """Test perplexities of prompt_bart and of the independent-codes baseline on the same targets.
+
+    lpl (longitudinal): each visit k >= 1 given visits < k; mpl (cross-type): each code
+    type of a visit given everything else. The baseline's NLL is that of the same code
+    sets under independent codes (`independent_nll_by_type`). Per code type, a patient's
+    perplexity is exp(mean NLL of its targets of that type); the median over patients (as PromptEHR
+    reports) gets a bootstrap interval over patients. Also the denoising loss under the
+    training corruption (fixed seed), the number the loop early-stopped on.
+    """
+    from ehrseq.data import token_loader
+    from ehrseq.patient_visits import (
+        CODE_TYPES,
+        Corruption,
+        DemographicEncoder,
+        PatientDataset,
+        PatientVocab,
+        collate_patients,
+        independent_nll_by_type,
+        load_patients,
+        patient_examples,
+    )
+    from ehrseq.tasks import PromptBartTask
+
+    model, checkpoint = load_trained_model(path, device)
+    meta = checkpoint["metadata"]
+    vocab, demo = PatientVocab.from_dict(meta["vocab"]), DemographicEncoder(**meta["demographics"])
+    patients, data_stats = load_patients(paths.INTERIM)
+    test = patients.split("test")
+    encoded, enc_stats = vocab.encode(test)
+    task = PromptBartTask(**checkpoint["task_config"])
+    kw = {"n_resamples": params["n_bootstrap"], "seed": params["seed"]}
+    report = {"model": "prompt_bart", "split": "test", "best_epoch": checkpoint["epoch"], "data": data_stats,
+              "test_encoding": enc_stats, "resample_unit": "patient"}
+    rows = []
+    for view in ("fixed", "longitudinal", "cross_type"):
+        examples, ex_stats = patient_examples(encoded, test.demographics, demo, meta["model_config"]["max_length"],
+                                              view, Corruption(**meta["corruption"]), seed=params["seed"])
+        loader = token_loader(PatientDataset(examples), params["batch_size"], device=device, shuffle=False,
+                              collate_fn=collate_patients)
+        p = predict(model, task, loader, device)
+        if view == "fixed":
+            report["denoising"] = {**ex_stats, "perplexity": metrics.bootstrap(
+                metrics.perplexity, (p["nll_sum"], p["n_tokens"]), clusters=p["subject_id"], **kw)}
+            continue
+        # the baseline scores the very same targets
+        batch = collate_patients(examples)
+        base_by_type = independent_nll_by_type(vocab, batch["labels"].numpy(), batch["score_type"].numpy())  # [N, K]
+        name = {"longitudinal": "lpl", "cross_type": "mpl"}[view]
+        report[name] = {"examples": ex_stats["examples"]}
+        for t, code_type in enumerate(CODE_TYPES):
+            frame = pd.DataFrame({"subject_id": p["subject_id"], "model": p["nll_by_type"][:, t],
+                                  "baseline": base_by_type[:, t], "n": p["n_by_type"][:, t]})
+            per_patient = frame.groupby("subject_id")[["model", "baseline", "n"]].sum()
+            per_patient = per_patient[per_patient["n"] > 0]
+            if per_patient.empty:
+                report[name][code_type] = {"value": None, "reason": f"no test targets of type {code_type}"}
+                continue
+            entry = {"patients": len(per_patient), "targets": int(per_patient["n"].sum())}
+            for source in ("model", "baseline"):
+                ppl = np.exp(per_patient[source] / per_patient["n"]).to_numpy()
+                entry[source] = metrics.bootstrap(np.median, (ppl,), clusters=None, **kw)  # a row a patient
+                rows.append({"mode": name, "code_type": code_type, "source": source,
+                             "median_perplexity": entry[source]["value"]})
+            entry["beats_baseline"] = entry["model"]["value"] < entry["baseline"]["value"]
+            report[name][code_type] = entry
+    write_json(paths.metrics_json("prompt_bart"), report)
+    with atomic_path(paths.PROMPT_BART_PERPLEXITY) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+    log.info("prompt_bart test: denoising perplexity %.3f; %s", report["denoising"]["perplexity"]["value"],
+             {(r["mode"], r["code_type"], r["source"]): round(r["median_perplexity"], 2) for r in rows})
 
 
 if __name__ == "__main__":

@@ -40,6 +40,13 @@ def main() -> None:
         json.dumps({r: sum(v.values()) for r, v in metrics["events"]["dropped"].items()}),
         json.dumps(metrics["stays"]["excluded"]),
     )
+    ev = metrics["events"]
+    log.info(
+        "before the cutoff: values withheld until known %s; date-only events moved to the cutoff %s; "
+        "ingredient rows per charting system %s; lab result time: %s",
+        json.dumps(ev["values_withheld_at_cutoff"]), json.dumps(ev["date_only_moved_after_cutoff"]),
+        json.dumps(ev["ingredient_rows_by_system"]), ev["lab_result_time"],
+    )
     if metrics["missing_tables"]:
         log.warning("missing optional tables (no events of that kind): %s", ", ".join(metrics["missing_tables"]))
 

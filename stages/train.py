@@ -8,14 +8,21 @@ killed run from its last completed epoch (a finished phase is not repeated).
 clinical_lf has no pretraining; its feature encoder (fitted on train) is stored in the
 checkpoint, and every `attention_every` training steps its attention is saved under
 reports/train/clinical_lf/attention/batch_<global step>.npz (an `on_step` callback of the loop).
+With `init_embeddings: med2vec` (lstm), the token table starts from med2vec's code vectors
+(models/med2vec/embeddings.parquet) for the codes both vocabularies share.
+prompt_bart has one phase, `models/prompt_bart/denoise/`: reconstruction of corrupted
+patient visit sequences; its vocabulary and demographic scaler (train split) are stored
+in the checkpoint.
 """
 import argparse
 import logging
 import time
 
 import numpy as np
+import pandas as pd
 
 from ehrseq import paths
+from ehrseq.code_embeddings.transfer import init_embedding_from_codes
 from ehrseq.io import setup_logging
 from ehrseq.model_data import EMBEDDING_MODELS, data_inputs, load_model_data, task_class
 from ehrseq.models import build_model
@@ -42,6 +49,10 @@ def main() -> None:
     check_model_kwargs(args.model, params["model"], data_inputs(args.model))  # before any data is read
     device = pick_device()
     start = time.time()
+    if args.model == "prompt_bart":
+        train_prompt_bart(params, device, args.resume)
+        log.info("%s trained in %.0f s", args.model, time.time() - start)
+        return
 
     data = load_model_data(args.model, ("train", "val"), max_events=params.get("max_events"))
     model_config = {**data.model_inputs, **params["model"]}
@@ -50,6 +61,11 @@ def main() -> None:
     log.info("%s: %d parameters on %s; %d train and %d val stays", args.model,
              sum(p.numel() for p in model.parameters()), device, len(data.datasets["train"]), len(data.datasets["val"]))
     metadata = {"model": args.model, "model_config": model_config}
+    if params.get("init_embeddings", "none") == "med2vec":  # issue 12: start from med2vec's code vectors
+        tokens = pd.read_csv(paths.VOCAB, keep_default_na=False)["str"].tolist()
+        metadata["init_embeddings"] = init_embedding_from_codes(model.embed, tokens,
+                                                                pd.read_parquet(paths.MED2VEC_EMBEDDINGS))
+        log.info("token embeddings from med2vec: %s", metadata["init_embeddings"])
     if data.encoder is not None:
         metadata["encoder"] = data.encoder.to_dict()
 
@@ -81,6 +97,53 @@ def main() -> None:
         log.info("%s: best val %s %.4f at epoch %d of %d%s", phase, task.monitor, result.best_metric,
                  result.best_epoch + 1, result.epochs_run, " (stopped early)" if result.stopped_early else "")
     log.info("%s trained in %.0f s", args.model, time.time() - start)
+
+
+def train_prompt_bart(params: dict, device, resume: bool) -> None:
+    from ehrseq.data import token_loader
+    from ehrseq.patient_visits import (
+        Corruption,
+        DemographicEncoder,
+        PatientDataset,
+        PatientVocab,
+        build_model_inputs,
+        collate_patients,
+        load_patients,
+        patient_examples,
+    )
+    from ehrseq.tasks import PromptBartTask
+
+    patients, stats = load_patients(paths.INTERIM)
+    train = patients.split("train")
+    vocab, demo = PatientVocab.fit(train), DemographicEncoder.fit(train.demographics)  # train split only
+    corruption = Corruption(**params["corruption"])
+    datasets = {}
+    for split, view in (("train", "train"), ("val", "fixed")):
+        part = patients.split(split)
+        encoded, enc_stats = vocab.encode(part)
+        examples, ex_stats = patient_examples(encoded, part.demographics, demo, params["max_length"], view,
+                                              corruption, seed=params["seed"])
+        datasets[split] = PatientDataset(examples, corruption if view == "train" else None)
+        log.info("prompt_bart %s: %s %s", split, enc_stats, ex_stats)
+    log.info("prompt_bart data: %s; vocabulary of %d tokens", stats, len(vocab))
+    model_config = {**build_model_inputs(vocab), **params["model"], "max_length": params["max_length"]}
+    seed_everything(params["seed"])
+    model = build_model("prompt_bart", **model_config)
+    log.info("prompt_bart: %d parameters on %s", sum(p.numel() for p in model.parameters()), device)
+    loaders = {s: token_loader(ds, params["batch_size"], device=device, seed=params["seed"], shuffle=s == "train",
+                               pool_batches=params["bucket_pool_batches"], collate_fn=collate_patients)
+               for s, ds in datasets.items()}
+    result = fit(
+        model, PromptBartTask(), loaders["train"], loaders["val"],
+        FitConfig(seed=params["seed"], **{**{k: params[k] for k in OPTIMIZER_KEYS}, **params["denoise"]}),
+        checkpoint_dir=paths.checkpoint("prompt_bart", "denoise").parent,
+        live_dir=paths.train_reports("prompt_bart") / "denoise",
+        resume=resume, device=device,
+        metadata={"model": "prompt_bart", "model_config": model_config, "vocab": vocab.to_dict(),
+                  "demographics": demo.to_dict(), "corruption": params["corruption"], "data": stats},
+    )
+    log.info("prompt_bart: best val loss %.4f at epoch %d of %d%s", result.best_metric, result.best_epoch + 1,
+             result.epochs_run, " (stopped early)" if result.stopped_early else "")
 
 
 if __name__ == "__main__":

@@ -254,3 +254,58 @@ def train_tiny(dataset, steps: int = 250, seed: int = 0, temporal_lambda: float 
             if step == steps:
                 break
     return model.eval()
+
+
+# ------------------------------------------------------------ toy patients (prompt_bart, generate)
+
+N_TOY_CODES = 12  # diagnosis codes D00..D11
+CODES_PER_VISIT = 3
+
+
+def toy_patients(n: int, seed: int, split: str = "train", first_id: int = 1):
+    """One visit each: a diagnosis block of 3 distinct codes drawn uniformly from 12, and a
+    medication that is a function of the diagnoses (M + the smallest diagnosis index).
+
+    The diagnosis block of a patient has 220 equally likely values, so any model, given
+    nothing about the patient, has a perplexity of at least 220 ** (1/4) ~ 3.85 per
+    target over its 3 codes and the token closing the block.
+    """
+    rng = np.random.default_rng(seed)
+    demo, rows = [], []
+    for i in range(n):
+        subject = first_id + i
+        diag = np.sort(rng.choice(N_TOY_CODES, CODES_PER_VISIT, replace=False))
+        rows += [(subject, 0, "diagnosis", f"D{d:02d}") for d in diag]
+        rows.append((subject, 0, "medication", f"M{diag[0]:02d}"))
+        demo.append((subject, split, float(rng.integers(20, 90)), rng.choice(["F", "M"]), "white"))
+    from ehrseq.patient_visits import Patients
+
+    return Patients(pd.DataFrame(demo, columns=["subject_id", "split", "age", "gender", "race"]),
+                    pd.DataFrame(rows, columns=["subject_id", "visit", "code_type", "code"]))
+
+
+def tiny_model(vocab, **overrides):
+    """A 1-layer PromptBart for a `PatientVocab`."""
+    config = {"prompt_length": 1, "d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "attention_heads": 2,
+              "ffn_dim": 64, "dropout": 0.0, "max_length": 64}
+    from ehrseq.models import build_model
+    from ehrseq.patient_visits import build_model_inputs
+
+    return build_model("prompt_bart", **build_model_inputs(vocab), **{**config, **overrides})
+
+
+def corruption(**overrides):
+    """`Corruption` with the rates of params.yaml's default, or `overrides`."""
+    from ehrseq.patient_visits import Corruption
+
+    rates = {"mask_rate": 0.15, "infill_rate": 0.3, "infill_lambda": 3.0, "shuffle_rate": 0.5, "future_rate": 0.25,
+             "type_rate": 0.25, "full_mask_rate": 0.2}
+    return Corruption(**{**rates, **overrides})
+
+
+def sampling(**overrides):
+    """`SamplingConfig`: plain sampling (temperature 1, top-k and top-p off), or `overrides`."""
+    from ehrseq.generate import SamplingConfig
+
+    return SamplingConfig(**{"temperature": 1.0, "top_k": 0, "top_p": 1.0, "max_visits": 8, "batch_size": 64,
+                             **overrides})

@@ -2,20 +2,36 @@ import gzip
 import shutil
 from pathlib import Path
 
+import duckdb
+import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import DEMO, INGREDIENT_COLUMNS, MICRO_COLUMNS, PROC_COLUMNS, append_rows
-from ehrseq.schema import EVENT_COLUMNS
-from ehrseq.sources.extract import COHORT_COLUMNS, extract
+from conftest import DEMO, INGREDIENT_COLUMNS, MICRO_COLUMNS, PROC_COLUMNS, append_rows, build_tiny_mimic4
+from ehrseq.schema import EVENT_COLUMNS, EVENT_TYPES
+from ehrseq.sources.extract import COHORT_COLUMNS, extract, load_source
 from ehrseq.sources.tables import SourceDataError
+from ehrseq.vocab import Vocab
 
 SPLIT = {"train": 0.7, "val": 0.15, "test": 0.15}
+LAB_COLUMNS = ["subject_id", "hadm_id", "itemid", "charttime", "storetime", "value", "valuenum", "valueuom", "flag"]
 
 
-def run(source, path, out: Path, hours=48.0):
+@pytest.fixture
+def tiny_mimic4(tmp_path):
+    """conftest's folder with a MIMIC-IV labevents.storetime (required since lab values
+    are withheld until stored): each lab's result is stored 30 minutes after its draw."""
+    root = build_tiny_mimic4(tmp_path / "mimic4")
+    path = root / "hosp" / "labevents.csv.gz"
+    labs = pd.read_csv(path, dtype=str)
+    labs["storetime"] = (pd.to_datetime(labs["charttime"]) + pd.Timedelta(minutes=30)).dt.strftime("%Y-%m-%d %H:%M:%S")
+    labs[LAB_COLUMNS].to_csv(path, index=False)
+    return root
+
+
+def run(source, path, out: Path, hours=48.0, threads=None):
     metrics = extract(source, path, out / "events.parquet", out / "cohort.parquet", out / "diagnoses.parquet",
-                      observation_hours=hours, min_age=18, split_fractions=SPLIT, seed=0)
+                      observation_hours=hours, min_age=18, split_fractions=SPLIT, seed=0, threads=threads)
     return (metrics, pd.read_parquet(out / "events.parquet"), pd.read_parquet(out / "cohort.parquet"),
             pd.read_parquet(out / "diagnoses.parquet"))
 
@@ -248,7 +264,8 @@ def test_mimic3_demo_counts(demo, tmp_path):
     assert metrics["tables_read"]["admissions"] == 129
     assert metrics["tables_read"]["icustays"] == 136
     assert metrics["tables_read"]["patients"] == 100
-    assert metrics["missing_tables"] == ["labevents"]
+    assert metrics["missing_tables"] == ["inputevents_cv", "labevents"]  # the demo lacks both: zeros
+    assert metrics["events"]["ingredient_rows_by_system"]["carevue"] == {"read": 0, "kept": 0}
     assert metrics["events"]["kept"]["lab"] == 0
     assert metrics["stays"]["read"] == 136
     assert metrics["stays"]["kept"] + sum(metrics["stays"]["excluded"].values()) == 136
@@ -281,7 +298,8 @@ def test_mimic3_demo_withholds_what_is_known_after_the_cutoff(demo, tmp_path):
     # before it; a row that ended at or after it shows up without its value
     cut = cohort.set_index("stay_id")["cutoff"]
     key = ["stay_id", "time", "itemid"]
-    for table, kind, amount in (("PROCEDUREEVENTS_MV", "procedure", "value"), ("INPUTEVENTS_MV", "ingredient", "amount")):
+    tables = (("PROCEDUREEVENTS_MV", "procedure", "value"), ("INPUTEVENTS_MV", "ingredient", "amount"))
+    for table, kind, amount in tables:
         src = pd.read_csv(demo / f"{table}.csv", parse_dates=["starttime", "endtime"])
         src = src[src["icustay_id"].isin(cut.index) & src[amount].notna()].rename(
             columns={"icustay_id": "stay_id", "starttime": "time", amount: "source_value"})
@@ -307,3 +325,228 @@ def test_mimic3_upper_case_file_and_column_names(demo, tmp_path):
     metrics, *_ = run("mimic3", upper, tmp_path / "out")
     assert metrics["tables_read"]["icustays"] == 136
     assert metrics["events"]["kept"]["procedure"] > 0
+
+
+# --- An independent oracle for the attachment, withholding, de-duplication and order ---------
+# events.sql avoids window functions over all events for speed (issue 15). The oracle below
+# does the same job the slow, obvious way in pandas, from the canonical rows (src_events)
+# and the stays (cohort_all): every unlinked event is tried against every stay of its
+# subject, exact copies are dropped, then withheld look-alikes are merged.
+
+KIND_ORDER = {k: i for i, k in enumerate(EVENT_TYPES)}
+CONTENT = ["code", "text", "value", "unit", "flag"]
+
+
+def canonical_frames(source, path, hours=48.0):
+    """src_events (known_time 'infinity' as known_never) and cohort_all, as DataFrames."""
+    with duckdb.connect() as con:
+        load_source(con, source, path, hours, 18)
+        events = con.execute(
+            """SELECT * REPLACE (CASE WHEN isinf(known_time) THEN NULL ELSE known_time END AS known_time),
+                      coalesce(isinf(known_time), false) AS known_never
+               FROM src_events"""
+        ).df()
+        stays = con.execute("SELECT * FROM cohort_all").df()
+        patients = set(con.execute("SELECT subject_id FROM patients").df()["subject_id"])
+        admissions = set(con.execute("SELECT hadm_id FROM admissions").df()["hadm_id"])
+    return events, stays, patients, admissions
+
+
+def oracle(events, stays, patients, admissions):
+    """Expected events.parquet and drop counts {(reason, kind): n}."""
+    stays = stays[(stays["copy_number"] == 1) & stays["intime"].notna() & stays["outtime"].notna()]
+    stays = stays[["stay_id", "subject_id", "hadm_id", "intime", "outtime", "cutoff", "exclusion"]]
+    ev = events.reset_index(names="row")
+    start = lambda d: d["intime"].where(~d["date_only"].astype(bool), d["intime"].dt.floor("D"))
+    inside = lambda d: (d["time"] >= start(d)) & (d["time"] <= d["outtime"])
+
+    linked = ev[ev["stay_id"].notna()].merge(stays.drop(columns="subject_id"), on="stay_id", how="left",
+                                            suffixes=("", "_stay"), indicator=True)
+    linked["reason"] = None
+    linked.loc[~inside(linked), "reason"] = "outside_stay"
+    linked.loc[linked["_merge"] == "left_only", "reason"] = "orphan"
+    linked["stay"] = linked["stay_id"].where(linked["_merge"] == "both")
+
+    free = ev[ev["stay_id"].isna()].drop(columns="stay_id")
+    pairs = free.merge(stays.rename(columns={"hadm_id": "hadm_stay"}), on="subject_id")
+    pairs = pairs[(pairs["hadm_id"].isna() | (pairs["hadm_id"] == pairs["hadm_stay"])) & inside(pairs)]
+    first = pairs.sort_values(["row", "intime", "stay_id"]).drop_duplicates("row").set_index("row")
+    unlinked = free.set_index("row").join(first[["stay_id", "hadm_stay", "intime", "outtime", "cutoff", "exclusion"]])
+    unlinked = unlinked.reset_index().rename(columns={"hadm_stay": "hadm_id_stay", "stay_id": "stay"})
+    unlinked["reason"] = None
+    unlinked.loc[unlinked["stay"].isna(), "reason"] = "outside_stay"
+    orphan = ~unlinked["subject_id"].isin(patients)
+    orphan |= unlinked["hadm_id"].notna() & ~unlinked["hadm_id"].isin(admissions)
+    unlinked.loc[orphan, "reason"] = "orphan"
+
+    rows = pd.concat([linked, unlinked], ignore_index=True)
+    rows.loc[rows["time"].isna(), "reason"] = "missing_time"
+    rows.loc[rows["reason"].isna() & rows["exclusion"].notna(), "reason"] = "stay_not_in_cohort"
+    counts = rows[rows["reason"].notna()].groupby(["reason", "event_type"]).size().to_dict()
+
+    kept = rows[rows["reason"].isna()].copy()
+    kept["placed"] = kept[["time", "intime"]].max(axis=1)
+    # a date-only event is known at the end of its day: on the cutoff's day, at the cutoff
+    day_contains_cutoff = (kept["time"] < kept["cutoff"]) & (kept["time"] + pd.Timedelta(days=1) > kept["cutoff"])
+    moved = kept["date_only"].astype(bool) & day_contains_cutoff
+    kept.loc[moved, "placed"] = kept.loc[moved, "cutoff"]
+    late = kept["known_never"] | (kept["known_time"] >= kept["cutoff"])
+    differs = pd.Series(False, index=kept.index)
+    for c in ("code", "text", "value", "flag"):
+        a, b = kept[c], kept[f"start_{c}"]
+        differs |= ~((a == b) | (a.isna() & b.isna()))
+    kept["withheld"] = (kept["placed"] < kept["cutoff"]) & late & differs
+    for c in ("code", "text", "value", "flag"):
+        kept[f"shown_{c}"] = kept[f"start_{c}"].where(kept["withheld"], kept[c])
+    full = ["stay", "time", "event_type", *CONTENT, "withheld"]
+    dup = kept.duplicated(full)
+    counts.update({("duplicate", k): n for k, n in kept[dup].groupby("event_type").size().items()})
+    kept = kept[~dup].sort_values("withheld", kind="stable")
+    shown = ["stay", "time", "event_type", "shown_code", "shown_text", "shown_value", "unit", "shown_flag"]
+    merged = kept.duplicated(shown)
+    counts.update({("merged_when_withheld", k): n for k, n in kept[merged].groupby("event_type").size().items()})
+    kept = kept[~merged]
+
+    out = pd.DataFrame({
+        "subject_id": kept["subject_id"], "hadm_id": kept["hadm_id_stay"], "stay_id": kept["stay"],
+        "time": kept["placed"], "hours": (kept["placed"] - kept["intime"]).dt.total_seconds() / 3600,
+        "event_type": kept["event_type"], "code": kept["shown_code"], "text": kept["shown_text"],
+        "value": kept["shown_value"], "unit": kept["unit"], "flag": kept["shown_flag"],
+        "after_cutoff": kept["placed"] >= kept["cutoff"], "kind": kept["event_type"].map(KIND_ORDER),
+    })
+    out = out.sort_values(["stay_id", "time", "kind", *CONTENT], na_position="last", kind="stable")
+    moved_kinds = kept[moved.loc[kept.index]].groupby("event_type").size().to_dict()
+    return out.drop(columns="kind").reset_index(drop=True), counts, int(kept["withheld"].sum()), moved_kinds
+
+
+def assert_matches_oracle(source, path, tmp_path, hours=48.0, threads=None):
+    metrics, events, _, _ = run(source, path, tmp_path, hours=hours, threads=threads)
+    expected, counts, withheld, moved = oracle(*canonical_frames(source, path, hours))
+    pd.testing.assert_frame_equal(events, expected.astype(events.dtypes.to_dict()))
+    dropped = {(r, k): n for r, kinds in metrics["events"]["dropped"].items() for k, n in kinds.items() if n}
+    assert dropped == counts
+    assert metrics["events"]["values_withheld_at_cutoff_total"] == withheld
+    assert {k: n for k, n in metrics["events"]["date_only_moved_after_cutoff"].items() if n} == moved
+    return metrics, events
+
+
+@pytest.fixture(scope="module")
+def small_synthetic(tmp_path_factory):
+    from ehrseq.sources.synthetic import generate
+
+    path = tmp_path_factory.mktemp("synthetic") / "raw"
+    generate(path, n_patients=300, seed=1)
+    return path
+
+
+def test_synthetic_extraction_matches_the_oracle(small_synthetic, tmp_path):
+    # two threads, as the stage runs: files are read concurrently, aggregates run in parallel
+    metrics, events = assert_matches_oracle("synthetic", small_synthetic, tmp_path, threads=2)
+    ev = metrics["events"]
+    # the run exercises what the oracle checks: planted duplicates, withheld values, both sides of the cutoff
+    assert ev["dropped"]["duplicate"]["lab"] > 0 and ev["values_withheld_at_cutoff_total"] > 0
+    assert 0 < events["after_cutoff"].sum() < len(events)
+
+
+def add_overlapping_stay(root: Path) -> None:
+    """Stay 101 of subject 1 (same admission) lies inside stay 100: a lab in both windows
+    goes to the earlier stay, 100, and so does its identical copy (counted as a duplicate)."""
+    append_rows(root, "icu/icustays", [dict(subject_id=1, hadm_id=11, stay_id=101, first_careunit="CCU",
+                                             intime="2150-01-01 09:00:00", outtime="2150-01-04 12:00:00")],
+                ["subject_id", "hadm_id", "stay_id", "first_careunit", "intime", "outtime"])
+    lab = dict(subject_id=1, hadm_id=11, itemid=50912, value="1.1", valuenum=1.1, valueuom="mg/dL", flag=None,
+               storetime="2150-01-01 11:00:00")
+    append_rows(root, "hosp/labevents", [{**lab, "charttime": "2150-01-01 10:00:00"}] * 2, LAB_COLUMNS)
+
+
+def test_hand_built_cases_match_the_oracle(tiny_mimic4, tmp_path):
+    add_results_known_late(tiny_mimic4)
+    add_overlapping_stay(tiny_mimic4)
+    for hours in (48.0, 72.0):
+        metrics, events = assert_matches_oracle("mimic4", tiny_mimic4, tmp_path / str(hours), hours)
+        copies = events[(events["time"] == pd.Timestamp("2150-01-01 10:00:00")) & (events["event_type"] == "lab")]
+        assert copies["stay_id"].tolist() == [100] and metrics["events"]["dropped"]["duplicate"]["lab"] == 2
+
+
+def test_mimic3_demo_matches_the_oracle(demo, tmp_path):
+    assert_matches_oracle("mimic3", demo, tmp_path)
+
+
+# --- Issue 10: what is known at the cutoff on real MIMIC ----------------------------------------
+
+def test_labs_stored_after_the_cutoff_are_pending_before_it(tiny_mimic4, tmp_path):
+    """Stay 100, cutoff 2150-01-03 06:00. A lab's value, flag and value bin are known when
+    its result is stored (MIMIC-IV storetime), not when the sample was drawn."""
+    creat = dict(subject_id=1, hadm_id=11, itemid=50912, value="4.1", valuenum=4.1, valueuom="mg/dL", flag="abnormal")
+    append_rows(tiny_mimic4, "hosp/labevents", [
+        {**creat, "charttime": "2150-01-03 05:00:00", "storetime": "2150-01-03 05:45:00"},  # stored in time
+        {**creat, "charttime": "2150-01-03 05:30:00", "storetime": "2150-01-03 07:00:00"},  # stored after the cutoff
+        {**creat, "charttime": "2150-01-03 04:00:00", "storetime": None},                   # never stored: pending
+        {**creat, "charttime": "2150-01-03 10:00:00", "storetime": "2150-01-03 12:00:00"},  # drawn after the cutoff
+    ], LAB_COLUMNS)
+    metrics, events, _, _ = run("mimic4", tiny_mimic4, tmp_path)
+    labs = events[(events["stay_id"] == 100) & (events["event_type"] == "lab")].set_index("hours")
+    assert labs.loc[47.0, "code"] == "LAB//50912" and labs.loc[47.0, "value"] == 4.1
+    for hours in (46.0, 47.5):
+        row = labs.loc[hours]
+        assert (row["code"], row["text"]) == ("LAB//50912//PENDING", "Lab: Creatinine pending")
+        assert not row["after_cutoff"]
+        assert pd.isna(row["value"]) and pd.isna(row["flag"])
+    assert labs.loc[52.0, "text"] == "Lab: Creatinine 4.1 mg/dL (abnormal)" and labs.loc[52.0, "after_cutoff"]
+    assert metrics["events"]["values_withheld_at_cutoff"]["lab"] == 2
+    assert metrics["events"]["lab_result_time"].startswith("labevents.storetime")
+    # the vocabulary bins values: a pending lab has none, so it is its own token, never a bin
+    vocab = Vocab([], [], {"LAB//50912": np.array([1.0, 3.0])}, ("lab",))
+    assert vocab.event_tokens(labs.reset_index()).tolist() == [
+        "LAB//50912//Q2", "LAB//50912", "LAB//50912//PENDING", "LAB//50912//Q3", "LAB//50912//PENDING",
+        "LAB//50912//Q3", "LAB//50912//Q2"]  # hours 1, 2 (no value), 46, 47, 47.5, 52, 66
+    # a 72 h window sees the result stored at 07:00 on the cutoff's day; never the unstored one
+    _, events, _, _ = run("mimic4", tiny_mimic4, tmp_path / "72h", hours=72)
+    labs = events[(events["stay_id"] == 100) & (events["event_type"] == "lab")].set_index("hours")
+    assert labs.loc[47.5, "code"] == "LAB//50912" and labs.loc[46.0, "code"] == "LAB//50912//PENDING"
+
+
+def test_mimic3_demo_prescriptions_dated_on_the_cutoff_day_come_after_it(demo, tmp_path):
+    """MIMIC-III prescriptions carry a date: an order dated on the cutoff's day may have
+    been written after the cutoff, so it is known only at the day's end."""
+    metrics, events, cohort, _ = run("mimic3", demo, tmp_path)
+    rx = events[events["event_type"] == "prescription"].merge(cohort[["stay_id", "cutoff"]], on="stay_id")
+    before = rx[~rx["after_cutoff"]]
+    assert (before["time"].dt.normalize() + pd.Timedelta(days=1) <= before["cutoff"]).all()
+    assert not (before["time"].dt.normalize() == before["cutoff"].dt.normalize()).any()
+    # independently from the source file: orders of cohort admissions dated on a cutoff's day exist ...
+    src = pd.read_csv(demo / "PRESCRIPTIONS.csv", usecols=["hadm_id", "startdate"], parse_dates=["startdate"])
+    on_cutoff_day = src.merge(cohort[["hadm_id", "cutoff"]], on="hadm_id")
+    on_cutoff_day = on_cutoff_day[on_cutoff_day["startdate"] == on_cutoff_day["cutoff"].dt.normalize()]
+    assert len(on_cutoff_day) > 100
+    # ... and sit at the cutoff, after it; the count in extract.json is those events
+    at_cutoff = rx[rx["time"] == rx["cutoff"]]
+    assert at_cutoff["after_cutoff"].all() and len(at_cutoff) > 0
+    moved = metrics["events"]["date_only_moved_after_cutoff"]
+    assert moved["prescription"] == len(at_cutoff)
+    assert metrics["events"]["lab_result_time"].startswith("not recorded")
+
+
+def test_mimic3_carevue_inputs_are_read(demo, tmp_path):
+    """A tiny INPUTEVENTS_CV beside the demo's tables: CareVue amounts are known when charted."""
+    root = tmp_path / "demo"
+    shutil.copytree(demo, root)
+    stays = pd.read_csv(demo / "ICUSTAYS.csv", parse_dates=["intime", "outtime"])
+    stay = stays[(stays["outtime"] - stays["intime"]) > pd.Timedelta(hours=60)].iloc[0]
+    at = lambda h: (stay["intime"] + pd.Timedelta(hours=h)).strftime("%Y-%m-%d %H:%M:%S")
+    ids = dict(subject_id=stay["subject_id"], hadm_id=stay["hadm_id"], icustay_id=stay["icustay_id"])
+    pd.DataFrame([
+        {**ids, "charttime": at(10), "itemid": 30018, "amount": 250.0, "amountuom": "ml"},
+        {**ids, "charttime": at(10), "itemid": 30018, "amount": 250.0, "amountuom": "ml"},  # an exact copy
+        {**ids, "charttime": at(50), "itemid": 30045, "amount": None, "amountuom": None},   # after the cutoff
+        {**ids, "icustay_id": 1, "charttime": at(10), "itemid": 30018, "amount": 5.0, "amountuom": "ml"},  # orphan
+    ]).to_csv(root / "INPUTEVENTS_CV.csv", index=False)
+    labels = pd.read_csv(demo / "D_ITEMS.csv", usecols=["itemid", "label"]).set_index("itemid")["label"]
+    metrics, events, _, _ = run("mimic3", root, tmp_path / "out")
+    assert "inputevents_cv" not in metrics["missing_tables"] and metrics["tables_read"]["inputevents_cv"] == 4
+    assert metrics["events"]["ingredient_rows_by_system"]["carevue"] == {"read": 4, "kept": 3}
+    cv = events[(events["stay_id"] == stay["icustay_id"]) & events["code"].isin(["ITEM//30018", "ITEM//30045"])]
+    assert cv["hours"].tolist() == [10.0, 50.0] and cv["after_cutoff"].tolist() == [False, True]
+    assert cv["text"].tolist() == [f"Ingredient: {labels[30018]} 250.0 ml", f"Ingredient: {labels[30045]}"]
+    assert cv["value"].iloc[0] == 250.0  # known when charted: never withheld
+    assert metrics["events"]["dropped"]["orphan"]["ingredient"] >= 1

@@ -14,13 +14,14 @@ import pytest
 import yaml
 
 from ehrseq import metrics, paths
-from ehrseq.model_data import EMBEDDING_MODELS, TOKEN_MODELS
+from ehrseq.model_data import EMBEDDING_MODELS, PATIENT_MODELS, TOKEN_MODELS
 from ehrseq.models import REGISTRY
 
 REPO = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 DVC_MODELS = DVC["vars"][0]["models"]
+PHASES = ("pretrain", "finetune", "denoise")  # training phases (denoise: prompt_bart's only one)
 
 
 # ------------------------------------------------------------- dependencies point down
@@ -96,17 +97,28 @@ def test_a_model_knows_no_loop_task_source_or_explanation(module):
 # ------------------------------------------------------------------ one list of models
 
 
+# Models with stages of their own (`train_NAME`, `evaluate_NAME`), outside the mortality
+# `models` foreach and the registry: med2vec learns code vectors, it has no mortality head.
+OWN_STAGE_MODELS = ("med2vec",)
+
+
 def test_model_lists_agree_with_the_registry():
     registry = set(REGISTRY)
     assert set(DVC_MODELS) == registry, "dvc.yaml `vars: models` differs from ehrseq.models.REGISTRY"
-    assert set(PARAMS["train"]) == registry, "params.yaml `train:` sections differ from the registry"
-    assert not set(TOKEN_MODELS) & set(EMBEDDING_MODELS)
-    assert set(TOKEN_MODELS) | set(EMBEDDING_MODELS) == registry, "model_data's input groups differ from the registry"
+    assert set(PARAMS["train"]) == registry | set(OWN_STAGE_MODELS), \
+        "params.yaml `train:` sections differ from the registry and the own-stage models"
+    for model in OWN_STAGE_MODELS:
+        assert {f"train_{model}", f"evaluate_{model}"} <= set(DVC["stages"]), model
+    groups = [set(TOKEN_MODELS), set(EMBEDDING_MODELS), set(PATIENT_MODELS)]
+    assert sum(map(len, groups)) == len(set().union(*groups)), "a model is in two input groups"
+    assert set().union(*groups) == registry, "model_data's input groups differ from the registry"
 
 
 def test_dvc_model_inputs_are_the_files_model_data_reads():
     reads = {**{m: (paths.SEQUENCES, paths.VOCAB) for m in TOKEN_MODELS},
-             **{m: (paths.INTERIM, paths.TEXT_EMBEDDINGS) for m in EMBEDDING_MODELS}}
+             **{m: (paths.INTERIM, paths.TEXT_EMBEDDINGS) for m in EMBEDDING_MODELS},
+             # patient models build their data from INTERIM with this module: a change to it re-trains them
+             **{m: (paths.INTERIM, Path("src/ehrseq/patient_visits.py")) for m in PATIENT_MODELS}}
     for model, item in DVC_MODELS.items():
         assert (Path(item["data"]), Path(item["index"])) == reads[model], model
 
@@ -141,15 +153,25 @@ def _pipeline_path(entry: str) -> bool:
     return entry.startswith(("data/", "models/", "reports/"))
 
 
+def _plot_files(dvc: dict) -> list[str]:
+    """Files of top-level plots: a plot with an id names its files under `y` (file: field)."""
+    files = []
+    for entry in dvc.get("plots", []):
+        name, spec = next(iter(entry.items())) if isinstance(entry, dict) else (entry, None)
+        y = spec.get("y") if isinstance(spec, dict) else None
+        files += list(y) if isinstance(y, dict) else [name]
+    return files
+
+
 def named_paths() -> set[Path]:
     """Every path `ehrseq.paths` names, for every stage and registered model."""
     constants = {v for v in vars(paths).values() if isinstance(v, Path)}
     curves = metrics.classification_curves(np.array([0, 1, 0, 1]), np.array([0.1, 0.8, 0.3, 0.6]), 2)
     per_model = set()
-    for model in REGISTRY:
+    for model in [*REGISTRY, "logreg"]:  # logreg: the baseline stage writes the same curves
         per_model |= {paths.model_dir(model), paths.train_reports(model), paths.metrics_json(model)}
-        per_model |= {paths.plots_dir(model) / f"{name}.csv" for name in curves}
-        per_model |= {paths.train_reports(model) / phase / "plots" / "metrics" for phase in ("pretrain", "finetune")}
+        per_model |= {paths.plots_dir(model)} | {paths.plots_dir(model) / f"{name}.csv" for name in curves}
+        per_model |= {paths.train_reports(model) / phase / "plots" / "metrics" for phase in PHASES}
     per_stage = {paths.metrics_json(name) for name in DVC["stages"]}
     return constants | per_model | per_stage
 
@@ -158,7 +180,7 @@ def test_every_pipeline_path_in_dvc_yaml_is_named_in_ehrseq_paths():
     named = named_paths()
     listed = [(s, f, e) for s, stage in STAGES.items() for f in ("deps", "outs", "metrics", "plots")
               for e in _entries(stage, f) if _pipeline_path(e)]
-    listed += [("plots", "plots", e) for e in _entries(DVC, "plots")]
+    listed += [("plots", "plots", e) for e in _plot_files(DVC)]
     stray = [(s, f, e) for s, f, e in listed if Path(e) not in named]
     assert not stray, f"dvc.yaml paths not named in ehrseq.paths: {stray}"
 
@@ -183,7 +205,8 @@ def test_every_named_path_is_declared_in_dvc_yaml():
 def test_every_model_has_its_training_curves_in_dvc_plots():
     plotted = set(map(Path, _entries(DVC, "plots")))
     for model in REGISTRY:
-        assert paths.train_reports(model) / "finetune" / "plots" / "metrics" in plotted, model
+        last_phase = "denoise" if model in PATIENT_MODELS else "finetune"
+        assert paths.train_reports(model) / last_phase / "plots" / "metrics" in plotted, model
 
 
 def test_every_params_key_dvc_yaml_tracks_exists_in_params_yaml():

@@ -25,6 +25,9 @@ from ehrseq.tasks import ClinicalLFTask, MortalityTask
 
 TOKEN_MODELS = ("lstm", "transformer", "gpt2")  # read paths.SEQUENCES and paths.VOCAB
 EMBEDDING_MODELS = ("clinical_lf",)  # read paths.INTERIM and paths.TEXT_EMBEDDINGS
+# read paths.INTERIM through ehrseq.patient_visits (their own train/evaluate/generate blocks);
+# dvc.yaml names that module as their `index`, so a change to it re-trains them
+PATIENT_MODELS = ("prompt_bart",)
 
 
 @dataclass
@@ -46,6 +49,9 @@ def data_inputs(model: str) -> tuple[str, ...]:
         return ("vocab_size",)
     if model in EMBEDDING_MODELS:
         return ("step_dim", "static_dim")
+    if model in PATIENT_MODELS:  # patient_visits.build_model_inputs, and train.prompt_bart.max_length
+        return ("vocab_size", "n_numeric", "cat_cardinalities", "pad_token_id", "bos_token_id", "eos_token_id",
+                "max_length")
     raise KeyError(f"unknown model {model!r}; token models {TOKEN_MODELS}, embedding models {EMBEDDING_MODELS}")
 
 

@@ -100,6 +100,17 @@ class Nullable(Spec):
 
 
 @dataclass(frozen=True)
+class Either(Spec):
+    """One of several specs (`auto` or a positive integer)."""
+
+    options: tuple[Spec, ...]
+
+    def check(self, value, key):
+        problems = [spec.check(value, key) for spec in self.options]
+        return [] if any(not p for p in problems) else [" or ".join(p[0] for p in problems)]
+
+
+@dataclass(frozen=True)
 class ListOf(Spec):
     item: Spec
     min_items: int = 0
@@ -193,6 +204,16 @@ TRAIN_COMMON = {
     **OPTIMIZER,
 }
 TOKEN_MODEL = Section({**TRAIN_COMMON, "pretrain": Omittable(PHASE), "finetune": PHASE})
+# TemporalMed2Vec code embeddings (stages train_med2vec / evaluate_med2vec; not a mortality model)
+MED2VEC = Section({
+    "seed": INT,
+    "vocab": Section({"min_frequency": POSITIVE, "icd_grouping": BOOL}),
+    "model": Section({"embedding_dim": Either((Choice(("auto",)), POSITIVE)), "time_decay": NONNEG}),
+    "pairs": Section({"horizon_days": NONNEG, "n_contexts": POSITIVE, "n_negatives": POSITIVE, "batch_size": POSITIVE}),
+    "fit": Section({"epochs": POSITIVE, "patience": Nullable(POSITIVE), **OPTIMIZER}),
+    "evaluation": Section({"k": POSITIVE, "recall_k": ListOf(POSITIVE, min_items=1), "neighbour_codes": POSITIVE,
+                           "seed": INT}),
+})
 
 # Sections, and models under `train`, may be absent from a file: a stage names the ones
 # it reads (`load_params("cohort", ...)`), and those must be there.
@@ -228,7 +249,7 @@ SCHEMA = Section({name: Omittable(spec) for name, spec in {
         "cache_dir": Nullable(STR),  # null: the machine's cache (embeddings.default_cache_dir)
     }),
     "train": Section({name: Omittable(spec) for name, spec in {  # one entry per registered model
-        "lstm": TOKEN_MODEL,
+        "lstm": Section({**TOKEN_MODEL.fields, "init_embeddings": Omittable(Choice(("none", "med2vec")))}),
         "transformer": TOKEN_MODEL,
         "gpt2": TOKEN_MODEL,
         "clinical_lf": Section({
@@ -238,8 +259,33 @@ SCHEMA = Section({name: Omittable(spec) for name, spec in {
             "attention_every": COUNT,
             "finetune": PHASE,
         }),
+        "med2vec": MED2VEC,
+        "prompt_bart": Section({
+            **{k: v for k, v in TRAIN_COMMON.items() if k != "imbalance"},  # no labels to balance
+            "max_length": POSITIVE,
+            "corruption": Section({
+                "full_mask_rate": FRACTION, "future_rate": FRACTION, "type_rate": FRACTION, "mask_rate": FRACTION,
+                "infill_rate": FRACTION, "infill_lambda": NONNEG, "shuffle_rate": FRACTION,
+            }),
+            "denoise": PHASE,
+        }),
     }.items()}),
+    "generate": Section({
+        "n_patients": POSITIVE,
+        "seed": INT,
+        "batch_size": POSITIVE,
+        "temperature": Num(min=1e-6),
+        "top_k": COUNT,
+        "top_p": Num(min=1e-6, max=1),
+        "max_visits": POSITIVE,
+        "demographics_csv": Nullable(STR),
+        "n_bootstrap": POSITIVE,
+        "age_groups": ListOf(NONNEG, min_items=1),
+        "n_age_codes": POSITIVE,
+        "utility_candidates": POSITIVE,
+    }),
     "evaluate": Section({"batch_size": POSITIVE, "n_bootstrap": POSITIVE, "calibration_bins": POSITIVE, "seed": INT}),
+    "logreg": Section({"c_grid": ListOf(Num(min=0), min_items=1), "seed": INT}),
     "explain": Section({
         "batch_size": POSITIVE,
         "ig_steps": POSITIVE,

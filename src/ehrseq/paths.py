@@ -29,11 +29,29 @@ VALUE_BINS = Path("data/processed/value_bins.csv")
 TEXT_EMBEDDINGS = Path("data/processed/text_embeddings")
 SEQUENCES = Path("data/processed/sequences")  # {split}.parquet, survival/{split}.parquet, patients/{split}.parquet
 
+# train_med2vec, evaluate_med2vec (code embeddings; not a mortality model)
+PROBLEM_CODES = TRUTH / "problem_codes.parquet"  # synthetic only: the codes each latent problem emits
+MED2VEC = Path("models/med2vec")  # vocab.csv, config.json, checkpoints/, variants/{lambda0,gensim}.parquet
+MED2VEC_EMBEDDINGS = MED2VEC / "embeddings.parquet"  # code, vector (read by train@lstm with init_embeddings)
+MED2VEC_TRAIN_REPORTS = Path("reports/train/med2vec")  # DVCLive per run: temporal/, lambda0/
+MED2VEC_REPORTS = Path("reports/med2vec")  # neighbours.csv
+MED2VEC_METRICS = Path("reports/metrics/med2vec.json")
+
+# generate (prompt_bart's synthetic patients, and the independent-codes baseline's)
+GENERATED = Path("data/generated")
+GENERATED_PATIENTS = GENERATED / "patients.parquet"
+GENERATED_BASELINE = GENERATED / "baseline.parquet"
+
 # train, evaluate, explain
 MODELS = Path("models")
 REPORTS = Path("reports")
 METRICS = REPORTS / "metrics"
 EXPLAIN = REPORTS / "explain"
+PLOTS = REPORTS / "plots"  # PLOTS/NAME/*.csv: one folder per model or stage (see plots_dir)
+
+# report
+SUMMARY = REPORTS / "summary.md"  # in git: README's results are checked against it
+FIGURES = REPORTS / "figures"
 
 
 def metrics_json(name: str) -> Path:
@@ -58,4 +76,8 @@ def train_reports(model: str) -> Path:
 
 def plots_dir(model: str) -> Path:
     """reports/plots/MODEL: ROC, PR and calibration tables of the test split."""
-    return REPORTS / "plots" / model
+    return PLOTS / model
+
+
+PROMPT_BART_PERPLEXITY = plots_dir("prompt_bart") / "perplexity.csv"  # median test perplexities (evaluate)
+GENERATE_PREVALENCE = plots_dir("generate") / "prevalence.csv"  # visit prevalence per code, real vs synthetic

@@ -11,7 +11,8 @@ A task implements the loop's `Task` protocol (see `ehrseq.training`):
 Every model returns its prediction as `logits` (and token models their states as
 `hidden`), so a task reads model outputs by one name; only the inputs differ between
 token models (`input_ids`, `attention_mask`) and clinical_lf (`steps`, `static`,
-`padding_mask`).
+`padding_mask`); prompt_bart reads encoder and decoder ids and demographics and returns
+`logits` [B, T, V].
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from torch import nn
 from ehrseq import metrics
 from ehrseq.data import class_balance_weights
 from ehrseq.models.clinical_lf import clinical_lf_loss
+from ehrseq.models.med2vec import negative_sampling_loss
 
 Batch = dict[str, torch.Tensor]
 
@@ -150,3 +152,84 @@ def mortality_task(
     if imbalance == "sampler":
         return task_class(logit_shift=math.log(odds_factor), **task_kwargs), class_balance_weights(labels)
     return task_class(**task_kwargs), None
+
+
+class SkipGramTask:
+    """TemporalMed2Vec with negative sampling on `code_embeddings.pairs.SkipGramBatches`.
+
+    Validation reports the temporally weighted negative-sampling loss on val patients
+    (codes mapped with the train vocabulary), the value early stopping watches.
+    """
+
+    name = "skipgram"
+    monitor, mode = "loss", "min"
+
+    def _scores(self, model, batch: Batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        out = model(batch["target"], batch["context"], batch["dt"], batch["context_mask"])
+        negatives = batch["negatives"]  # [B, C, K]
+        negative_scores = model.score(batch["target"], negatives.flatten(1)).view(negatives.shape)
+        return out, negative_scores
+
+    def loss(self, model, batch):
+        out, negative_scores = self._scores(model, batch)
+        return negative_sampling_loss(out["scores"].float(), negative_scores.float(), out["weights"].float()), {}
+
+    def predict(self, model, batch):
+        out, negative_scores = self._scores(model, batch)
+        weights = out["weights"].float()
+        per_target = negative_sampling_loss(out["scores"].float(), negative_scores.float(), weights, reduce=False)
+        return {"loss_sum": per_target, "weight": weights.sum(dim=1)}
+
+    def metrics(self, p):
+        return {"loss": float(p["loss_sum"].sum() / max(p["weight"].sum(), 1e-12))}
+
+    def config(self):
+        return {}
+
+
+class PromptBartTask:
+    """Reconstruction of the patient sequence from its corrupted copy (see
+    `patient_visits.Corruption`), for the shared training loop.
+
+    Targets are the decoder labels; `score_type` selects which count: -2 (training and
+    validation batches) every real target, t >= 0 only targets scored for code type t
+    (evaluation views). Early stopping watches the validation loss.
+    """
+
+    name = "prompt_bart"
+    monitor, mode = "loss", "min"
+
+    def _nll(self, model, batch):
+        logits = model(batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"],
+                       batch["decoder_attention_mask"], batch["x_num"], batch["x_cat"])["logits"]
+        scored = batch["score_type"] != -1  # [B, T]
+        nll = F.cross_entropy(logits[scored].float(), batch["labels"][scored], reduction="none")  # [N]
+        return nll, scored
+
+    def loss(self, model, batch):
+        nll, _ = self._nll(model, batch)
+        return nll.mean(), {}
+
+    def __init__(self, n_types: int = 4):
+        self.n_types = n_types
+
+    def predict(self, model, batch):
+        nll, scored = self._nll(model, batch)
+        row = scored.nonzero()[:, 0]  # [N] the example each target belongs to
+        per_row = torch.zeros(scored.shape[0], device=nll.device)
+        # per code type (evaluation views): flat index row * n_types + type; training's -2 goes nowhere
+        code_type = batch["score_type"][scored]  # [N]
+        typed = code_type >= 0
+        flat = row[typed] * self.n_types + code_type[typed]
+        per_type = torch.zeros(scored.shape[0] * self.n_types, device=nll.device)
+        return {"subject_id": batch["subject_id"], "nll_sum": per_row.index_add(0, row, nll),
+                "n_tokens": scored.sum(dim=1),
+                "nll_by_type": per_type.index_add(0, flat, nll[typed]).view(-1, self.n_types),  # [B, K]
+                "n_by_type": per_type.index_add(0, flat, torch.ones_like(nll[typed])).view(-1, self.n_types)}
+
+    def metrics(self, p):
+        return {"loss": float(p["nll_sum"].sum() / p["n_tokens"].sum()),
+                "perplexity": metrics.perplexity(p["nll_sum"], p["n_tokens"])}
+
+    def config(self):
+        return {"n_types": self.n_types}

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ehrseq.icd import group_icd_series
 from ehrseq.schema import SPECIAL_TOKENS, UNK_ID
 
 # Gaps between consecutive events at least this long get a time-gap token.
@@ -34,9 +35,9 @@ def race_token(race: pd.Series) -> pd.Series:
 
 
 def group_icd(codes: pd.Series) -> pd.Series:
-    """`ICD9//4019` -> `ICD9//401`, `ICD10//I109` -> `ICD10//I10` (3-character category)."""
-    system, _, code = codes.str.partition("//")[[0, 1, 2]].T.values
-    return pd.Series(system, index=codes.index) + "//" + pd.Series(code, index=codes.index).str[:3]
+    """`ICD9//4019` -> `ICD9//401`, `ICD10//I10.9` -> `ICD10//I10`, `ICD9//E8889` -> `ICD9//E888`
+    (the category; see `ehrseq.icd`); codes of other systems are left as they are."""
+    return group_icd_series(codes)
 
 
 @dataclass

@@ -18,6 +18,7 @@ REGISTRY = {
     "transformer": "ehrseq.models.transformer:TransformerTokenModel",
     "gpt2": "ehrseq.models.gpt2:GPT2TokenModel",
     "clinical_lf": "ehrseq.models.clinical_lf:ClinicalLF",
+    "prompt_bart": "ehrseq.models.prompt_bart:PromptBart",
 }
 
 

@@ -1,16 +1,20 @@
 """Extraction: a MIMIC-style folder -> events.parquet + cohort.parquet, all in DuckDB SQL.
 
-The SQL runs directly on the source files (csv, csv.gz or parquet). Per-source SQL
-(`sql/<source>/canonical.sql`) only renames and builds readable event text; stay
-selection, labels, attachment of events to stays, and every drop with its reason are
-shared (`sql/common/`), so MIMIC-IV, MIMIC-III and the synthetic data obey the same rules.
+The source files (csv, csv.gz or parquet) are read once into a scratch DuckDB database.
+Per-source SQL (`sql/<source>/canonical.sql`) only renames columns into one canonical
+shape per event kind and states what is particular to the source (which column says when
+a result became known); event codes and texts, stay selection, labels, attachment of
+events to stays, and every drop with its reason are shared (`sql/common/`), so MIMIC-IV,
+MIMIC-III and the synthetic data obey the same rules and spell events the same way.
 
 Events sit at their start time, but some values are known only later (a procedure's
-duration and an infusion's amount at its end, a culture's organism when the result is
-stored). An event that starts before the cutoff and becomes known at or after it is
-written as it looked at its start (value withheld, culture "pending"), so nothing before
-the cutoff carries information from after it; `events.values_withheld_at_cutoff` in
-extract.json counts these per event kind.
+duration and an infusion's amount at its end, a lab value and a culture's organism when
+the result is stored). An event that starts before the cutoff and becomes known at or
+after it is written as it looked at its start (value withheld, lab or culture "pending"),
+so nothing before the cutoff carries information from after it;
+`events.values_withheld_at_cutoff` in extract.json counts these per event kind. A
+date-only event (MIMIC-III prescriptions) is known at the end of its day: one dated on the
+cutoff's day is placed at the cutoff, after it (`events.date_only_moved_after_cutoff`).
 """
 from __future__ import annotations
 
@@ -30,13 +34,9 @@ from ehrseq.sources.tables import register_tables
 
 log = logging.getLogger(__name__)
 
-# source name -> (table specs, folder of canonical.sql). The synthetic generator writes
-# MIMIC-IV tables, so it goes through the MIMIC-IV path.
-SOURCES = {
-    "mimic4": (mimic4.TABLES, "mimic4"),
-    "synthetic": (mimic4.TABLES, "mimic4"),
-    "mimic3": (mimic3.TABLES, "mimic3"),
-}
+# source name -> its module (TABLES, SQL_DIR, LAB_RESULT_TIME, INGREDIENT_SYSTEMS). The synthetic generator
+# writes MIMIC-IV tables, so it goes through the MIMIC-IV path.
+SOURCES = {"mimic4": mimic4, "synthetic": mimic4, "mimic3": mimic3}
 
 COHORT_COLUMNS = [
     "subject_id", "hadm_id", "stay_id", "intime", "outtime", "cutoff",
@@ -46,12 +46,25 @@ COHORT_COLUMNS = [
 
 
 def _run_sql_file(con: duckdb.DuckDBPyConnection, relative: str, params: dict | None = None) -> None:
+    """Run every statement of a packaged SQL file, split by DuckDB's own parser (a `;`
+    inside a string or comment never splits a statement); each gets the parameters it names."""
     text = resources.files("ehrseq.sources").joinpath("sql", relative).read_text()
-    for statement in text.split(";\n"):
-        if statement.strip() and not all(
-            line.strip().startswith("--") or not line.strip() for line in statement.splitlines()
-        ):
-            con.execute(statement, params or {}).fetchall()
+    params = params or {}
+    for statement in duckdb.extract_statements(text):
+        con.execute(statement, {name: params[name] for name in statement.named_parameters}).fetchall()
+
+
+def load_source(con: duckdb.DuckDBPyConnection, source: str, path: str | Path,
+                observation_hours: float, min_age: float, workers: int = 1) -> dict[str, dict]:
+    """Read the source tables into `con` (`workers` files at once) and build
+    `src_events`, `src_stays`, `src_diagnoses` (per-source canonical views) and
+    `cohort_all` (every ICU stay with its cutoff, labels and exclusion reason).
+    Returns the per-table read report."""
+    tables = register_tables(con, path, SOURCES[source].TABLES, workers)
+    _run_sql_file(con, f"{SOURCES[source].SQL_DIR}/canonical.sql")
+    _run_sql_file(con, "common/source_events.sql")
+    _run_sql_file(con, "common/cohort.sql", {"observation_hours": float(observation_hours), "min_age": float(min_age)})
+    return tables
 
 
 def extract(
@@ -70,7 +83,6 @@ def extract(
     """Run the extraction and write both outputs atomically; return the metrics dict."""
     if source not in SOURCES:
         raise ValueError(f"data.source must be one of {sorted(SOURCES)}, got {source!r}")
-    specs, sql_dir = SOURCES[source]
     Path(events_path).parent.mkdir(parents=True, exist_ok=True)
     # A scratch database on disk, not in memory: every source file is read and parsed
     # once into a compressed table (a view over a csv.gz would be decompressed again by
@@ -78,14 +90,15 @@ def extract(
     # at MIMIC-IV scale. Deleted when the extraction ends, crash or not.
     with tempfile.TemporaryDirectory(prefix=".extract-", dir=Path(events_path).parent) as scratch, \
             duckdb.connect(str(Path(scratch) / "scratch.duckdb")) as con:
+        # Every output is ordered explicitly (ORDER BY), so DuckDB need not keep the row
+        # order of intermediate tables: that lets it build them in parallel, with less memory.
+        con.execute("SET preserve_insertion_order = false")
         if threads:
             con.execute(f"SET threads = {int(threads)}")
         if memory_limit:
             con.execute(f"SET memory_limit = '{memory_limit}'")
 
-        tables = register_tables(con, path, specs)
-        _run_sql_file(con, f"{sql_dir}/canonical.sql")
-        _run_sql_file(con, "common/cohort.sql", {"observation_hours": float(observation_hours), "min_age": float(min_age)})
+        tables = load_source(con, source, path, observation_hours, min_age, workers=threads or 1)
         _run_sql_file(con, "common/events.sql")
 
         cohort = con.execute(
@@ -103,12 +116,13 @@ def extract(
         with atomic_path(events_path) as tmp:
             con.execute(
                 f"""COPY (
-                      SELECT subject_id, hadm_id, stay_id, time,
-                             date_diff('microsecond', intime, time) / 3.6e9 AS hours,
-                             event_type, code, text, value, unit, flag,
-                             time >= cutoff AS after_cutoff
-                      FROM events_classified WHERE reason IS NULL
-                      ORDER BY stay_id, time, CASE event_type {kind_order} END, code, text, value, unit, flag
+                      SELECT s.subject_id, s.hadm_id, e.stay_id, e.placed_time AS time,
+                             date_diff('microsecond', s.intime, e.placed_time) / 3.6e9 AS hours,
+                             e.event_type, e.code, e.text, e.value, e.unit, e.flag,
+                             e.placed_time >= s.cutoff AS after_cutoff
+                      FROM events_kept e JOIN event_stays s USING (stay_id)
+                      ORDER BY e.stay_id, e.placed_time, CASE e.event_type {kind_order} END,
+                               e.code, e.text, e.value, e.unit, e.flag
                    ) TO '{tmp}' (FORMAT parquet)"""
             ).fetchall()
         diagnoses = _write_diagnoses(con, cohort, diagnoses_path)
@@ -139,26 +153,61 @@ def _write_diagnoses(con, cohort: pd.DataFrame, path) -> pd.DataFrame:
     return diagnoses
 
 
-def _metrics(con, source: str, observation_hours: float, tables: dict, cohort: pd.DataFrame) -> dict:
-    counts = con.execute(
-        "SELECT event_type, coalesce(reason, 'kept'), count(*) FROM events_classified GROUP BY ALL ORDER BY ALL"
-    ).fetchall()
+def _event_counts(con) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """Kept events per kind, and dropped source rows per reason and kind.
+
+    Of the kept source rows that collapse into one event (events.sql), a row is a
+    `duplicate` when an identical copy (same content, shown in full or withheld alike)
+    survives, and `merged_when_withheld` when it differs from the survivor only in what
+    is withheld. Per kind: distinct copies = groups with a copy shown in full + distinct
+    withheld contents; duplicates = rows - distinct copies; merged = distinct copies - events.
+    """
     kept = {k: 0 for k in EVENT_TYPES}
     dropped: dict[str, dict[str, int]] = {}
-    for kind, reason, n in counts:
-        if reason == "kept":
-            kept[kind] = n
-        else:
-            dropped.setdefault(reason, {k: 0 for k in EVENT_TYPES})[kind] = n
+    for kind, reason, n in con.execute(
+        "SELECT event_type, reason, count(*) FROM event_rows WHERE reason IS NOT NULL GROUP BY ALL ORDER BY ALL"
+    ).fetchall():
+        dropped.setdefault(reason, {k: 0 for k in EVENT_TYPES})[kind] = n
+    withheld_copies = dict(con.execute(
+        """SELECT event_type, count(*) FROM (
+               SELECT DISTINCT stay_id, time, event_type, code, text, value, unit, flag,
+                      full_code, full_text, full_value, full_flag
+               FROM event_rows WHERE reason IS NULL AND withheld)
+           GROUP BY ALL"""
+    ).fetchall())
+    for kind, events, rows, plain in con.execute(
+        "SELECT event_type, count(*), sum(source_rows), count(*) FILTER (WHERE has_plain) FROM events_kept GROUP BY ALL"
+    ).fetchall():
+        kept[kind] = events
+        copies = plain + withheld_copies.get(kind, 0)
+        for reason, n in (("duplicate", rows - copies), ("merged_when_withheld", copies - events)):
+            if n:
+                dropped.setdefault(reason, {k: 0 for k in EVENT_TYPES})[kind] = n
+    return kept, dropped
+
+
+def _metrics(con, source: str, observation_hours: float, tables: dict, cohort: pd.DataFrame) -> dict:
+    kept, dropped = _event_counts(con)
     micro_results = con.execute("SELECT count(*) FROM src_events WHERE event_type = 'microbiology'").fetchall()[0][0]
     micro_table = next((n for n in ("microbiologyevents",) if n in tables), None)
     after_cutoff = con.execute(
-        "SELECT count(*) FROM events_classified WHERE reason IS NULL AND time >= cutoff"
+        "SELECT count(*) FROM events_kept JOIN event_stays USING (stay_id) WHERE placed_time >= cutoff"
     ).fetchall()[0][0]
     withheld = {k: 0 for k in EVENT_TYPES}
     withheld.update(dict(con.execute(
-        "SELECT event_type, count(*) FROM events_classified WHERE reason IS NULL AND withheld GROUP BY ALL"
+        "SELECT event_type, count(*) FROM events_kept WHERE withheld GROUP BY ALL"
     ).fetchall()))
+    moved = {k: 0 for k in EVENT_TYPES}
+    moved.update(dict(con.execute(
+        "SELECT event_type, count(*) FROM events_kept WHERE moved_to_cutoff GROUP BY ALL"
+    ).fetchall()))
+    systems = {system: {"read": 0, "kept": 0} for system in SOURCES[source].INGREDIENT_SYSTEMS}
+    for system, n in con.execute("SELECT system, count(*) FROM src_ingredients GROUP BY ALL").fetchall():
+        systems[system]["read"] = n
+    for system, n in con.execute(
+        "SELECT system, count(*) FROM event_rows WHERE event_type = 'ingredient' AND reason IS NULL GROUP BY ALL"
+    ).fetchall():
+        systems[system]["kept"] = n
     stays = dict(con.execute(
         "SELECT coalesce(exclusion, 'kept'), count(*) FROM cohort_all GROUP BY ALL"
     ).fetchall())
@@ -183,6 +232,13 @@ def _metrics(con, source: str, observation_hours: float, tables: dict, cohort: p
             # kept events before the cutoff shown without their later-known value/result
             "values_withheld_at_cutoff": withheld,
             "values_withheld_at_cutoff_total": sum(withheld.values()),
+            "lab_result_time": SOURCES[source].LAB_RESULT_TIME,
+            # date-only events dated on the cutoff's day: known only at the day's end, so
+            # placed at the cutoff (after it) instead of at the day's start
+            "date_only_moved_after_cutoff": moved,
+            # source rows per charting system (MIMIC-III: MetaVision and CareVue), and
+            # how many of them fall in cohort stays (before duplicates are removed)
+            "ingredient_rows_by_system": systems,
             "dropped": dropped,
             "dropped_total": sum(sum(d.values()) for d in dropped.values()),
             "microbiology_susceptibility_rows_merged": (

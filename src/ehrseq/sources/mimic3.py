@@ -3,6 +3,12 @@ from ehrseq.sources.tables import TableSpec
 
 B, D, V, T = "BIGINT", "DOUBLE", "VARCHAR", "TIMESTAMP"
 
+SQL_DIR = "mimic3"  # sql/mimic3/canonical.sql
+# when a lab value becomes known (reported in extract.json)
+LAB_RESULT_TIME = "not recorded (MIMIC-III LABEVENTS has no storetime): lab values count as known at charttime"
+# ICU charting systems of src_ingredients (rows counted per system in extract.json)
+INGREDIENT_SYSTEMS = ("metavision", "carevue")
+
 TABLES = [
     TableSpec("patients", "PATIENTS", {"subject_id": B, "gender": V, "dob": T}, required=True),
     TableSpec("admissions", "ADMISSIONS", {
@@ -33,6 +39,10 @@ TABLES = [
     TableSpec("inputevents_mv", "INPUTEVENTS_MV", {
         "subject_id": B, "hadm_id": B, "icustay_id": B, "starttime": T, "endtime": T, "itemid": B, "amount": D,
         "amountuom": V,
+    }),
+    # CareVue inputs (about half of MIMIC-III's stays); the public demo lacks this table
+    TableSpec("inputevents_cv", "INPUTEVENTS_CV", {
+        "subject_id": B, "hadm_id": B, "icustay_id": B, "charttime": T, "itemid": B, "amount": D, "amountuom": V,
     }),
     TableSpec("diagnoses_icd", "DIAGNOSES_ICD", {"subject_id": B, "hadm_id": B, "seq_num": B, "icd9_code": V}),
     TableSpec("d_labitems", "D_LABITEMS", {"itemid": B, "label": V}),

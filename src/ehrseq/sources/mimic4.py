@@ -3,8 +3,15 @@ from ehrseq.sources.tables import TableSpec
 
 B, D, V, T = "BIGINT", "DOUBLE", "VARCHAR", "TIMESTAMP"
 
+SQL_DIR = "mimic4"  # sql/mimic4/canonical.sql
+# when a lab value becomes known (reported in extract.json)
+LAB_RESULT_TIME = "labevents.storetime: a lab drawn before the cutoff and stored after it is pending"
+# ICU charting systems of src_ingredients (rows counted per system in extract.json)
+INGREDIENT_SYSTEMS = ("metavision",)
+
 TABLES = [
-    TableSpec("patients", "hosp/patients", {"subject_id": B, "gender": V, "anchor_age": D, "anchor_year": B}, required=True),
+    TableSpec("patients", "hosp/patients", {"subject_id": B, "gender": V, "anchor_age": D, "anchor_year": B},
+              required=True),
     TableSpec("admissions", "hosp/admissions", {
         "subject_id": B, "hadm_id": B, "admittime": T, "dischtime": T, "deathtime": T,
         "admission_type": V, "insurance": V, "marital_status": V, "race": V, "hospital_expire_flag": B,
@@ -21,7 +28,7 @@ TABLES = [
         "valueuom": V,
     }),
     TableSpec("labevents", "hosp/labevents", {
-        "subject_id": B, "hadm_id": B, "itemid": B, "charttime": T, "value": V, "valuenum": D,
+        "subject_id": B, "hadm_id": B, "itemid": B, "charttime": T, "storetime": T, "value": V, "valuenum": D,
         "valueuom": V, "flag": V,
     }),
     TableSpec("microbiologyevents", "hosp/microbiologyevents", {

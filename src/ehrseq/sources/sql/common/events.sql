@@ -1,35 +1,65 @@
 -- Attach every source event to an ICU stay and classify it: kept, or dropped for one
--- named reason. Reads src_events (canonical.sql), cohort_all (cohort.sql), admissions
+-- named reason. Reads src_events (source_events.sql), cohort_all (cohort.sql), admissions
 -- and patients. Labs and microbiology have no stay_id in MIMIC: they attach by subject
 -- (and admission when known) and time within [intime, outtime]. Before the cutoff, an
--- event shows only what was known by the cutoff (see `shown` below).
-CREATE OR REPLACE TABLE events_classified AS
-WITH stays AS (
-    SELECT stay_id, subject_id, hadm_id, intime, outtime, cutoff, exclusion
+-- event shows only what was known by the cutoff (`withheld` below).
+--
+-- Speed (issue 15): no window function and no wide sort or aggregate runs over all
+-- events. Overlapping stays are found once on the (small) stay table, so only events
+-- inside overlapping stays need a ranking; a 64-bit hash of the shown content finds the
+-- few events that may collapse, and only those are grouped on their full content.
+
+-- Stays events attach to. `shared_window`: another stay of the same subject shares part of
+-- the attachment window (from the admission day's midnight, for date-only events, to
+-- outtime). An event matching a stay without overlap matches no other stay, since a
+-- second match would make both windows overlap.
+CREATE OR REPLACE TEMP TABLE event_stays AS
+WITH s AS (
+    SELECT stay_id, subject_id, hadm_id, intime, outtime, cutoff, exclusion,
+           date_trunc('day', intime) AS day_start
     FROM cohort_all
     WHERE copy_number = 1 AND intime IS NOT NULL AND outtime IS NOT NULL
-),
-linked AS (  -- events that name their stay
-    SELECT e.*, s.stay_id AS stay, s.hadm_id AS stay_hadm, s.intime, s.outtime, s.cutoff, s.exclusion,
+)
+SELECT s.*,
+       EXISTS (SELECT 1 FROM s AS o
+               WHERE o.subject_id = s.subject_id AND o.stay_id <> s.stay_id
+                 AND o.day_start <= s.outtime AND s.day_start <= o.outtime) AS shared_window
+FROM s;
+
+-- One row per source event: its reason to be dropped (NULL: kept), and for kept events
+-- what is shown. The stay's ids and times are joined back when the events are written.
+CREATE OR REPLACE TEMP TABLE event_rows AS
+WITH linked AS (  -- events that name their stay
+    SELECT e.*, s.stay_id AS stay, s.hadm_id AS stay_hadm, s.intime, s.cutoff, s.exclusion,
            CASE WHEN e.time IS NULL THEN 'missing_time'
                 WHEN s.stay_id IS NULL THEN 'orphan'
-                WHEN e.time < CASE WHEN e.date_only THEN date_trunc('day', s.intime) ELSE s.intime END
+                WHEN e.time < CASE WHEN e.date_only THEN s.day_start ELSE s.intime END
                      OR e.time > s.outtime THEN 'outside_stay'
            END AS reason
-    FROM src_events e LEFT JOIN stays s ON s.stay_id = e.stay_id
+    FROM src_events e LEFT JOIN event_stays s ON s.stay_id = e.stay_id
     WHERE e.stay_id IS NOT NULL
 ),
-unlinked AS (  -- events found by subject, admission and time
-    SELECT e.* EXCLUDE (event_number),
-           s.stay_id AS stay, s.hadm_id AS stay_hadm, s.intime, s.outtime, s.cutoff, s.exclusion
-    FROM (SELECT *, row_number() OVER () AS event_number FROM src_events WHERE stay_id IS NULL) e
-    LEFT JOIN stays s
+matched AS (  -- events found by subject, admission and time
+    SELECT e.*, s.stay_id AS stay, s.hadm_id AS stay_hadm, s.intime, s.cutoff, s.exclusion, s.shared_window
+    FROM src_events e
+    LEFT JOIN event_stays s
       ON s.subject_id = e.subject_id
      AND (e.hadm_id IS NULL OR s.hadm_id = e.hadm_id)
-     AND e.time >= CASE WHEN e.date_only THEN date_trunc('day', s.intime) ELSE s.intime END
+     AND e.time >= CASE WHEN e.date_only THEN s.day_start ELSE s.intime END
      AND e.time <= s.outtime
-    -- overlapping stays (rare): the earliest one takes the event
-    QUALIFY row_number() OVER (PARTITION BY e.event_number ORDER BY s.intime) = 1
+    WHERE e.stay_id IS NULL
+),
+unlinked AS (
+    SELECT * EXCLUDE (shared_window) FROM matched WHERE shared_window IS NOT TRUE
+    UNION ALL
+    -- inside overlapping stays (rare) the earliest stay takes the event. rank, not
+    -- row_number: identical copies of an event all go to that stay (and are counted as
+    -- duplicates below), whatever order they arrive in.
+    SELECT * EXCLUDE (shared_window) FROM matched WHERE shared_window
+    QUALIFY rank() OVER (
+        PARTITION BY event_type, subject_id, hadm_id, time, date_only, code, text, value, unit, flag,
+                     known_time, start_code, start_text, start_value, start_flag, system
+        ORDER BY intime, stay) = 1
 ),
 unlinked_classified AS (
     SELECT *,
@@ -48,54 +78,82 @@ attached AS (
 ),
 in_cohort AS (
     SELECT *,
-           coalesce(reason, CASE WHEN exclusion IS NOT NULL THEN 'stay_not_in_cohort' END) AS reason2,
-           -- date-only events of the ICU admission day are placed at the admission
-           greatest(time, intime) AS placed_time
+           coalesce(reason, CASE WHEN exclusion IS NOT NULL THEN 'stay_not_in_cohort' END) AS drop_reason,
+           -- A date-only event (MIMIC-III prescriptions, cultures without a charttime)
+           -- happened at some unknown time of its day, so it is known only at the day's
+           -- end: before the cutoff only if its whole day is. One dated on the cutoff's
+           -- day moves to the cutoff (after it: kept for survival, never a mortality
+           -- input); an order written that evening must not reach the prediction.
+           coalesce(date_only AND time < cutoff AND time + INTERVAL 1 DAY > cutoff, false) AS moved_to_cutoff
     FROM attached
 ),
+placed AS (
+    SELECT *,
+           CASE WHEN moved_to_cutoff THEN cutoff
+                -- date-only events of the ICU admission day are placed at the admission
+                ELSE greatest(time, intime) END AS placed_time
+    FROM in_cohort
+),
 -- An event placed before the cutoff whose value becomes known only at or after it
--- (known_time, canonical.sql) shows what was known at its start: a procedure or
--- ingredient without its duration/amount, a culture with its result pending. Events at
+-- (known_time, source_events.sql) shows what was known at its start: a procedure or
+-- ingredient without its duration/amount, a lab or culture with its result pending. Events at
 -- or after the cutoff keep the full result. `withheld` marks events whose shown content
 -- differs from the source's (counted in extract.json).
 shown AS (
     SELECT *,
-           coalesce(reason2 IS NULL AND placed_time < cutoff AND known_time >= cutoff
+           coalesce(drop_reason IS NULL AND placed_time < cutoff AND known_time >= cutoff
                     AND (code IS DISTINCT FROM start_code OR text IS DISTINCT FROM start_text
                          OR value IS DISTINCT FROM start_value OR flag IS DISTINCT FROM start_flag),
                     false) AS withheld
-    FROM in_cohort
+    FROM placed
 ),
--- Exact duplicates: same content and both shown in full or both withheld (two copies of
--- a row, one known before the cutoff and one after, show differently and are both kept,
--- so which copy survives never matters and the output is deterministic).
-deduplicated AS (
+-- what a kept event shows; dropped rows are only counted, so they carry no content
+content AS (
     SELECT *,
-           reason2 IS NULL AND row_number() OVER (
-               PARTITION BY reason2 IS NULL, stay, time, event_type, code, text, value, unit, flag, withheld
-               ORDER BY stay) > 1 AS is_duplicate
+           CASE WHEN drop_reason IS NOT NULL THEN NULL WHEN withheld THEN start_code ELSE code END AS shown_code,
+           CASE WHEN drop_reason IS NOT NULL THEN NULL WHEN withheld THEN start_text ELSE text END AS shown_text,
+           CASE WHEN drop_reason IS NOT NULL THEN NULL WHEN withheld THEN start_value ELSE value END AS shown_value,
+           CASE WHEN drop_reason IS NOT NULL THEN NULL ELSE unit END AS shown_unit,
+           CASE WHEN drop_reason IS NOT NULL THEN NULL WHEN withheld THEN start_flag ELSE flag END AS shown_flag
     FROM shown
-),
-final AS (
-    SELECT *,
-           CASE WHEN withheld THEN start_code ELSE code END AS shown_code,
-           CASE WHEN withheld THEN start_text ELSE text END AS shown_text,
-           CASE WHEN withheld THEN start_value ELSE value END AS shown_value,
-           CASE WHEN withheld THEN start_flag ELSE flag END AS shown_flag
-    FROM deduplicated
 )
-SELECT event_type,
-       CASE WHEN reason2 IS NOT NULL THEN reason2
-            WHEN is_duplicate THEN 'duplicate'
-            -- source events that differ only in what is withheld look identical before the
-            -- cutoff (e.g. one culture that grew two organisms): one pending event is kept,
-            -- so the number of events does not reveal the result either
-            WHEN row_number() OVER (
-                     PARTITION BY reason2 IS NULL AND NOT is_duplicate, stay, time, event_type,
-                                  shown_code, shown_text, shown_value, unit, shown_flag
-                     ORDER BY withheld, code, text, value, flag) > 1 THEN 'merged_when_withheld'
-       END AS reason,
-       subject_id, stay_hadm AS hadm_id, stay AS stay_id,
-       placed_time AS time, intime, cutoff, known_time, withheld,
-       shown_code AS code, shown_text AS text, shown_value AS value, unit, shown_flag AS flag
-FROM final;
+SELECT event_type, drop_reason AS reason, stay AS stay_id, time, placed_time, moved_to_cutoff, withheld, system,
+       shown_code AS code, shown_text AS text, shown_value AS value, shown_unit AS unit, shown_flag AS flag,
+       -- routes kept rows that may collapse (below); equal hashes are then compared in full
+       CASE WHEN drop_reason IS NULL
+            THEN hash(stay, time, event_type, shown_code, shown_text, shown_value, shown_unit, shown_flag) END
+           AS content_hash,
+       -- the full content of withheld rows: tells two withheld source rows apart
+       CASE WHEN withheld THEN code END AS full_code, CASE WHEN withheld THEN text END AS full_text,
+       CASE WHEN withheld THEN value END AS full_value, CASE WHEN withheld THEN flag END AS full_flag
+FROM content;
+
+-- Kept events, one row per distinct shown event. Two kinds of rows collapse here:
+--   duplicate:            exact copies (same stay, time, kind, content, withheld or not)
+--   merged_when_withheld: source rows that differ only in what is withheld look identical
+--                         before the cutoff (e.g. one culture that grew two organisms):
+--                         one pending event is kept, so the number of events does not
+--                         reveal the result either.
+-- Rows whose content hash is unique cannot collapse and pass through; the others (a hash
+-- shared by copies, look-alikes or, very rarely, by different contents) are grouped on
+-- their full content, so a hash collision never merges two different events.
+-- Grouping on the raw `time` (not placed_time) keeps a date-only event and a timed one
+-- placed at the same instant apart. `withheld` is false when any copy is shown in full.
+-- `has_plain` marks groups with a copy shown in full; with the distinct withheld
+-- contents (extract.py) it splits the collapsed rows into the two reasons.
+CREATE OR REPLACE TEMP TABLE collapsing AS
+SELECT content_hash FROM event_rows WHERE reason IS NULL GROUP BY content_hash HAVING count(*) > 1;
+
+CREATE OR REPLACE TEMP TABLE events_kept AS
+SELECT stay_id, time, event_type, code, text, value, unit, flag, placed_time, moved_to_cutoff,
+       1 AS source_rows, withheld, NOT withheld AS has_plain
+FROM event_rows ANTI JOIN collapsing USING (content_hash)
+WHERE reason IS NULL
+UNION ALL
+SELECT stay_id, time, event_type, code, text, value, unit, flag,
+       -- a timed copy at the same instant is known then: the group is placed there
+       min(placed_time), bool_and(moved_to_cutoff),
+       count(*), bool_and(withheld), bool_or(NOT withheld)
+FROM event_rows SEMI JOIN collapsing USING (content_hash)
+WHERE reason IS NULL
+GROUP BY stay_id, time, event_type, code, text, value, unit, flag;

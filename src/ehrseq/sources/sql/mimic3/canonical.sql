@@ -1,4 +1,5 @@
--- MIMIC-III -> the same canonical views as mimic4/canonical.sql.
+-- MIMIC-III -> the canonical views (shapes in common/source_events.sql), as
+-- mimic4/canonical.sql does for MIMIC-IV: renaming and MIMIC-III's own facts only.
 
 CREATE OR REPLACE TEMP VIEW src_stays AS
 SELECT
@@ -15,67 +16,48 @@ FROM icustays i
 LEFT JOIN admissions a ON a.hadm_id = i.hadm_id
 LEFT JOIN patients p ON p.subject_id = i.subject_id;
 
--- known_time and start_* as in mimic4/canonical.sql: when an event's full value becomes
--- known, and what it shows before that.
-CREATE OR REPLACE TEMP VIEW src_events AS
 -- MIMIC-III prescriptions carry dates only (date_only): common/events.sql attaches them
 -- from the ICU admission day on and places same-day orders at the ICU admission.
-SELECT 'prescription' AS event_type, r.subject_id, r.hadm_id, CAST(NULL AS BIGINT) AS stay_id,
-       r.startdate AS time,
-       CASE WHEN r.ndc IS NOT NULL AND r.ndc NOT IN ('0', '00000000000') THEN 'NDC//' || r.ndc
-            ELSE 'DRUG//' || upper(coalesce(r.drug, 'UNKNOWN')) END AS code,
-       concat_ws(' ', 'Prescription:', coalesce(r.drug, 'unknown drug'), r.prod_strength, r.route) AS text,
-       TRY_CAST(r.dose_val_rx AS DOUBLE) AS value, r.dose_unit_rx AS unit, CAST(NULL AS VARCHAR) AS flag,
-       true AS date_only,
-       CAST(NULL AS TIMESTAMP) AS known_time, CAST(NULL AS VARCHAR) AS start_code,
-       CAST(NULL AS VARCHAR) AS start_text, CAST(NULL AS DOUBLE) AS start_value,
-       CAST(NULL AS VARCHAR) AS start_flag
-FROM prescriptions r
+CREATE OR REPLACE TEMP VIEW src_prescriptions AS
+SELECT subject_id, hadm_id, startdate AS time, true AS date_only,
+       drug, ndc, prod_strength, dose_val_rx, dose_unit_rx, route
+FROM prescriptions;
+
+CREATE OR REPLACE TEMP VIEW src_procedures AS
+SELECT subject_id, hadm_id, icustay_id AS stay_id, starttime, endtime, itemid, value, valueuom
+FROM procedureevents_mv;
+
+-- Inputs play the role of MIMIC-IV's ingredientevents (what was infused), from both ICU
+-- charting systems: MetaVision (INPUTEVENTS_MV, 2008-2012: start and end times, the amount
+-- known at the end) and CareVue (INPUTEVENTS_CV, 2001-2008: one charttime per charted
+-- amount, known when charted). Reading MetaVision alone would leave about half of
+-- MIMIC-III's stays without infusions: an era shortcut a model could learn.
+CREATE OR REPLACE TEMP VIEW src_ingredients AS
+SELECT subject_id, hadm_id, icustay_id AS stay_id, starttime, endtime, itemid, amount, amountuom,
+       'metavision' AS system
+FROM inputevents_mv
 UNION ALL
-SELECT 'procedure', e.subject_id, e.hadm_id, e.icustay_id, e.starttime,
-       'ITEM//' || e.itemid,
-       concat_ws(' ', 'Procedure:', coalesce(d.label, 'item ' || e.itemid),
-                 CASE WHEN e.value IS NOT NULL THEN round(e.value, 1) || ' ' || coalesce(e.valueuom, '') END),
-       e.value, e.valueuom, NULL, false,
-       coalesce(e.endtime, 'infinity'::TIMESTAMP), 'ITEM//' || e.itemid,
-       concat_ws(' ', 'Procedure:', coalesce(d.label, 'item ' || e.itemid)), NULL, NULL
-FROM procedureevents_mv e LEFT JOIN d_items d ON d.itemid = e.itemid
-UNION ALL
-SELECT 'lab', l.subject_id, l.hadm_id, NULL, l.charttime,
-       'LAB//' || l.itemid,
-       concat_ws(' ', 'Lab:', coalesce(d.label, 'item ' || l.itemid),
-                 coalesce(l.value, CAST(l.valuenum AS VARCHAR)), l.valueuom,
-                 CASE WHEN l.flag IS NOT NULL THEN '(' || lower(l.flag) || ')' END),
-       l.valuenum, l.valueuom, lower(l.flag), false,
-       NULL, NULL, NULL, NULL, NULL
-FROM labevents l LEFT JOIN d_labitems d ON d.itemid = l.itemid
-UNION ALL
+SELECT subject_id, hadm_id, icustay_id, charttime, charttime, itemid, amount, amountuom, 'carevue'
+FROM inputevents_cv;
+
+-- MIMIC-III LABEVENTS records no storetime: when a value became known is unknown, so a
+-- lab counts as known at its charttime (extract.json and README say so).
+CREATE OR REPLACE TEMP VIEW src_labs AS
+SELECT subject_id, hadm_id, charttime AS time, itemid, value, valuenum, valueuom, flag,
+       CAST(NULL AS TIMESTAMP) AS known_time
+FROM labevents;
+
 -- MIMIC-III MICROBIOLOGYEVENTS has no storetime or storedate: when a result became known
 -- is not recorded. Guessing a turnaround would let some results leak (blood cultures
 -- run up to 5 days), so the result counts as known only from the cutoff on
 -- (known_time 'infinity'): every culture drawn before the cutoff shows as pending.
-SELECT 'microbiology', m.subject_id, any_value(m.hadm_id), NULL,
-       coalesce(m.charttime, m.chartdate),
-       'MICRO//' || coalesce(CAST(m.spec_itemid AS VARCHAR), 'NA') || '//' || coalesce(CAST(m.org_itemid AS VARCHAR), 'NEG'),
-       concat_ws(' ', 'Microbiology:', any_value(m.spec_type_desc), '-',
-                 coalesce(any_value(m.org_name), 'no growth')),
-       NULL, NULL, CASE WHEN m.org_itemid IS NOT NULL THEN 'positive' END,
-       bool_and(m.charttime IS NULL),
-       'infinity'::TIMESTAMP,
-       'MICRO//' || coalesce(CAST(m.spec_itemid AS VARCHAR), 'NA') || '//PENDING',
-       concat_ws(' ', 'Microbiology:', any_value(m.spec_type_desc), '-', 'pending'), NULL, NULL
-FROM microbiologyevents m
-GROUP BY m.subject_id, coalesce(m.charttime, m.chartdate), m.spec_itemid, m.org_itemid
-UNION ALL
--- INPUTEVENTS_MV plays the role of MIMIC-IV's ingredientevents (what was infused).
-SELECT 'ingredient', g.subject_id, g.hadm_id, g.icustay_id, g.starttime,
-       'ITEM//' || g.itemid,
-       concat_ws(' ', 'Ingredient:', coalesce(d.label, 'item ' || g.itemid),
-                 CASE WHEN g.amount IS NOT NULL THEN round(g.amount, 1) || ' ' || coalesce(g.amountuom, '') END),
-       g.amount, g.amountuom, NULL, false,
-       coalesce(g.endtime, 'infinity'::TIMESTAMP), 'ITEM//' || g.itemid,
-       concat_ws(' ', 'Ingredient:', coalesce(d.label, 'item ' || g.itemid)), NULL, NULL
-FROM inputevents_mv g LEFT JOIN d_items d ON d.itemid = g.itemid;
+CREATE OR REPLACE TEMP VIEW src_cultures AS
+SELECT subject_id, min(hadm_id) AS hadm_id, coalesce(charttime, chartdate) AS time,
+       bool_and(charttime IS NULL) AS date_only,
+       spec_itemid, min(spec_type_desc) AS spec_type_desc, org_itemid, min(org_name) AS org_name,
+       'infinity'::TIMESTAMP AS known_time
+FROM microbiologyevents
+GROUP BY subject_id, coalesce(charttime, chartdate), spec_itemid, org_itemid;
 
 -- Discharge diagnoses with their admission: only for the patient-level code models
 -- (PromptEHR, Med2Vec). Never joined to the in-hospital prediction inputs.

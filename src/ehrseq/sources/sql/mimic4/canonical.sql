@@ -1,6 +1,8 @@
--- MIMIC-IV (and the synthetic source, which writes MIMIC-IV tables) -> canonical views.
--- Only renaming and row-level text building happens here; attaching events to stays,
--- dropping and counting is shared by every source (common/events.sql).
+-- MIMIC-IV (and the synthetic source, which writes MIMIC-IV tables) -> the canonical views
+-- (shapes in common/source_events.sql). Only renaming and what is particular to MIMIC-IV
+-- happens here: which columns say when a result became known, how culture rows group into
+-- results. Codes and texts are built once for every source (common/source_events.sql);
+-- attaching events to stays, dropping and counting too (common/events.sql).
 
 CREATE OR REPLACE TEMP VIEW src_stays AS
 SELECT
@@ -17,73 +19,40 @@ FROM icustays i
 LEFT JOIN admissions a ON a.hadm_id = i.hadm_id
 LEFT JOIN patients p ON p.subject_id = i.subject_id;
 
--- Every event sits at its start `time`, but some values are only known later. Each row
--- therefore also carries `known_time`, when its full text/code/value/flag became known
--- (NULL: at `time`; 'infinity': not known when, so never before the cutoff), and the
--- start_text/start_code/start_value/start_flag it has until then. common/events.sql
--- shows an event that starts before the cutoff but becomes known at or after it in its
--- start form, so no pre-cutoff event carries post-cutoff information.
---   procedures:  the value (e.g. a ventilation duration) is known at endtime
---   ingredients: the amount is what was delivered by endtime
---   cultures:    the result (organism or no growth) is known when it is stored
-CREATE OR REPLACE TEMP VIEW src_events AS
-SELECT 'prescription' AS event_type, r.subject_id, r.hadm_id, CAST(NULL AS BIGINT) AS stay_id,
-       r.starttime AS time,
-       CASE WHEN r.ndc IS NOT NULL AND r.ndc NOT IN ('0', '00000000000') THEN 'NDC//' || r.ndc
-            ELSE 'DRUG//' || upper(coalesce(r.drug, 'UNKNOWN')) END AS code,
-       concat_ws(' ', 'Prescription:', coalesce(r.drug, 'unknown drug'), r.prod_strength, r.route) AS text,
-       TRY_CAST(r.dose_val_rx AS DOUBLE) AS value, r.dose_unit_rx AS unit, CAST(NULL AS VARCHAR) AS flag,
-       false AS date_only,
-       CAST(NULL AS TIMESTAMP) AS known_time, CAST(NULL AS VARCHAR) AS start_code,
-       CAST(NULL AS VARCHAR) AS start_text, CAST(NULL AS DOUBLE) AS start_value,
-       CAST(NULL AS VARCHAR) AS start_flag
-FROM prescriptions r
-UNION ALL
-SELECT 'procedure', e.subject_id, e.hadm_id, e.stay_id, e.starttime,
-       'ITEM//' || e.itemid,
-       concat_ws(' ', 'Procedure:', coalesce(d.label, 'item ' || e.itemid),
-                 CASE WHEN e.value IS NOT NULL THEN round(e.value, 1) || ' ' || coalesce(e.valueuom, '') END),
-       e.value, e.valueuom, NULL, false,
-       coalesce(e.endtime, 'infinity'::TIMESTAMP), 'ITEM//' || e.itemid,
-       concat_ws(' ', 'Procedure:', coalesce(d.label, 'item ' || e.itemid)), NULL, NULL
-FROM procedureevents e LEFT JOIN d_items d ON d.itemid = e.itemid
-UNION ALL
-SELECT 'lab', l.subject_id, l.hadm_id, NULL, l.charttime,
-       'LAB//' || l.itemid,
-       concat_ws(' ', 'Lab:', coalesce(d.label, 'item ' || l.itemid),
-                 coalesce(l.value, CAST(l.valuenum AS VARCHAR)), l.valueuom,
-                 CASE WHEN l.flag IS NOT NULL THEN '(' || lower(l.flag) || ')' END),
-       l.valuenum, l.valueuom, lower(l.flag), false,
-       NULL, NULL, NULL, NULL, NULL
-FROM labevents l LEFT JOIN d_labitems d ON d.itemid = l.itemid
-UNION ALL
--- One event per culture result (specimen, test, organism); the antibiotic
--- susceptibility rows of the same result are merged into it (counted in extract.json).
--- The result is known when the first row naming it is stored: storetime, else the end of
--- storedate (a date only says "by the end of that day"); no store time at all: never
--- before the cutoff.
-SELECT 'microbiology', m.subject_id, any_value(m.hadm_id), NULL,
-       coalesce(m.charttime, m.chartdate),
-       'MICRO//' || m.spec_itemid || '//' || coalesce(CAST(m.org_itemid AS VARCHAR), 'NEG'),
-       concat_ws(' ', 'Microbiology:', any_value(m.spec_type_desc), '-',
-                 coalesce(any_value(m.org_name), 'no growth')),
-       NULL, NULL, CASE WHEN m.org_itemid IS NOT NULL THEN 'positive' END,
-       bool_and(m.charttime IS NULL),
-       coalesce(min(coalesce(m.storetime, m.storedate + INTERVAL 1 DAY)), 'infinity'::TIMESTAMP),
-       'MICRO//' || m.spec_itemid || '//PENDING',
-       concat_ws(' ', 'Microbiology:', any_value(m.spec_type_desc), '-', 'pending'), NULL, NULL
-FROM microbiologyevents m
-GROUP BY m.subject_id, m.micro_specimen_id, coalesce(m.charttime, m.chartdate), m.spec_itemid,
-         m.test_itemid, m.org_itemid
-UNION ALL
-SELECT 'ingredient', g.subject_id, g.hadm_id, g.stay_id, g.starttime,
-       'ITEM//' || g.itemid,
-       concat_ws(' ', 'Ingredient:', coalesce(d.label, 'item ' || g.itemid),
-                 CASE WHEN g.amount IS NOT NULL THEN round(g.amount, 1) || ' ' || coalesce(g.amountuom, '') END),
-       g.amount, g.amountuom, NULL, false,
-       coalesce(g.endtime, 'infinity'::TIMESTAMP), 'ITEM//' || g.itemid,
-       concat_ws(' ', 'Ingredient:', coalesce(d.label, 'item ' || g.itemid)), NULL, NULL
-FROM ingredientevents g LEFT JOIN d_items d ON d.itemid = g.itemid;
+CREATE OR REPLACE TEMP VIEW src_prescriptions AS
+SELECT subject_id, hadm_id, starttime AS time, false AS date_only,
+       drug, ndc, prod_strength, dose_val_rx, dose_unit_rx, route
+FROM prescriptions;
+
+CREATE OR REPLACE TEMP VIEW src_procedures AS
+SELECT subject_id, hadm_id, stay_id, starttime, endtime, itemid, value, valueuom
+FROM procedureevents;
+
+CREATE OR REPLACE TEMP VIEW src_ingredients AS
+SELECT subject_id, hadm_id, stay_id, starttime, endtime, itemid, amount, amountuom, 'metavision' AS system
+FROM ingredientevents;
+
+-- A lab value is known when its result is stored (storetime), not when the sample was
+-- drawn (charttime); a row without a storetime is never known before the cutoff (as a
+-- culture without a store time).
+CREATE OR REPLACE TEMP VIEW src_labs AS
+SELECT subject_id, hadm_id, charttime AS time, itemid, value, valuenum, valueuom, flag,
+       coalesce(storetime, 'infinity'::TIMESTAMP) AS known_time
+FROM labevents;
+
+-- One result per (specimen, test, organism); the antibiotic susceptibility rows of the
+-- same result are merged into it (counted in extract.json). The result is known when the
+-- first row naming it is stored: storetime, else the end of storedate (a date only says
+-- "by the end of that day"); no store time at all: never before the cutoff. min() of
+-- columns that are constant within a result (admission, specimen and organism names)
+-- picks the same value whatever the row order.
+CREATE OR REPLACE TEMP VIEW src_cultures AS
+SELECT subject_id, min(hadm_id) AS hadm_id, coalesce(charttime, chartdate) AS time,
+       bool_and(charttime IS NULL) AS date_only,
+       spec_itemid, min(spec_type_desc) AS spec_type_desc, org_itemid, min(org_name) AS org_name,
+       coalesce(min(coalesce(storetime, storedate + INTERVAL 1 DAY)), 'infinity'::TIMESTAMP) AS known_time
+FROM microbiologyevents
+GROUP BY subject_id, micro_specimen_id, coalesce(charttime, chartdate), spec_itemid, test_itemid, org_itemid;
 
 -- Discharge diagnoses with their admission: only for the patient-level code models
 -- (PromptEHR, Med2Vec). Never joined to the in-hospital prediction inputs.

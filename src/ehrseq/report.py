@@ -1,0 +1,217 @@
+"""The report: every task's metrics side by side, and the figures a person looks at.
+
+`build_summary(metrics, ...)` turns the metrics files other stages wrote into one
+Markdown page; `figures` draws the plots. Both read only what exists: a stage that has
+not run (a model not trained yet, real data without a truth folder) shows as "not run",
+and a metric that is undefined shows the reason its metrics file gives, never a crash
+and never a blank. So the report works at every point of the roadmap and on every source.
+
+A metric entry, as `ehrseq.metrics.bootstrap` writes it, is either a number or
+`{"value": v, "ci_low": lo, "ci_high": hi, ...}` or `{"value": null, "reason": "..."}`.
+
+The page starts with a headline block between `HEADLINE_START` and `HEADLINE_END`:
+`scripts/run.sh` prints it, and README's results section carries a copy that a test
+compares with the committed summary, so the two cannot drift.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+log = logging.getLogger(__name__)
+
+HEADLINE_START = "<!-- headline:start -->"
+HEADLINE_END = "<!-- headline:end -->"
+NOT_RUN = "not run"
+
+Metrics = Mapping[str, Any]
+
+
+def load_metrics(directory: str | Path) -> dict[str, dict]:
+    """Every `NAME.json` of a metrics folder, by NAME; a missing folder gives {}."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return {}
+    return {p.stem: json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))}
+
+
+def entry_value(entry: Any) -> float | None:
+    """The point value of a metric entry (None when undefined or absent)."""
+    if isinstance(entry, Mapping):
+        return entry.get("value")
+    return entry if isinstance(entry, (int, float)) and not isinstance(entry, bool) else None
+
+
+def fmt(entry: Any, digits: int = 3) -> str:
+    """`0.804 [0.747, 0.854]`, a bare number, or `undefined (reason)`; `not run` when absent."""
+    if entry is None:
+        return NOT_RUN
+    if isinstance(entry, bool):
+        return "yes" if entry else "no"
+    if isinstance(entry, int):
+        return f"{entry:,}"
+    if isinstance(entry, float):
+        return f"{entry:.{digits}f}"
+    if isinstance(entry, Mapping):
+        value = entry.get("value")
+        if value is None:
+            return f"undefined ({entry.get('reason', 'no reason given')})"
+        text = fmt(value, digits)
+        if entry.get("ci_low") is not None and entry.get("ci_high") is not None:
+            text += f" [{entry['ci_low']:.{digits}f}, {entry['ci_high']:.{digits}f}]"
+        return text
+    return str(entry)
+
+
+def dig(data: Any, path: str) -> Any:
+    """`dig(m, "pretrain.perplexity")`: a nested key, None where any level is missing."""
+    for key in path.split("."):
+        if not isinstance(data, Mapping) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def markdown_table(header: list[str], rows: Iterable[list[str]]) -> str:
+    rows = [[cell.replace("|", "\\|") for cell in row] for row in rows]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def metric_rows(rows: Mapping[str, Metrics | None], columns: Mapping[str, str]) -> list[list[str]]:
+    """One table row per name: each column's `dig` path formatted; a missing file is `not run`."""
+    out = []
+    for name, metrics in rows.items():
+        if metrics is None:
+            out.append([name] + [NOT_RUN] * len(columns))
+        else:
+            out.append([name] + [fmt(dig(metrics, path)) for path in columns.values()])
+    return out
+
+
+# ----------------------------------------------------------------------- sections
+
+MORTALITY_COLUMNS = {
+    "AUROC": "auroc", "model / oracle AUROC": "auroc_vs_oracle", "AUPRC": "auprc", "Brier": "brier", "ECE": "ece",
+}
+
+
+def mortality_section(metrics: Mapping[str, dict], models: list[str]) -> tuple[str, list[list[str]]]:
+    """The mortality table (every model, the logistic-regression baseline, the oracle)."""
+    rows = metric_rows({m: metrics.get(m) for m in models}, MORTALITY_COLUMNS)
+    oracle = next((dig(metrics[m], "oracle_auroc") for m in models if m in metrics), None)
+    rows.append(["oracle (true risk)", fmt(oracle), "1", "", "", ""])
+    first = next((metrics[m] for m in models if m in metrics), None)
+    split = (f"Test split: {first.get('stays', '?')} stays, {first.get('deaths', '?')} deaths; "
+             f"95% intervals resample {first.get('resample_unit', 'stays')}." if first else "")
+    table = markdown_table(["model", *MORTALITY_COLUMNS], rows)
+    return f"## In-hospital mortality\n\n{split}\n\n{table}\n", rows
+
+
+def grouped_section(title: str, data: Metrics | None, groups: Mapping[str, str], columns: Mapping[str, str],
+                    note: str = "") -> str:
+    """A table of one metrics file whose rows are groups (model, oracle, baselines): each
+    column is a `dig` path template in which `{g}` stands for the row's group key."""
+    if data is None:
+        return f"## {title}\n\n{NOT_RUN}.\n"
+    rows = [[label] + [fmt(dig(data, path.format(g=key))) for path in columns.values()]
+            for label, key in groups.items()]
+    return f"## {title}\n\n{note}{markdown_table(['', *columns], rows)}\n"
+
+
+GENERATION_GROUPS = {"prompt_bart": "prompt_bart", "independent-codes baseline": "baseline"}
+GENERATION_COLUMNS = {
+    "prevalence Spearman": "fidelity.{g}.prevalence_spearman",
+    "co-occurrence dependence Pearson": "fidelity.{g}.cooccurrence_dependence_pearson",
+    "exact patient copies": "privacy.{g}.exact_patient_copies",
+    "membership-inference AUC": "privacy.{g}.membership_inference_auc",
+    "TSTR / TRTR AUROC": "utility.{g}.tstr_over_trtr",
+}
+EMBEDDING_GROUPS = {"med2vec (time decay)": "med2vec", "med2vec, lambda = 0": "med2vec_lambda0",
+                    "gensim Word2Vec": "gensim"}
+EMBEDDING_COLUMNS = {
+    "planted-problem precision@10": "models.{g}.planted.precision_at_k.value",
+    "(random)": "models.{g}.planted.precision_at_k.random",
+    "KMeans NMI": "models.{g}.planted.kmeans_nmi.value",
+    "ICD chapter precision@10": "models.{g}.ontology.chapter_precision_at_k.value",
+    "next-visit recall@10": "models.{g}.next_visit.similarity.recall_at_10",
+}
+PERPLEXITY_GROUPS = {t: t for t in ("diagnosis", "medication", "procedure", "lab")}
+PERPLEXITY_COLUMNS = {
+    "next visit (lpl), prompt_bart": "lpl.{g}.model", "lpl, baseline": "lpl.{g}.baseline",
+    "within visit (mpl), prompt_bart": "mpl.{g}.model", "mpl, baseline": "mpl.{g}.baseline",
+}
+
+
+def explain_section(metrics: Mapping[str, dict], models: list[str], columns: Mapping[str, str]) -> str:
+    rows = metric_rows({m: metrics.get(f"explain_{m}") for m in models}, columns)
+    return "## Explanations\n\n" + markdown_table(["model", *columns], rows) + "\n"
+
+
+def data_section(extract: Metrics | None) -> str:
+    """Cohort, splits, events per kind (kept, withheld at the cutoff, dropped) and drops by reason."""
+    if extract is None:
+        return f"## Data\n\n{NOT_RUN}.\n"
+    stays, events = extract.get("stays", {}), extract.get("events", {})
+    excluded = ", ".join(f"{k} {fmt(v)}" for k, v in stays.get("excluded", {}).items()) or "none"
+    lines = [f"Source `{extract.get('source')}`, observation window {extract.get('observation_hours')} h: "
+             f"{fmt(stays.get('read'))} ICU stays read, {fmt(stays.get('kept'))} kept; excluded: {excluded}.", ""]
+    splits = extract.get("splits", {})
+    lines += [markdown_table(["split", "stays", "patients", "deaths", "mortality"],
+                             [[s, fmt(v.get("stays")), fmt(v.get("patients")), fmt(v.get("deaths")),
+                               fmt(v.get("mortality_rate"))] for s, v in splits.items()]), ""]
+    dropped = events.get("dropped", {})
+    kinds = list(events.get("kept", {}))
+    withheld = events.get("values_withheld_at_cutoff", {})
+    moved = events.get("date_only_moved_after_cutoff", {})
+    header = ["event kind", "kept", "value withheld at cutoff", "date-only moved after cutoff", *dropped]
+    lines += [markdown_table(header, [[k, fmt(events["kept"][k]), fmt(withheld.get(k, 0)), fmt(moved.get(k, 0)),
+                                       *(fmt(dropped[r].get(k, 0)) for r in dropped)] for k in kinds]), ""]
+    for key in ("lab_result_time", "ingredient_rows_by_system"):
+        if key in events:
+            lines.append(f"- {key.replace('_', ' ')}: {_inline(events[key])}")
+    missing = extract.get("missing_tables")
+    lines.append(f"- missing optional tables: {', '.join(missing) if missing else 'none'}")
+    return "## Data\n\n" + "\n".join(lines) + "\n"
+
+
+def _inline(value: Any) -> str:
+    """A small nested dict on one line: `metavision read 13,224; kept 12,238`."""
+    if isinstance(value, Mapping):
+        return "; ".join(f"{k} {_inline(v)}" for k, v in value.items())
+    return fmt(value)
+
+
+def cost_section(metrics: Mapping[str, dict]) -> str:
+    """Seconds per stage, from every metrics file that records them."""
+    rows = [[name, f"{m['seconds']:.0f}"] for name, m in metrics.items()
+            if isinstance(m, Mapping) and isinstance(m.get("seconds"), (int, float))]
+    if not rows:
+        return f"## Run cost\n\n{NOT_RUN}.\n"
+    total = sum(float(r[1]) for r in rows)
+    return "## Run cost\n\n" + markdown_table(["stage", "seconds"], rows + [["total", f"{total:.0f}"]]) + "\n"
+
+
+def headline(mortality_rows: list[list[str]]) -> str:
+    """The few lines `run.sh` prints and README copies: test AUROC and its share of the oracle."""
+    rows = [[r[0], r[1], r[2]] for r in mortality_rows]
+    return "\n".join([HEADLINE_START, markdown_table(["model", "test AUROC", "model / oracle AUROC"], rows),
+                      HEADLINE_END])
+
+
+def extract_headline(summary: str) -> str:
+    """The headline block of a summary (markers included); ValueError if it has none."""
+    start, end = summary.find(HEADLINE_START), summary.find(HEADLINE_END)
+    if start < 0 or end < start:
+        raise ValueError(f"no headline block ({HEADLINE_START} ... {HEADLINE_END}) in the summary")
+    return summary[start:end + len(HEADLINE_END)]
+
+
+EXPLAIN_COLUMNS = {
+    "deletion AOPC (best method)": "aopc.best",
+    "random AOPC": "aopc.random",
+    "strict recall-precision@5": "recall_precision_at_k.5",
+}
