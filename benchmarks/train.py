@@ -1,6 +1,7 @@
 """Training throughput of the token models: padded vs packed vs length-bucketed batches.
 
     python benchmarks/train.py [--sequences data/processed/sequences/train.parquet] [--task pretrain]
+    python benchmarks/train.py --models survival_lstm [--sequences data/processed/sequences/survival/train.parquet]
 
 Times full training steps (forward, backward, AdamW) on the same examples and reports
 real (non-padding) tokens per second, for random batches (much padding) and
@@ -8,6 +9,10 @@ length-bucketed ones (little), and for the LSTM with its input padded (it steps 
 the padding) or packed (`pack_padded_sequence`: it does not).
 Without --sequences it draws long-tailed lengths like the tokenize stage's output (most
 stays 30-150 tokens, a few up to 512).
+`survival_lstm` is timed the same way on visit batches (its task: the discrete-time
+loss over every at-risk state), reporting real visits per second; without --sequences it
+draws 8 pre-cutoff visits plus 0-27 post-cutoff ones (most stays survive the 28-bin
+horizon), 1-60 codes per visit.
 """
 import argparse
 import time
@@ -19,7 +24,8 @@ import torch
 from ehrseq.data import TokenSequenceDataset, load_sequences, token_loader
 from ehrseq.models import build_model
 from ehrseq.schema import BOS_ID, EOS_ID, SPECIAL_TOKENS
-from ehrseq.tasks import MortalityTask, NextTokenTask
+from ehrseq.survival_data import SurvivalDataset, collate_visits, load_survival
+from ehrseq.tasks import MortalityTask, NextTokenTask, SurvivalTask
 from ehrseq.torch_utils import to_device
 from ehrseq.training import make_optimizer
 
@@ -28,6 +34,7 @@ MODELS = {
     "lstm_bidirectional": dict(embedding_dim=64, hidden_size=128, num_layers=1, dropout=0.1, bidirectional=True),
     "transformer": dict(d_model=64, n_layers=2, n_heads=4, dropout=0.1, max_positions=512),
     "gpt2": dict(n_embd=64, n_layer=2, n_head=4, dropout=0.1, max_positions=512),
+    "survival_lstm": dict(embedding_dim=64, hidden_size=64, num_layers=1, dropout=0.1, initial_hazard=None),
 }
 
 
@@ -40,7 +47,56 @@ def skewed_sequences(n: int, vocab_size: int, seed: int) -> pd.DataFrame:
                          "mortality": (rng.random(n) < 0.12).astype(np.int8)})
 
 
+def skewed_visits(n: int, vocab_size: int, seed: int, horizon: int = 28, n_pre: int = 8) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    first = len(SPECIAL_TOKENS)
+    rows = []
+    for i in range(n):
+        event_bin = horizon if rng.random() < 0.6 else int(rng.integers(1, horizon + 1))
+        n_visits = n_pre + max(event_bin - 1, 0)
+        codes = np.clip(rng.lognormal(np.log(15), 0.8, n_visits), 1, 60).astype(int)
+        rows.append({"stay_id": i, "subject_id": i, "pre_visits": n_pre, "event_bin": event_bin,
+                     "event": int(event_bin < horizon), "time_hours": 6.0 * event_bin, "horizon_bins": horizon,
+                     "visits": [np.sort(rng.choice(np.arange(first, vocab_size), k, replace=False)) for k in codes]})
+    return pd.DataFrame(rows)
+
+
+def survival_benchmark(args) -> None:
+    """Packed vs padded visits for survival_lstm, on random and length-bucketed batches."""
+    device = torch.device("cpu")
+    if args.sequences:
+        frame, _ = load_survival(args.sequences)
+        vocab_size = int(max(int(v.max()) for visits in frame["visits"] for v in visits if len(v))) + 1
+    else:
+        frame, vocab_size = skewed_visits(args.stays, args.vocab_size, seed=0), args.vocab_size
+    dataset = SurvivalDataset(frame)
+    print(f"{len(dataset)} stays, visits per stay: median {np.median(dataset.lengths):.0f}, max {dataset.lengths.max()}; "
+          f"batch {args.batch_size}, {args.batches} timed batches, {args.threads} thread(s)")
+    task = SurvivalTask()
+    print(f"\n{'model':<20}{'batches':<10}{'visits':<12}{'visits/s':>10}   vs random+padded")
+    baseline = None
+    for pool_batches, batch_kind in ((1, "random"), (50, "bucketed")):
+        loader = token_loader(dataset, args.batch_size, device=device, seed=0, pool_batches=pool_batches,
+                              collate_fn=collate_visits)
+        batches = [b for _, b in zip(range(args.batches), loader)]
+        real = sum(int(b["sequence_mask"].sum()) for b in batches)
+        padding = 1 - real / sum(b["sequence_mask"].numel() for b in batches)
+        for packed in (False, True):
+            torch.manual_seed(0)
+            model = build_model("survival_lstm", vocab_size=vocab_size, horizon_bins=dataset.horizon_bins,
+                                **MODELS["survival_lstm"], packed=packed)
+            speed = steps_per_second(model, task, batches, lambda b: int(b["sequence_mask"].sum()))
+            baseline = baseline or speed
+            print(f"{'survival_lstm':<20}{batch_kind:<10}{'packed' if packed else 'padded':<12}{speed:10.0f}   "
+                  f"{speed / baseline:.2f}x   ({100 * padding:.0f}% padded visits)")
+
+
 def tokens_per_second(model, task, batches) -> float:
+    return steps_per_second(model, task, batches, lambda b: int(b["attention_mask"].sum()))
+
+
+def steps_per_second(model, task, batches, count) -> float:
+    """Real items (tokens, visits: `count(batch)`) per second of full training steps."""
     optimizer = make_optimizer(model, 1e-3, 0.01)
     model.train()
 
@@ -54,7 +110,7 @@ def tokens_per_second(model, task, batches) -> float:
     start = time.perf_counter()
     for batch in batches:
         step(batch)
-    return sum(int(b["attention_mask"].sum()) for b in batches) / (time.perf_counter() - start)
+    return sum(count(b) for b in batches) / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -65,11 +121,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--batches", type=int, default=12, help="timed batches per configuration")
     parser.add_argument("--task", choices=["mortality", "pretrain"], default="mortality")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=[m for m in MODELS if m != "survival_lstm"],
+                        choices=list(MODELS))
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")  # the comparison is about CPU work skipped; GPUs hide it differently
+    if "survival_lstm" in args.models:
+        survival_benchmark(args)
+        args.models = [m for m in args.models if m != "survival_lstm"]
+        if not args.models:
+            return
 
     if args.sequences:
         frame = load_sequences(args.sequences)

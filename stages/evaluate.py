@@ -2,7 +2,9 @@
 
     python -P stages/evaluate.py MODEL
 
-Writes reports/metrics/MODEL.json -- AUROC, AUPRC, Brier score and ECE with bootstrap
+survival_lstm: see `evaluate_survival` (survival metrics against the oracle, Kaplan-Meier
+and Cox; plots by risk tertile). The others:
+write reports/metrics/MODEL.json -- AUROC, AUPRC, Brier score and ECE with bootstrap
 95% intervals that resample patients (`resample_unit`; subject_id from the cohort table,
 since the stays of one patient are not independent); the oracle AUROC (the generator's
 true risk on the same stays) and the model/oracle ratio when the synthetic truth exists;
@@ -20,9 +22,11 @@ import pandas as pd
 
 from ehrseq import metrics, paths
 from ehrseq.io import atomic_path, setup_logging, write_json
-from ehrseq.model_data import checkpoint_encoder, load_model_data, task_class
+from ehrseq.model_data import SURVIVAL_MODELS, checkpoint_encoder, load_model_data, task_class
 from ehrseq.params import load_params
-from ehrseq.tasks import NextTokenTask
+from ehrseq.survival_data import load_survival
+from ehrseq.survival_eval import evaluate_curves, plot_tertiles, tertile_table
+from ehrseq.tasks import NextTokenTask, SurvivalTask
 from ehrseq.torch_utils import pick_device
 from ehrseq.training import load_trained_model, predict
 
@@ -59,6 +63,45 @@ def pretrain_metrics(path: Path, loader, device, n_resamples: int, seed: int) ->
             "next_token_accuracy": metrics.bootstrap(metrics.token_accuracy, (p["n_correct"], p["n_tokens"]), **kw)}
 
 
+def evaluate_survival(model_name: str, params: dict, survival: dict, visit_hours: float, device) -> None:
+    """survival_lstm: landmark curves on test beside the oracle, Kaplan-Meier and Cox
+    (reports/metrics/MODEL.json), and predicted vs Kaplan-Meier survival by risk tertile
+    (reports/plots/MODEL/tertiles.{csv,png})."""
+    model, checkpoint = load_trained_model(paths.checkpoint(model_name, "finetune"), device)
+    data = load_model_data(model_name, ("test",))
+    loader = data.loader("test", params["batch_size"], device, shuffle=False)
+    p = predict(model, SurvivalTask(), loader, device)
+    frames, dropped = {}, {}
+    for split in ("train", "val", "test"):
+        frames[split], dropped[split] = load_survival(paths.SURVIVAL_SEQUENCES / f"{split}.parquet")
+    test = frames["test"].set_index("stay_id").loc[p["stay_id"]].reset_index()  # prediction order
+    report, curves = evaluate_curves(
+        model_curve=p["survival"], test=test, train=frames["train"], val=frames["val"],
+        vocab_size=data.model_inputs["vocab_size"], visit_hours=visit_hours,
+        truth_path=paths.STAY_SURVIVAL, auc_hours=survival["auc_hours"],
+        tau_hours=survival["tau_hours"], cox=survival["cox"], n_resamples=survival["n_bootstrap"], seed=params["seed"])
+    write_json(paths.metrics_json(model_name),
+               {"model": model_name, "best_epoch": checkpoint["epoch"], **report, "dropped": dropped})
+    table = tertile_table(curves["model"], test["time_hours"].to_numpy(), test["event"].to_numpy(),
+                          visit_hours * np.arange(curves["model"].shape[1]))
+    with atomic_path(paths.tertile_plot(model_name, "csv")) as tmp:
+        table.to_csv(tmp, index=False)
+    with atomic_path(paths.tertile_plot(model_name, "png")) as tmp:
+        plot_tertiles(table, tmp, f"{model_name} (test): predicted vs Kaplan-Meier by risk tertile")
+    # The stage's shared plots (roc, pr, calibration), for in-hospital death within the horizon
+    # against 1 - S(H). Discharge ends the risk of an in-hospital death, so this label is fully
+    # observed; the survival curve treats discharge as censoring, so its calibration here shows
+    # how far that assumption moves the risk.
+    died, risk = test["event"].to_numpy(int), 1.0 - p["survival"][:, -1]
+    for name, curve_table in metrics.classification_curves(died, risk, params["calibration_bins"]).items():
+        with atomic_path(paths.plots_dir(model_name) / f"{name}.csv") as tmp:
+            curve_table.to_csv(tmp, index=False)
+    m = report["metrics"]
+    log.info("%s on %d test stays: Antolini C %s (oracle %s, Cox %s); IBS %s (Cox %s)", model_name, len(test),
+             m["model"]["antolini_c"]["value"], m["oracle"]["antolini_c"]["value"], m["cox"]["antolini_c"]["value"],
+             m["model"]["integrated_brier_score"]["value"], m["cox"]["integrated_brier_score"]["value"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
@@ -67,6 +110,10 @@ def main() -> None:
     params = load_params("evaluate")["evaluate"]
     device = pick_device()
     n_resamples, seed, n_bins = params["n_bootstrap"], params["seed"], params["calibration_bins"]
+    if args.model in SURVIVAL_MODELS:
+        all_params = load_params("evaluate", "survival", "tokenize")
+        evaluate_survival(args.model, params, all_params["survival"], all_params["tokenize"]["visit_hours"], device)
+        return
     if args.model == "prompt_bart":
         evaluate_prompt_bart(paths.checkpoint(args.model, "denoise"), params, device)
         return

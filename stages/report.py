@@ -14,7 +14,7 @@ from ehrseq import report_figures as figures
 from ehrseq.io import atomic_path, setup_logging
 from ehrseq.metrics import classification_curves
 from ehrseq.models import REGISTRY
-from ehrseq.paths import COHORT, EXPLAIN, FIGURES, METRICS, STAY_RISK, SUMMARY, plots_dir
+from ehrseq.paths import COHORT, FIGURES, METRICS, STAY_RISK, SUMMARY, explain_dir, plots_dir, tertile_plot
 
 log = logging.getLogger("ehrseq.stages.report")
 
@@ -50,8 +50,8 @@ def draw_figures(metrics: dict) -> list[str]:
     figure_inputs = {
         "roc.png": (figures.roc_overlay, (rocs, aurocs) if rocs else None),
         "calibration.png": (figures.calibration_overlay, _present({m: plots_dir(m) / "calibration.csv" for m in MORTALITY_MODELS})),
-        "deletion.png": (figures.deletion_curves, _present({m: EXPLAIN / m / "deletion.csv" for m in EXPLAINED_MODELS})),
-        "survival.png": (figures.survival_by_group, read_csv(plots_dir("survival_lstm") / "by_risk_group.csv")),
+        "deletion.png": (figures.deletion_curves, _present({m: explain_dir(m) / "deletion.csv" for m in EXPLAINED_MODELS})),
+        "survival.png": (figures.survival_by_group, read_csv(tertile_plot("survival_lstm", "csv"))),
         "prevalence.png": (figures.prevalence_scatter, read_csv(plots_dir("generate") / "prevalence.csv")),
     }
     for name, (draw, inputs) in figure_inputs.items():
@@ -81,13 +81,17 @@ def main() -> None:
         report.headline(rows), "",
         report.data_section(metrics.get("extract")),
         mortality,
+        report.grouped_section(
+            "In-hospital survival after the cutoff (landmark)", metrics.get("survival_lstm"), report.SURVIVAL_GROUPS,
+            report.survival_columns(metrics.get("survival_lstm")),
+            note=f"survival_lstm / oracle Antolini C: {report.fmt(report.dig(metrics.get('survival_lstm'), 'c_index_vs_oracle'))}\n\n"),
         report.grouped_section("Code embeddings (test patients)", metrics.get("med2vec"), report.EMBEDDING_GROUPS,
                                report.EMBEDDING_COLUMNS),
         report.grouped_section("Synthetic patients (generate, against the real test split)", metrics.get("generate"),
                                report.GENERATION_GROUPS, report.GENERATION_COLUMNS),
         report.grouped_section("prompt_bart perplexity per code type (median over test patients)",
                                metrics.get("prompt_bart"), report.PERPLEXITY_GROUPS, report.PERPLEXITY_COLUMNS),
-        report.explain_section(metrics, EXPLAINED_MODELS, report.EXPLAIN_COLUMNS),
+        report.explain_section(metrics, EXPLAINED_MODELS),
         report.cost_section(metrics),
         "## Figures (reports/figures/)", "", *figure_lines, "",
     ])

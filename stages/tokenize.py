@@ -16,7 +16,7 @@ OUT = paths.SEQUENCES
 
 def main() -> None:
     setup_logging()
-    params = load_params("tokenize", "vocab")
+    params = load_params("tokenize", "vocab", "survival")
     p, v = params["tokenize"], params["vocab"]
     vocab = Vocab.from_frames(
         pd.read_csv(paths.VOCAB, keep_default_na=False),
@@ -30,7 +30,7 @@ def main() -> None:
     for split in SPLITS:
         part = cohort[cohort["split"] == split].sort_values("stay_id").reset_index(drop=True)
         stays, s1 = stay_sequences(events, part, vocab, p["max_length"], v["time_gap_tokens"])
-        survival, s2 = survival_sequences(events, part, vocab, p["visit_hours"], p["max_visits"])
+        survival, s2 = survival_sequences(events, part, vocab, p["visit_hours"], params["survival"]["horizon_hours"])
         patients, s3 = patient_sequences(diagnoses[diagnoses["split"] == split], vocab)
         write_sequences(OUT / f"{split}.parquet", stays)
         write_sequences(OUT / "survival" / f"{split}.parquet", survival)

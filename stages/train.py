@@ -24,7 +24,7 @@ import pandas as pd
 from ehrseq import paths
 from ehrseq.code_embeddings.transfer import init_embedding_from_codes
 from ehrseq.io import setup_logging
-from ehrseq.model_data import EMBEDDING_MODELS, data_inputs, load_model_data, task_class
+from ehrseq.model_data import EMBEDDING_MODELS, SURVIVAL_MODELS, data_inputs, load_model_data, task_class
 from ehrseq.models import build_model
 from ehrseq.models.attention import AttentionSnapshots
 from ehrseq.params import check_model_kwargs, load_params
@@ -78,8 +78,12 @@ def main() -> None:
         task_kwargs = {"temporal_lambda": params["temporal_lambda"]}
         if params["attention_every"]:
             on_step = AttentionSnapshots(params["attention_every"], paths.train_reports(args.model) / "attention")
-    labels = np.asarray(data.datasets["train"].labels)
-    finetune_task, weights = mortality_task(labels, params["imbalance"], task_class(args.model), **task_kwargs)
+    if args.model in SURVIVAL_MODELS:  # discrete-time survival: no class imbalance to correct
+        log.info("%s: rows dropped by reason %s", args.model, data.dropped)
+        finetune_task, weights = task_class(args.model)(), None
+    else:
+        labels = np.asarray(data.datasets["train"].labels)
+        finetune_task, weights = mortality_task(labels, params["imbalance"], task_class(args.model), **task_kwargs)
     # (phase, task, sampling weights): pretraining reads every stay once an epoch.
     phases = [("pretrain", NextTokenTask(), None)] if "pretrain" in params else []
     phases.append(("finetune", finetune_task, weights))

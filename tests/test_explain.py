@@ -1,8 +1,10 @@
-"""Explainability of clinical_lf: attention capture, Captum attributions, faithfulness, plots.
+"""Explainability of every mortality model: attention capture, Captum attributions,
+event removal, faithfulness, precision against planted truth, sanity checks, plots.
 
-One tiny model is trained on toy stays whose label is "a danger text occurred before the
-cutoff"; its explanations are checked against Captum's axioms, against direct
-re-computation, and against the planted truth.
+Tiny models (clinical_lf, and the three token models) are trained on toy stays whose
+label is "a danger event occurred before the cutoff"; their explanations are checked
+against Captum's axioms, against direct re-computation (a stay rebuilt by hand without
+an event), against the planted truth, and against randomised models.
 """
 from __future__ import annotations
 
@@ -19,18 +21,63 @@ from torch import nn
 from conftest import TINY, make_toy_data, train_tiny
 from ehrseq.explain.attention import attention_rollout, pooling_event_scores
 from ehrseq.explain.attributions import (
-    event_ablation, group_ablation, importance_by, integrated_gradients, layer_integrated_gradients,
-    mean_baselines, scores_frame, step_scores,
+    group_ablation,
+    importance_by,
+    integrated_gradients,
+    layer_integrated_gradients,
+    mean_baselines,
+)
+from ehrseq.explain.events import index_events, positions_of, to_events
+from ehrseq.explain.explainers import (
+    ClinicalLFExplainer,
+    Explanation,
+    TokenExplainer,
+    compact,
+    event_ablation,
 )
 from ehrseq.explain.faithfulness import (
-    _jsd, aopc, deletion_curve, deletion_curves, deletion_table, head_specialisation, precision_at_k,
+    _jsd,
+    aopc,
+    aopc_against_random,
+    curves_to_risk,
+    deletion_curve,
+    deletion_curves,
+    deletion_table,
+    head_specialisation,
+    precision_at_k,
+)
+from ehrseq.explain.inputs import (
+    TokenEventDataset,
+    Truth,
+    collate_token_events,
+    event_descriptions,
+    read_truth,
 )
 from ehrseq.explain.plots import head_heatmap, importance_bars, stay_timeline
+from ehrseq.explain.run import ExplainConfig, explain_split, sanity_checks, scores_frame
+from ehrseq.explain.sanity import (
+    RelabelledDataset,
+    parameter_randomisation,
+    shuffled_label_model,
+    spearman_per_stay,
+)
+from ehrseq.explain.token_attention import record_token_attention, token_layer_attention
 from ehrseq.features import build_dataset, collate, fit_encoder
+from ehrseq.models import build_model
 from ehrseq.models.attention import forward_with_attention, record_attention, save_attention
 from ehrseq.models.clinical_lf import ClinicalLF, sinusoidal_positions
+from ehrseq.schema import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 torch.set_num_threads(1)
+
+
+def _config(**overrides) -> ExplainConfig:
+    """An ExplainConfig (it has no defaults: params.yaml holds them) sized for toy data."""
+    base = {"batch_size": 16, "ig_steps": 32, "internal_batch_size": None, "k_max": 3, "precision_k": (1, 3, 5),
+            "n_random": 3, "n_permutations": 20, "plot_stays": 1, "attention_batches": 1, "max_stays": None,
+            "perturbations_per_eval": 4, "sanity_stays": 8, "seed": 0,
+            "label_shuffle": {"stays": 100, "epochs": 1, "n_bootstrap": 10, "untrained_models": 1}}
+    return ExplainConfig(**{**base, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +88,14 @@ def setup():
     test = build_dataset(events, cohort, texts, vectors, encoder, "test")
     model = train_tiny(train, steps=250)
     batch = collate([test[i] for i in range(len(test))])
-    return dict(model=model, encoder=encoder, batch=batch, planted=planted, events=events)
+    explainer = ClinicalLFExplainer(model, "clinical_lf", encoder=encoder)
+    return {"model": model, "encoder": encoder, "batch": batch, "planted": planted, "events": events,
+            "explainer": explainer, "event_index": explainer.events(batch)}
+
+
+def _event_scores(position_scores, setup):
+    """[B, T] clinical_lf step scores -> [B, E] (one event per step)."""
+    return to_events(position_scores.masked_fill(setup["batch"]["padding_mask"], 0.0), setup["event_index"])
 
 
 def _logits(model, steps, static, padding):
@@ -199,13 +253,15 @@ def test_integrated_gradients_completeness_and_zero_on_padding(setup):
     assert torch.allclose(gap, ig.delta, atol=1e-3)  # Captum's delta is what we think it is
     assert (gap.abs() <= 0.05 * (fx - fb).abs() + 1e-3).all(), gap
     assert (ig.steps[batch["padding_mask"]] == 0).all()
-    assert (step_scores(ig.steps, batch["padding_mask"])[batch["padding_mask"]] == 0).all()
 
 
 def test_integrated_gradients_find_the_planted_events(setup):
     batch = setup["batch"]
     ig = integrated_gradients(setup["model"], batch, mean_baselines(batch, setup["encoder"]), n_steps=64)
-    p1 = precision_at_k(step_scores(ig.steps, batch["padding_mask"]), batch, setup["planted"], k=1)
+    events = setup["event_index"]
+    planted = torch.from_numpy(np.isin(events.rows.numpy(), setup["planted"]))
+    p1 = precision_at_k(_event_scores(ig.steps.sum(-1), setup), events.padding, planted, planted.any(1),
+                        batch["stay_id"], k=1)
     assert len(p1) >= 10
     assert p1["precision"].mean() >= 0.9
     assert p1["random_precision"].mean() <= 0.3
@@ -225,8 +281,9 @@ def test_layer_integrated_gradients_baseline_goes_through_the_projection(setup):
 
 
 def test_event_ablation_equals_masked_model_difference(setup):
-    model, batch = setup["model"], setup["batch"]
-    attr = event_ablation(model, batch, perturbations_per_eval=4)
+    model, batch, events = setup["model"], setup["batch"], setup["event_index"]
+    attr = event_ablation(setup["explainer"].logits_without(batch, events), events, perturbations_per_eval=4)
+    assert torch.allclose(attr, event_ablation(setup["explainer"].logits_without(batch, events), events, 1), atol=1e-5)
     padding = batch["padding_mask"]
     fx = _logits(model, batch["steps"], batch["static"], padding)
     for b in range(4):
@@ -262,11 +319,10 @@ def test_group_ablation_replaces_whole_groups_by_their_baseline(setup):
 def test_scores_map_back_to_event_rows(setup):
     batch, events = setup["batch"], setup["events"]
     scores = torch.randn(batch["padding_mask"].shape)
-    frame = scores_frame({"random": scores}, batch)
+    frame = scores_frame({"random": scores}, setup["event_index"], batch["stay_id"])
     assert len(frame) == int((~batch["padding_mask"]).sum())
     first = frame.iloc[0]
     assert events.loc[first["event_row"], "stay_id"] == first["stay_id"]
-    assert events.loc[first["event_row"], "event_type"] == first["event_type"]
     assert first["score"] == pytest.approx(float(scores[0, first["position"]]))
     table = importance_by(frame.merge(events[["code"]], left_on="event_row", right_index=True), "code")
     assert table["n_events"].sum() == len(frame)
@@ -291,7 +347,12 @@ def test_deletion_curve_and_aopc_by_hand():
     padding = torch.tensor([[False, False, False, True], [False, True, True, True]])
     batch = {"steps": steps, "static": torch.zeros(2, 0), "padding_mask": padding}
     scores = torch.tensor([[0.3, 0.9, -5.0, 99.0], [1.0, 50.0, 50.0, 50.0]])  # padding scores must be ignored
-    curve = deletion_curve(SumOfFirstFeature(), batch, scores, k_max=3)
+    model = SumOfFirstFeature()
+
+    def logits_without(removed, n):  # one event per step: removed events are removed steps
+        return model(steps, batch["static"], padding | removed)["logits"]
+
+    curve = torch.sigmoid(deletion_curve(logits_without, scores, padding, k_max=3))
     # stay 0 removes 2.0, then 1.0, then -1.0; stay 1 removes its one event, then nothing is left
     expected = torch.tensor([[_sigmoid(2.0), _sigmoid(0.0), _sigmoid(-1.0), _sigmoid(0.0)],
                              [_sigmoid(0.5), _sigmoid(0.0), _sigmoid(0.0), _sigmoid(0.0)]])
@@ -301,13 +362,11 @@ def test_deletion_curve_and_aopc_by_hand():
 
 
 def test_precision_at_k_by_hand():
-    batch = {
-        "padding_mask": torch.tensor([[False, False, False, False], [False, False, True, True], [False, True, True, True]]),
-        "event_row": torch.tensor([[10, 11, 12, 13], [20, 21, -1, -1], [30, -1, -1, -1]]),
-        "stay_id": torch.tensor([1, 2, 3]),
-    }
+    padding = torch.tensor([[False, False, False, False], [False, False, True, True], [False, True, True, True]])
+    rows = torch.tensor([[10, 11, 12, 13], [20, 21, -1, -1], [30, -1, -1, -1]])
+    planted = torch.from_numpy(np.isin(rows.numpy(), [11, 13, 21]))
     scores = torch.tensor([[0.1, 0.9, 0.5, 0.2], [0.3, 0.2, 9.0, 9.0], [1.0, 0.0, 0.0, 0.0]])
-    table = precision_at_k(scores, batch, planted_rows=np.array([11, 13, 21]), k=2)
+    table = precision_at_k(scores, padding, planted, planted.any(1), torch.tensor([1, 2, 3]), k=2)
     assert table["stay_id"].tolist() == [1, 2]  # stay 3 has nothing planted
     assert table["precision"].tolist() == [0.5, 0.5]  # stay 1: top-2 = 11, 12; stay 2: 20, 21
     assert table["random_precision"].tolist() == [0.5, 0.5]
@@ -315,14 +374,36 @@ def test_precision_at_k_by_hand():
     assert table["recall_precision"].tolist() == [0.5, 1.0]
     # a random top-2 holds k * planted / events planted ones: 2 * 2/4 = 1 of 2, 2 * 1/2 = 1 of 1
     assert table["random_recall_precision"].tolist() == [0.5, 1.0]
+    # companion-aware: 12 is a companion of stay 1's planted events, 30 is one of stay 3,
+    # which has no planted event and so stays out (both figures cover the same stays)
+    aware = planted | torch.from_numpy(np.isin(rows.numpy(), [12, 30]))
+    table = precision_at_k(scores, padding, aware, planted.any(1), torch.tensor([1, 2, 3]), k=2)
+    assert table["stay_id"].tolist() == [1, 2]
+    assert table["precision"].tolist() == [1.0, 0.5]  # stay 1: 11 planted, 12 companion
+    assert table["recall_precision"].tolist() == [1.0, 1.0]
+    assert table["random_precision"].tolist() == [0.75, 0.5]  # 3 truth events of 4
+
+
+def test_truth_reader_reports_missing_companions(tmp_path):
+    pd.DataFrame({"stay_id": [1], "event_row": [11], "rule": ["vasopressor"]}).to_parquet(tmp_path / "planted_events.parquet")
+    truth = read_truth(tmp_path)
+    assert truth.planted_rows.tolist() == [11] and truth.companion_rows is None
+    assert "companion_events.parquet not found" in truth.companion_reason
+    pd.DataFrame({"stay_id": [1], "event_row": [12], "rule": ["vasopressor"]}).to_parquet(tmp_path / "companion_events.parquet")
+    assert read_truth(tmp_path).companion_rows.tolist() == [12]
+    assert read_truth(tmp_path / "absent") is None
 
 
 def test_attributions_beat_random_deletion(setup):
-    model, batch = setup["model"], setup["batch"]
+    model, batch, events = setup["model"], setup["batch"], setup["event_index"]
     ig = integrated_gradients(model, batch, mean_baselines(batch, setup["encoder"]), n_steps=64)
-    curves = deletion_curves(model, batch, {"ig": step_scores(ig.steps, batch["padding_mask"]),
-                                            "ablation": event_ablation(model, batch)}, k_max=3, n_random=5)
+    without = setup["explainer"].logits_without(batch, events)
+    curves = curves_to_risk(deletion_curves(without, {"ig": _event_scores(ig.steps.sum(-1), setup),
+                                                      "ablation": event_ablation(without, events)},
+                                            events.padding, k_max=3, n_random=5))
     table = deletion_table(curves)
+    versus = aopc_against_random(curves)
+    assert versus["ig"]["ci_low"] > 0.1 and versus["ablation"]["ci_low"] > 0.1
     assert set(table["method"]) == {"ig", "ablation", "random"} and len(table) == 3 * 4
     aopcs = table.groupby("method")["aopc"].first()
     assert aopcs["ig"] > aopcs["random"] + 0.1
@@ -387,32 +468,40 @@ def test_plots_write_png_and_csv(setup, tmp_path):
 
 
 def test_explain_split_writes_every_artifact(setup, tmp_path):
-    from ehrseq.explain.run import ExplainConfig, explain_split
-
     events, cohort, texts, vectors, planted = make_toy_data()
     test = build_dataset(events, cohort, texts, vectors, setup["encoder"], "test")
-    config = ExplainConfig(batch_size=8, ig_steps=32, internal_batch_size=None, k_max=3, precision_k=(1, 3),
-                           n_random=3, n_permutations=20, plot_stays=2, attention_batches=1, max_stays=None, seed=0)
-    metrics = explain_split(setup["model"], setup["encoder"], test, events, tmp_path, config, planted_rows=planted)
+    config = _config(batch_size=8, ig_steps=32, k_max=3, precision_k=(1, 3), n_random=3, n_permutations=20,
+                     plot_stays=2, sanity_stays=8)
+    truth = Truth(planted, None, "no companions recorded")
+    metrics, sanity = explain_split(setup["explainer"], test, collate, event_descriptions(events, cohort), tmp_path,
+                                    config, truth, logit_shift=0.0)
     assert metrics["stays"] == len(test)
     assert set(metrics["aopc"]) == {"integrated_gradients", "layer_integrated_gradients", "event_ablation",
-                                    "attention", "attention_rollout", "random"}
+                                    "attention_pooling", "attention_rollout", "random"}
+    assert metrics["aopc_calibrated"] == pytest.approx(metrics["aopc"])  # no prior correction given
     p1 = metrics["precision_at_k"]["k=1"]
     assert p1["integrated_gradients"] > 3 * p1["random"]
+    assert metrics["companion_aware"] == {"value": None, "reason": "no companions recorded"}
     scores = pd.read_parquet(tmp_path / "event_scores.parquet")
     assert len(scores) == 5 * metrics["events"]
     assert (events.loc[scores["event_row"], "text"].to_numpy() == scores["text"].to_numpy()).all()
     for name in ("static_attributions.parquet", "group_ablation.parquet", "predictions.parquet", "deletion.png",
                  "deletion.csv", "precision_at_k.csv", "head_kinds.csv", "importance_code.csv",
-                 "importance_event_type_ig.png", "attention/batch_000.npz"):
+                 "importance_code_layer_integrated_gradients.png", "attention/batch_000.npz"):
         assert (tmp_path / name).exists(), name
     assert not (tmp_path / "attention" / "batch_001.npz").exists()
     assert len(list((tmp_path / "stays").glob("timeline_*.png"))) == 2
     assert len(list((tmp_path / "stays").glob("heads_*.png"))) == 2
-    sample = explain_split(setup["model"], setup["encoder"], test, events, tmp_path / "sample",
-                           dataclasses.replace(config, ig_steps=16, k_max=2, n_random=2, n_permutations=10,
-                                               plot_stays=1, max_stays=10))
+    heads = pd.read_csv(tmp_path / "attention_heads.csv")  # 2 layers x 4 heads + 4 pooling heads
+    assert len(heads) == 2 * 4 + 4 and set(heads["k_requested"]) == {3}
+    # the sanity stays: planted-event stays first
+    assert sum(len(ev.padding) for _, ev in sanity) == 8
+    assert all(bool(np.isin(ev.rows.numpy(), planted).any(1).all()) for _, ev in sanity)
+    sample, _ = explain_split(setup["explainer"], test, collate, event_descriptions(events, cohort),
+                              tmp_path / "sample", dataclasses.replace(config, ig_steps=16, k_max=2, n_random=2,
+                                                                       n_permutations=10, plot_stays=1, max_stays=10))
     assert sample["stays"] == 10 and "precision_at_k" not in sample  # no planted truth given
+    assert sample["precision"]["value"] is None
 
 
 def test_importance_by_code_names_each_code_for_a_reader():
@@ -428,3 +517,344 @@ def test_importance_by_code_names_each_code_for_a_reader():
     assert table.loc["ITEM//225792", "description"] == "Procedure: Invasive Ventilation"
     assert table.loc["LAB//50813", "mean_abs_score"] == pytest.approx(1.7 / 3)
     assert table.loc["LAB//50813", "n_events"] == 3
+
+
+# ===================================================================== token models
+
+VOCAB = 40
+DANGER = (37, 38, 39)  # event tokens that make a stay die
+TOKEN_TINY = {
+    "lstm": {"embedding_dim": 16, "hidden_size": 16, "num_layers": 1, "dropout": 0.0, "bidirectional": True},
+    "transformer": {"d_model": 16, "n_layers": 2, "n_heads": 2, "dropout": 0.0, "max_positions": 32},
+    "gpt2": {"n_embd": 16, "n_layer": 2, "n_head": 2, "dropout": 0.0, "max_positions": 32},
+}
+
+
+def make_token_toy(n: int = 160, seed: int = 0):
+    """Token stays `<bos>` + 3 demographic tokens + 4-9 events + `<eos>`; every other stay
+    has one danger token among its events and dies. Every third stay's first event is
+    two tokens (same event_row), to exercise events that span tokens. Returns the
+    dataset and the planted event rows (the danger events)."""
+    rng = np.random.default_rng(seed)
+    ids, rows, labels, planted = [], [], [], []
+    row = 10_000 * seed
+    for i in range(n):
+        dies = i % 2 == 0
+        kinds = list(rng.integers(8, 37, size=int(rng.integers(4, 10))))
+        if dies:
+            kinds[int(rng.integers(len(kinds)))] = int(rng.choice(DANGER))
+        seq, rws = [BOS_ID, 5, int(rng.integers(6, 8)), 7], [-1, -1, -1, -1]
+        for j, token in enumerate(kinds):
+            extra = [int(rng.integers(8, 37))] if (j == 0 and i % 3 == 0 and token not in DANGER) else []
+            seq += [int(token), *extra]
+            rws += [row] * (1 + len(extra))
+            if token in DANGER:
+                planted.append(row)
+            row += 1
+        ids.append(np.array(seq + [EOS_ID]))
+        rows.append(np.array(rws + [-1]))
+        labels.append(int(dies))
+    stay_ids = np.arange(n) + 1000 + 10_000 * seed
+    frame = pd.DataFrame({"stay_id": stay_ids, "subject_id": stay_ids, "input_ids": ids, "mortality": labels})
+    return TokenEventDataset(frame, rows), np.array(planted)
+
+
+def train_token_model(name: str, dataset, steps: int = 150, seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_model(name, vocab_size=VOCAB, **TOKEN_TINY[name])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=32, shuffle=True, collate_fn=collate_token_events,
+                                         generator=torch.Generator().manual_seed(seed))
+    model.train()
+    step = 0
+    while step < steps:
+        for batch in loader:
+            logit = model(batch["input_ids"], batch["attention_mask"])["logits"]
+            loss = F.binary_cross_entropy_with_logits(logit, batch["label"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            if step == steps:
+                break
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    train, _ = make_token_toy(160, seed=0)
+    test, planted = make_token_toy(48, seed=1)
+    models = {name: train_token_model(name, train) for name in TOKEN_TINY}
+    batch = collate_token_events([test[i] for i in range(16)])
+    return dict(train=train, test=test, planted=planted, models=models, batch=batch)
+
+
+def _logit(model, ids: list[int]) -> float:
+    """The model on one stay given as a plain list of token ids (the oracle for removal)."""
+    ids_t = torch.tensor([ids])
+    with torch.no_grad():
+        return float(model(ids_t, torch.ones_like(ids_t, dtype=torch.bool))["logits"][0])
+
+
+def test_index_events_groups_the_tokens_of_one_event():
+    event_row = torch.tensor([[-1, 5, 5, 7, -1, 9, -1], [-1, 3, -1, 4, 4, 0, 0]])
+    real = torch.tensor([[True] * 7, [True] * 5 + [False] * 2])  # row 1 is padded after 5 tokens
+    events = index_events(event_row, real)
+    assert events.index.tolist() == [[-1, 0, 0, 1, -1, 2, -1], [-1, 0, -1, 1, 1, -1, -1]]
+    assert events.rows.tolist() == [[5, 7, 9], [3, 4, -1]]
+    assert events.padding.tolist() == [[False, False, False], [False, False, True]]
+    scores = torch.tensor([[100.0, 1, 2, 3, 100, 4, 100], [100, 5, 100, 6, 7, 100, 100]])
+    assert to_events(scores, events).tolist() == [[3.0, 3.0, 4.0], [5.0, 13.0, 0.0]]  # tokens summed, rest dropped
+    removed = torch.tensor([[True, False, False], [False, True, False]])
+    assert positions_of(removed, events).tolist() == [
+        [False, True, True, False, False, False, False], [False, False, False, True, True, False, False]]
+
+
+def test_compact_moves_kept_tokens_left_and_pads_the_rest():
+    ids = torch.tensor([[2, 10, 11, 12, 3], [2, 20, 3, 0, 0]])
+    keep = torch.tensor([[True, False, True, False, True], [True, False, True, False, False]])
+    new_ids, mask = compact(ids, keep)
+    assert new_ids.tolist() == [[2, 11, 3, PAD_ID, PAD_ID], [2, 3, PAD_ID, PAD_ID, PAD_ID]]
+    assert mask.tolist() == [[True, True, True, False, False], [True, True, False, False, False]]
+
+
+@pytest.mark.parametrize("name", list(TOKEN_TINY))
+def test_removing_an_event_equals_the_stay_rebuilt_without_it(tokens, name):
+    model, batch = tokens["models"][name], tokens["batch"]
+    explainer = TokenExplainer(model, name)
+    events = explainer.events(batch)
+    ablation = event_ablation(explainer.logits_without(batch, events), events, perturbations_per_eval=3)
+    full = explainer.logits(batch)
+    for b in (0, 3, 7):  # stay 0 and 3 start with a two-token event
+        ids = batch["input_ids"][b, : int(batch["lengths"][b])].tolist()
+        rows = batch["event_row"][b, : int(batch["lengths"][b])].tolist()
+        assert full[b].item() == pytest.approx(_logit(model, ids), abs=1e-4)  # padding changes nothing
+        for e in range(int(events.n_events[b])):
+            row = int(events.rows[b, e])
+            without = [t for t, r in zip(ids, rows) if r != row]
+            removed = torch.zeros_like(events.padding)
+            removed[b, e] = True
+            got = explainer.logits(batch, positions_of(removed, events))[b]
+            assert got.item() == pytest.approx(_logit(model, without), abs=1e-4)
+            assert ablation[b, e].item() == pytest.approx(_logit(model, ids) - _logit(model, without), abs=1e-4)
+    assert (ablation[events.padding] == 0).all()
+
+
+@pytest.mark.parametrize("name", list(TOKEN_TINY))
+def test_layer_ig_on_the_embedding_is_complete_and_zero_off_events(tokens, name):
+    model, batch = tokens["models"][name], tokens["batch"]
+    model.train()  # LIG must switch to eval itself and restore the mode
+    explainer = TokenExplainer(model, name)
+    model.train()
+    events = explainer.events(batch)
+    scores, delta, change = explainer.layer_integrated_gradients(batch, events, n_steps=128, internal_batch_size=512)
+    assert model.training
+    model.eval()
+    # the <unk> baseline: every event token replaced, every other token kept
+    baseline = batch["input_ids"].clone()
+    baseline[events.index >= 0] = UNK_ID
+    with torch.no_grad():
+        expected = explainer.logits(batch) - model(baseline, batch["attention_mask"])["logits"]
+    assert torch.allclose(change, expected, atol=1e-5)
+    # delta = sum over ALL positions - change; events alone must account for it, so the
+    # <bos>/demographic/<eos> tokens (equal in input and baseline) got exactly nothing
+    assert torch.allclose(scores.sum(dim=1) - change, delta, atol=1e-4)
+    # convergence: small for the typical stay (a saturated toy logit leaves a few stays rougher)
+    assert delta.abs().median() <= 0.01 * change.abs().median(), (delta, change)
+    assert (scores[events.padding] == 0).all()
+
+
+def test_transformer_attention_hooks_reproduce_each_module_output(tokens):
+    model, batch = tokens["models"]["transformer"], tokens["batch"]
+    outputs, inputs = [], []
+
+    def keep(module, args, output):  # returns None: the output is left as it is
+        inputs.append(args[0])
+        outputs.append(output)
+
+    handles = [block.attn.register_forward_hook(keep) for block in model.blocks]
+    with torch.no_grad(), record_token_attention(model) as records:
+        model(batch["input_ids"], batch["attention_mask"])
+    for h in handles:
+        h.remove()
+    layers = token_layer_attention(records)
+    assert len(layers) == TOKEN_TINY["transformer"]["n_layers"]
+    B, T = batch["input_ids"].shape
+    for block, A, x, out in zip(model.blocks, layers, inputs, outputs, strict=True):
+        assert A.shape == (B, 2, T, T)
+        assert (A.triu(diagonal=1) == 0).all()  # causal: no query sees a later key
+        D = x.shape[-1]
+        v = block.attn.qkv(x).split(D, dim=2)[2].view(B, T, 2, D // 2).transpose(1, 2)  # [B, nh, T, hd]
+        with torch.no_grad():
+            rebuilt = block.attn.proj((A @ v).transpose(1, 2).reshape(B, T, D))
+        assert torch.allclose(rebuilt, out, atol=1e-5)
+    real = batch["attention_mask"]
+    padded_keys = (~real)[:, None, None, :] & real[:, None, :, None]  # real queries, padded keys
+    assert all((A.masked_select(padded_keys.expand_as(A)) == 0).all() for A in layers)
+
+
+def test_gpt2_attention_is_read_from_the_eager_forward_and_restored(tokens):
+    model, batch = tokens["models"]["gpt2"], tokens["batch"]
+    before = model.backbone.config._attn_implementation
+    with torch.no_grad():
+        plain = model(batch["input_ids"], batch["attention_mask"])["logits"]
+        with record_token_attention(model) as records:
+            captured = model(batch["input_ids"], batch["attention_mask"])["logits"]
+    assert model.backbone.config._attn_implementation == before
+    assert torch.allclose(plain, captured, atol=1e-5)  # eager and SDPA agree
+    layers = token_layer_attention(records)
+    real = batch["attention_mask"]
+    for A in layers:
+        assert (A.triu(diagonal=1) == 0).all()
+        rows = A.sum(-1)[real[:, None, :].expand(-1, A.shape[1], -1)]
+        assert torch.allclose(rows, torch.ones_like(rows), atol=1e-5)
+        padded_keys = (~real)[:, None, None, :] & real[:, None, :, None]
+        assert (A.masked_select(padded_keys.expand_as(A)) == 0).all()
+    with record_token_attention(model) as records:
+        pass
+    with pytest.raises(RuntimeError, match="hooks fired"):
+        token_layer_attention(records)
+
+
+@pytest.mark.parametrize("name", list(TOKEN_TINY))
+def test_token_explain_split_finds_the_planted_events(tokens, name, tmp_path):
+    explainer = TokenExplainer(tokens["models"][name], name)
+    rows = np.concatenate([r.numpy() for r in tokens["test"].event_rows])
+    rows = rows[rows >= 0]
+    descriptions = pd.DataFrame({"event_type": "lab", "code": [f"TOK//{r % 7}" for r in rows],
+                                 "text": [f"event {r}" for r in rows], "hours_before_cutoff": 1.0},
+                                index=pd.Index(rows, name="event_row"))
+    config = _config(precision_k=(1, 3))
+    metrics, _ = explain_split(explainer, tokens["test"], collate_token_events, descriptions, tmp_path, config,
+                                    Truth(tokens["planted"], tokens["planted"][::2], None))
+    assert set(metrics["aopc"]) == {*explainer.methods, "random"}
+    for method in ("layer_integrated_gradients", "event_ablation"):
+        assert metrics["recall_precision_at_k"]["k=1"][method] >= 0.9
+        assert metrics["aopc_vs_random"][method]["ci_low"] > 0.1
+    # every other planted event is also a "companion": companion-aware truth is a superset
+    aware = metrics["companion_aware"]["recall_precision_at_k"]["k=1"]
+    assert aware["stays"] == metrics["recall_precision_at_k"]["k=1"]["stays"]
+    scores = pd.read_parquet(tmp_path / "event_scores.parquet")
+    assert len(scores) == len(explainer.methods) * metrics["events"] == len(explainer.methods) * len(rows)
+    for name_ in ("deletion.png", "importance_code_layer_integrated_gradients.png", "attention/batch_000.npz"):
+        assert (tmp_path / name_).exists(), name_
+    if name != "lstm":  # every self-attention head, scored on its own
+        heads = pd.read_csv(tmp_path / "attention_heads.csv")
+        assert len(heads) == 2 * 2 and metrics["attention_heads"]["heads"] == 4
+    assert len(list((tmp_path / "stays").glob("timeline_*.png"))) == 1
+
+
+# ===================================================================== sanity checks
+
+
+def test_spearman_per_stay_by_hand():
+    a = torch.tensor([[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 0.0], [1.0, 1.0, 1.0, 0.0], [1.0, 2.0, 0.0, 0.0]])
+    b = torch.tensor([[10.0, 20.0, 30.0, 40.0], [3.0, 2.0, 1.0, 0.0], [1.0, 2.0, 3.0, 0.0], [2.0, 1.0, 0.0, 0.0]])
+    padding = torch.tensor([[False] * 4, [False, False, False, True], [False, False, False, True],
+                            [False, False, True, True]])
+    rho = spearman_per_stay(a, b, padding)
+    assert rho[0] == pytest.approx(1.0) and rho[1] == pytest.approx(-1.0)
+    assert np.isnan(rho[2]) and np.isnan(rho[3])  # constant scores; fewer than 3 events
+
+
+class PositionExplainer(TokenExplainer):
+    """A 'method' that ignores the model: later events score higher. It must fail."""
+
+    def __init__(self, model, name):
+        super().__init__(model, name)
+        self.methods = ("position",)
+
+    def explain(self, batch, events, config):
+        scores = torch.arange(events.rows.shape[1], dtype=torch.float32).expand_as(events.rows).clone()
+        return Explanation({"position": scores.masked_fill(events.padding, 0.0)}, self.logits(batch))
+
+
+def test_parameter_randomisation_passes_gradients_and_fails_a_model_blind_method(tokens):
+    model, batch = tokens["models"]["lstm"], tokens["batch"]
+    explainer = TokenExplainer(model, "lstm")
+    sanity = [(batch, explainer.events(batch))]
+    config = _config(n_random=2)
+    report = parameter_randomisation(explainer, sanity, config)
+    assert [s["randomised_down_to"] for s in report["methods"]["layer_integrated_gradients"]["stages"]] == [
+        "mortality_head", "backward_lstm", "forward_lstm", "embeddings"]
+    assert report["methods"]["layer_integrated_gradients"]["passes"]
+    assert report["methods"]["event_ablation"]["passes"]
+    blind = parameter_randomisation(PositionExplainer(model, "lstm"), sanity, config)["methods"]["position"]
+    assert blind["spearman_fully_randomised"] == pytest.approx(1.0) and not blind["passes"]
+    # randomising works on a copy: the trained model is untouched
+    assert torch.equal(explainer.logits(batch), TokenExplainer(model, "lstm").logits(batch))
+
+
+def test_cascade_reaches_every_parameter_that_feeds_the_logit(tokens, setup):
+    for explainer in [TokenExplainer(m, n) for n, m in tokens["models"].items()] + [setup["explainer"]]:
+        prefixes = tuple(p for _, group in explainer.cascade() for p in group)
+        randomised = explainer.randomised(prefixes, seed=0).model
+        trained = dict(explainer.model.named_parameters())
+        unchanged = [n for n, p in randomised.named_parameters() if torch.equal(p, trained[n])]
+        # what stays: only the next-token head (never on the mortality path) and the
+        # zero-initialised biases/pad rows that re-initialisation gives the same values
+        assert all(n.startswith("lm_head") or n.endswith("bias") or "ln" in n or "norm" in n for n in unchanged), \
+            (explainer.name, unchanged)
+
+
+def test_label_randomisation_trains_by_the_shared_loop_and_learns_nothing(tokens, tmp_path):
+    from ehrseq.data import token_loader
+    from ehrseq.metrics import auroc
+    from ehrseq.tasks import MortalityTask
+    from ehrseq.training import FitConfig, predict
+
+    relabelled = RelabelledDataset(tokens["train"], np.array([0, 1, 2]), np.array([1.0, 1.0, 0.0]))
+    assert [float(relabelled[i]["label"]) for i in range(3)] == [1.0, 1.0, 0.0]
+    assert relabelled.lengths.tolist() == [len(tokens["train"][i]["input_ids"]) for i in range(3)]
+
+    def loader(dataset, shuffle):
+        return token_loader(dataset, 32, device=torch.device("cpu"), shuffle=shuffle, collate_fn=collate_token_events)
+
+    fit_config = FitConfig(epochs=1, lr=3e-3, weight_decay=0.0, warmup_steps=0, schedule="cosine", min_lr_ratio=0.1,
+                           grad_clip=1.0, patience=None, seed=0)
+    model, task, summary = shuffled_label_model("lstm", {"vocab_size": VOCAB, **TOKEN_TINY["lstm"]}, tokens["train"],
+                                                loader, fit_config, MortalityTask, 160, 8, 0, torch.device("cpu"))
+    assert summary["epochs"] == 8 and summary["train_stays"] == 128
+    p = predict(model, task, loader(tokens["test"], False), torch.device("cpu"))
+    assert abs(auroc(p["label"], p["prob"]) - 0.5) < 0.25  # the trained toy model reaches 1.0
+    explainer = TokenExplainer(tokens["models"]["lstm"], "lstm")
+    sanity = [(tokens["batch"], explainer.events(tokens["batch"]))]
+    config = _config(precision_k=(1,), n_random=2)
+    report = sanity_checks(explainer, sanity, config, Truth(tokens["planted"], None, "none"),
+                           explainer.with_model(model), {"value": 0.5}, summary)
+    label = report["label_randomisation"]["recall_precision_at_k"]["k=1"]["layer_integrated_gradients"]
+    assert label["trained"] >= 0.7 and label["shuffled"] <= label["trained"] - 0.3
+    assert report["parameter_randomisation"]["methods"]["layer_integrated_gradients"]["passes"]
+
+
+def test_head_scores_by_hand():
+    from ehrseq.explain.run import head_scores
+
+    events = index_events(torch.tensor([[-1, 10, 11]]), torch.tensor([[True, True, True]]))
+    pooling = torch.tensor([[0.0, 0.25, 0.75]])  # the mortality read-out's weights over positions
+    layer = torch.tensor([[[[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.0, 0.2, 0.8]],  # head 0
+                           [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]]])  # head 1 reads <bos> only
+    scores = head_scores({"pooling": pooling, "layer_0": layer}, events)
+    # head 0: w^T A = [0.125, 0.125 + 0.15, 0.6] -> events 10, 11 get 0.275, 0.6; position 0 is no event
+    assert torch.allclose(scores["layer_0/head_0"], torch.tensor([[0.275, 0.6]]))
+    assert torch.allclose(scores["layer_0/head_1"], torch.tensor([[0.0, 0.0]]))
+
+
+def test_untrained_aurocs_are_fresh_models_of_each_seed(tokens):
+    from sklearn.metrics import roc_auc_score
+
+    from ehrseq.data import token_loader
+    from ehrseq.explain.sanity import untrained_aurocs
+    from ehrseq.tasks import MortalityTask
+
+    loader = token_loader(tokens["test"], 16, device=torch.device("cpu"), shuffle=False,
+                          collate_fn=collate_token_events)
+    config = {"vocab_size": VOCAB, **TOKEN_TINY["gpt2"]}
+    got = untrained_aurocs("gpt2", config, MortalityTask(), loader, torch.device("cpu"), [3, 4])
+    torch.manual_seed(4)
+    model = build_model("gpt2", **config).eval()
+    batch = collate_token_events([tokens["test"][i] for i in range(len(tokens["test"]))])
+    with torch.no_grad():
+        logits = model(batch["input_ids"], batch["attention_mask"])["logits"]
+    assert got[1] == pytest.approx(roc_auc_score(batch["label"].numpy(), logits.numpy()))
+    assert got[0] != got[1]

@@ -14,14 +14,15 @@ import pytest
 import yaml
 
 from ehrseq import metrics, paths
-from ehrseq.model_data import EMBEDDING_MODELS, PATIENT_MODELS, TOKEN_MODELS
-from ehrseq.models import REGISTRY
+from ehrseq.model_data import EMBEDDING_MODELS, PATIENT_MODELS, SURVIVAL_MODELS, TOKEN_MODELS
+from ehrseq.models import OWN_STAGE_MODELS, REGISTRY
 
 REPO = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 DVC_MODELS = DVC["vars"][0]["models"]
 PHASES = ("pretrain", "finetune", "denoise")  # training phases (denoise: prompt_bart's only one)
+DVC_EXPLAINED = DVC["vars"][1]["explained"]  # the models explain@MODEL runs on (each needs an explainer)
 
 
 # ------------------------------------------------------------- dependencies point down
@@ -97,11 +98,6 @@ def test_a_model_knows_no_loop_task_source_or_explanation(module):
 # ------------------------------------------------------------------ one list of models
 
 
-# Models with stages of their own (`train_NAME`, `evaluate_NAME`), outside the mortality
-# `models` foreach and the registry: med2vec learns code vectors, it has no mortality head.
-OWN_STAGE_MODELS = ("med2vec",)
-
-
 def test_model_lists_agree_with_the_registry():
     registry = set(REGISTRY)
     assert set(DVC_MODELS) == registry, "dvc.yaml `vars: models` differs from ehrseq.models.REGISTRY"
@@ -109,14 +105,21 @@ def test_model_lists_agree_with_the_registry():
         "params.yaml `train:` sections differ from the registry and the own-stage models"
     for model in OWN_STAGE_MODELS:
         assert {f"train_{model}", f"evaluate_{model}"} <= set(DVC["stages"]), model
-    groups = [set(TOKEN_MODELS), set(EMBEDDING_MODELS), set(PATIENT_MODELS)]
+    groups = [set(TOKEN_MODELS), set(EMBEDDING_MODELS), set(PATIENT_MODELS), set(SURVIVAL_MODELS)]
     assert sum(map(len, groups)) == len(set().union(*groups)), "a model is in two input groups"
     assert set().union(*groups) == registry, "model_data's input groups differ from the registry"
+
+
+def test_explained_models_are_registered_models_with_the_same_inputs():
+    for model, item in DVC_EXPLAINED.items():
+        inputs = {k: DVC_MODELS.get(model, {}).get(k) for k in ("data", "index")}
+        assert inputs == item, f"dvc.yaml `vars: explained` {model}: inputs not as in `vars: models`"
 
 
 def test_dvc_model_inputs_are_the_files_model_data_reads():
     reads = {**{m: (paths.SEQUENCES, paths.VOCAB) for m in TOKEN_MODELS},
              **{m: (paths.INTERIM, paths.TEXT_EMBEDDINGS) for m in EMBEDDING_MODELS},
+             **{m: (paths.SEQUENCES, paths.VOCAB) for m in SURVIVAL_MODELS},  # paths.SURVIVAL_SEQUENCES
              # patient models build their data from INTERIM with this module: a change to it re-trains them
              **{m: (paths.INTERIM, Path("src/ehrseq/patient_visits.py")) for m in PATIENT_MODELS}}
     for model, item in DVC_MODELS.items():
@@ -127,14 +130,15 @@ def test_dvc_model_inputs_are_the_files_model_data_reads():
 
 
 def _expand(stages: dict) -> dict[str, dict]:
-    """dvc.yaml stages with `foreach: ${models}` expanded the way DVC does (`train@lstm`)."""
+    """dvc.yaml stages with `foreach: ${models}` (or `${explained}`) expanded the way DVC does (`train@lstm`)."""
     out = {}
+    lists = {"${models}": DVC_MODELS, "${explained}": DVC_EXPLAINED}
     for name, stage in stages.items():
         if "foreach" not in stage:
             out[name] = stage
             continue
-        assert stage["foreach"] == "${models}", f"{name}: unexpected foreach {stage['foreach']}"
-        for key, item in DVC_MODELS.items():
+        assert stage["foreach"] in lists, f"{name}: unexpected foreach {stage['foreach']}"
+        for key, item in lists[stage["foreach"]].items():
             text = yaml.safe_dump(stage["do"]).replace("${key}", key)
             text = re.sub(r"\$\{item\.(\w+)\}", lambda m: item[m.group(1)], text)
             out[f"{name}@{key}"] = yaml.safe_load(text)
@@ -172,6 +176,8 @@ def named_paths() -> set[Path]:
         per_model |= {paths.model_dir(model), paths.train_reports(model), paths.metrics_json(model)}
         per_model |= {paths.plots_dir(model)} | {paths.plots_dir(model) / f"{name}.csv" for name in curves}
         per_model |= {paths.train_reports(model) / phase / "plots" / "metrics" for phase in PHASES}
+        per_model |= {paths.explain_dir(model), paths.explain_metrics(model)}
+    per_model |= {paths.tertile_plot(model, suffix) for model in SURVIVAL_MODELS for suffix in ("csv", "png")}
     per_stage = {paths.metrics_json(name) for name in DVC["stages"]}
     return constants | per_model | per_stage
 
@@ -196,7 +202,7 @@ def test_every_dep_is_some_stage_output():
 def test_every_named_path_is_declared_in_dvc_yaml():
     declared = {Path(e) for stage in STAGES.values() for f in ("deps", "outs", "metrics", "plots")
                 for e in _entries(stage, f)}
-    roots = {paths.MODELS, paths.REPORTS, paths.METRICS}  # parents of outputs, never outputs themselves
+    roots = {paths.MODELS, paths.REPORTS, paths.METRICS, paths.EXPLAIN}  # parents of outputs, never outputs themselves
     for name, value in vars(paths).items():
         if isinstance(value, Path) and value not in roots:
             assert any(value == d or d in value.parents for d in declared), f"paths.{name} = {value} is in no stage"

@@ -4,7 +4,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ehrseq.schema import BOS_ID, EOS_ID, SPECIAL_TOKENS, UNK_ID
-from ehrseq.tokenize import patient_sequences, stay_sequences, survival_sequences, write_sequences
+from ehrseq.tokenize import patient_sequences, stay_sequences, write_sequences
 from ehrseq.vocab import GAP_TOKENS, Vocab, coverage, fit_vocab, group_icd
 
 
@@ -115,19 +115,6 @@ def test_time_gap_tokens_precede_their_event():
     assert table.iloc[0]["event_row"][position] == -1
     assert table.iloc[0]["event_row"][position + 1] == gappy.index[5]
     assert ids.count(gap_id) == 1
-
-
-def test_survival_visits_cover_the_stay_up_to_the_event():
-    events, cohort, diagnoses = make_data()
-    vocab, _ = fit(events, cohort, diagnoses)
-    table, stats = survival_sequences(events, cohort, vocab, visit_hours=6, max_visits=12)
-    stay1 = table.iloc[0]
-    assert stay1["event_bin"] == 11 and stay1["event"] == 1   # 70 h / 6 h
-    assert len(stay1["visits"]) == 12
-    assert vocab.tokens.index("ITEM//9") in stay1["visits"][10]  # the 60 h procedure
-    stay2 = table.iloc[1]
-    assert stay2["event_bin"] == 11 and stay2["event"] == 0    # 100 h censored at max_visits
-    assert stats["censored_at_max_visits"] == 1
 
 
 def test_patient_sequences_group_admissions():

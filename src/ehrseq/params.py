@@ -239,7 +239,14 @@ SCHEMA = Section({name: Omittable(spec) for name, spec in {
         "icd_grouping": BOOL,
         "time_gap_tokens": BOOL,
     }),
-    "tokenize": Section({"max_length": POSITIVE, "visit_hours": Num(min=0), "max_visits": POSITIVE}),
+    "tokenize": Section({"max_length": POSITIVE, "visit_hours": Num(min=0)}),
+    "survival": Section({
+        "horizon_hours": Num(min=0),
+        "auc_hours": ListOf(Num(min=0), min_items=1),
+        "tau_hours": Num(min=0),
+        "n_bootstrap": POSITIVE,
+        "cox": Section({"min_stays": POSITIVE, "l1_ratio": FRACTION, "n_alphas": POSITIVE}),
+    }),
     "embed": Section({
         "model": STR,
         "pooling": Choice(("cls", "mean")),
@@ -259,6 +266,8 @@ SCHEMA = Section({name: Omittable(spec) for name, spec in {
             "attention_every": COUNT,
             "finetune": PHASE,
         }),
+        # discrete-time survival: no class imbalance to correct, no pretraining
+        "survival_lstm": Section({**{k: v for k, v in TRAIN_COMMON.items() if k != "imbalance"}, "finetune": PHASE}),
         "med2vec": MED2VEC,
         "prompt_bart": Section({
             **{k: v for k, v in TRAIN_COMMON.items() if k != "imbalance"},  # no labels to balance
@@ -297,6 +306,10 @@ SCHEMA = Section({name: Omittable(spec) for name, spec in {
         "plot_stays": COUNT,
         "attention_batches": COUNT,
         "max_stays": Nullable(POSITIVE),
+        "perturbations_per_eval": POSITIVE,
+        "sanity_stays": POSITIVE,
+        "label_shuffle": Section({"stays": POSITIVE, "epochs": POSITIVE, "n_bootstrap": POSITIVE,
+                                  "untrained_models": POSITIVE}),
         "seed": INT,
     }),
 }.items()})

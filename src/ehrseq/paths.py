@@ -22,12 +22,15 @@ DIAGNOSES = INTERIM / "diagnoses.parquet"
 TRUTH = INTERIM / "truth"  # synthetic source only
 STAY_RISK = TRUTH / "stay_risk.parquet"
 PLANTED_EVENTS = TRUTH / "planted_events.parquet"
+STAY_SURVIVAL = TRUTH / "stay_survival.parquet"  # true_risk, death_rate_per_hour: the oracle survival curve
+COMPANION_EVENTS = TRUTH / "companion_events.parquet"  # events emitted from a planted event's latent cause
 
 # vocab, embed, tokenize
 VOCAB = Path("data/processed/vocab.csv")
 VALUE_BINS = Path("data/processed/value_bins.csv")
 TEXT_EMBEDDINGS = Path("data/processed/text_embeddings")
 SEQUENCES = Path("data/processed/sequences")  # {split}.parquet, survival/{split}.parquet, patients/{split}.parquet
+SURVIVAL_SEQUENCES = SEQUENCES / "survival"  # the landmark view of survival_lstm
 
 # train_med2vec, evaluate_med2vec (code embeddings; not a mortality model)
 PROBLEM_CODES = TRUTH / "problem_codes.parquet"  # synthetic only: the codes each latent problem emits
@@ -74,9 +77,26 @@ def train_reports(model: str) -> Path:
     return REPORTS / "train" / model
 
 
+def explain_dir(model: str) -> Path:
+    """reports/explain/MODEL: the explanation of one model (tables, plots, attention npz)."""
+    return EXPLAIN / model
+
+
+def explain_metrics(model: str) -> Path:
+    """reports/metrics/explain_MODEL.json: the explanation's metrics and sanity checks."""
+    return metrics_json(f"explain_{model}")
+
+
 def plots_dir(model: str) -> Path:
     """reports/plots/MODEL: ROC, PR and calibration tables of the test split."""
     return PLOTS / model
+
+
+def tertile_plot(model: str, suffix: str) -> Path:
+    """reports/plots/MODEL/tertiles.{csv,png}: a survival model's predicted vs Kaplan-Meier
+    survival by risk tertile. Written by evaluate beside its declared plots, listed under
+    dvc.yaml's top-level `plots:` (the foreach template cannot declare per-model outputs)."""
+    return plots_dir(model) / f"tertiles.{suffix}"
 
 
 PROMPT_BART_PERPLEXITY = plots_dir("prompt_bart") / "perplexity.csv"  # median test perplexities (evaluate)

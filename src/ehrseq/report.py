@@ -65,9 +65,10 @@ def fmt(entry: Any, digits: int = 3) -> str:
     return str(entry)
 
 
-def dig(data: Any, path: str) -> Any:
-    """`dig(m, "pretrain.perplexity")`: a nested key, None where any level is missing."""
-    for key in path.split("."):
+def dig(data: Any, path: str | tuple[str, ...]) -> Any:
+    """`dig(m, "pretrain.perplexity")`: a nested key, None where any level is missing.
+    A tuple path names keys that themselves contain dots (`("metrics", "auroc_167.5h")`)."""
+    for key in (path.split(".") if isinstance(path, str) else path):
         if not isinstance(data, Mapping) or key not in data:
             return None
         data = data[key]
@@ -117,9 +118,19 @@ def grouped_section(title: str, data: Metrics | None, groups: Mapping[str, str],
     column is a `dig` path template in which `{g}` stands for the row's group key."""
     if data is None:
         return f"## {title}\n\n{NOT_RUN}.\n"
-    rows = [[label] + [fmt(dig(data, path.format(g=key))) for path in columns.values()]
+    def at(path, key):
+        return path.format(g=key) if isinstance(path, str) else tuple(p.format(g=key) for p in path)
+
+    rows = [[label] + _collapse([fmt(dig(data, at(path, key))) for path in columns.values()])
             for label, key in groups.items()]
     return f"## {title}\n\n{note}{markdown_table(['', *columns], rows)}\n"
+
+
+def _collapse(cells: list[str]) -> list[str]:
+    """A row undefined for one reason says it once (the oracle on real data), not per column."""
+    if len(cells) > 1 and len(set(cells)) == 1 and cells[0].startswith("undefined"):
+        return [cells[0]] + ["-"] * (len(cells) - 1)
+    return cells
 
 
 GENERATION_GROUPS = {"prompt_bart": "prompt_bart", "independent-codes baseline": "baseline"}
@@ -130,6 +141,19 @@ GENERATION_COLUMNS = {
     "membership-inference AUC": "privacy.{g}.membership_inference_auc",
     "TSTR / TRTR AUROC": "utility.{g}.tstr_over_trtr",
 }
+SURVIVAL_GROUPS = {"survival_lstm": "model", "oracle (true survival)": "oracle",
+                   "Cox on pre-cutoff code counts": "cox", "Kaplan-Meier": "kaplan_meier"}
+
+
+def survival_columns(data: Metrics | None) -> dict[str, tuple[str, ...]]:
+    """Antolini C, Uno's C, IBS and one time-dependent AUROC column per evaluated time."""
+    columns = {"Antolini C": ("metrics", "{g}", "antolini_c"), "Uno's C": ("metrics", "{g}", "uno_c"),
+               "integrated Brier score": ("metrics", "{g}", "integrated_brier_score")}
+    for hours in (data or {}).get("auc_hours", []):
+        columns[f"AUROC at {hours:g} h"] = ("metrics", "{g}", f"auroc_{hours:g}h")
+    return columns
+
+
 EMBEDDING_GROUPS = {"med2vec (time decay)": "med2vec", "med2vec, lambda = 0": "med2vec_lambda0",
                     "gensim Word2Vec": "gensim"}
 EMBEDDING_COLUMNS = {
@@ -146,9 +170,42 @@ PERPLEXITY_COLUMNS = {
 }
 
 
-def explain_section(metrics: Mapping[str, dict], models: list[str], columns: Mapping[str, str]) -> str:
-    rows = metric_rows({m: metrics.get(f"explain_{m}") for m in models}, columns)
-    return "## Explanations\n\n" + markdown_table(["model", *columns], rows) + "\n"
+def _best(scores: Any) -> tuple[str, float] | None:
+    """The best method of a {method: value, "random": ..., "stays": ...} mapping."""
+    if not isinstance(scores, Mapping):
+        return None
+    methods = {m: v for m, v in scores.items() if m not in ("random", "stays") and isinstance(v, (int, float))}
+    return max(methods.items(), key=lambda mv: mv[1]) if methods else None
+
+
+def explain_row(m: Metrics, k: int = 5) -> list[str]:
+    """Best deletion AOPC, strict and companion-aware recall-precision@k, sanity checks."""
+    def best(scores):
+        found = _best(scores)
+        return f"{found[1]:.3f} ({found[0]})" if found else fmt(scores if isinstance(scores, Mapping) else None)
+
+    strict = dig(m, f"recall_precision_at_k.k={k}")
+    aware = dig(m, f"companion_aware.recall_precision_at_k.k={k}")
+    randomised = dig(m, "sanity.parameter_randomisation.methods") or {}
+    passing = [name for name, r in randomised.items() if r.get("passes")]
+    return [
+        best(m.get("aopc")), fmt(dig(m, "aopc.random")),
+        best(strict) if strict else fmt(m.get("precision")), fmt(dig(strict, "random")),
+        best(aware) if aware else fmt(m.get("companion_aware")),
+        f"{len(passing)} of {len(randomised)}" if randomised else NOT_RUN,
+        fmt(dig(m, "sanity.label_randomisation.test_auroc")),
+    ]
+
+
+EXPLAIN_HEADER = ["model", "best deletion AOPC", "random AOPC", "strict recall-precision@5 (best)", "random",
+                  "companion-aware recall-precision@5", "methods passing parameter randomisation",
+                  "shuffled-label test AUROC"]
+
+
+def explain_section(metrics: Mapping[str, dict], models: list[str]) -> str:
+    rows = [[m, *explain_row(metrics[f"explain_{m}"])] if f"explain_{m}" in metrics
+            else [m] + [NOT_RUN] * (len(EXPLAIN_HEADER) - 1) for m in models]
+    return "## Explanations (test split)\n\n" + markdown_table(EXPLAIN_HEADER, rows) + "\n"
 
 
 def data_section(extract: Metrics | None) -> str:
@@ -209,9 +266,3 @@ def extract_headline(summary: str) -> str:
         raise ValueError(f"no headline block ({HEADLINE_START} ... {HEADLINE_END}) in the summary")
     return summary[start:end + len(HEADLINE_END)]
 
-
-EXPLAIN_COLUMNS = {
-    "deletion AOPC (best method)": "aopc.best",
-    "random AOPC": "aopc.random",
-    "strict recall-precision@5": "recall_precision_at_k.5",
-}

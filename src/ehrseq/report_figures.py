@@ -61,17 +61,18 @@ def calibration_overlay(tables: Mapping[str, pd.DataFrame], path: str | Path) ->
 def deletion_curves(curves: Mapping[str, pd.DataFrame], path: str | Path) -> None:
     """One panel per model: mean predicted risk as the top-k events of each method are removed.
 
-    Each table has a column `k` and one column per method (`random` among them).
+    Each table is explain's deletion.csv: method, k, risk (mean predicted risk after
+    removing the top k events), `random` among the methods.
     """
     n = len(curves)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4), squeeze=False, sharey=True)
     for ax, (name, table) in zip(axes[0], curves.items()):
-        for method in [c for c in table.columns if c != "k"]:
+        for method, curve in table.groupby("method", sort=False):
             style = {"color": "black", "linestyle": "--"} if method == "random" else {}
-            ax.plot(table["k"], table[method], label=method, linewidth=1.2, **style)
+            ax.plot(curve["k"], curve["risk"], label=method, linewidth=1.2, **style)
         ax.set(title=name, xlabel="events removed (top k by attribution)")
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("mean predicted risk")
+    axes[0][0].set_ylabel("mean predicted risk (training scale)")
     fig.suptitle("Deletion curves: a faithful ranking drops the risk fastest", fontsize=10)
     _save(fig, path)
 
@@ -79,15 +80,18 @@ def deletion_curves(curves: Mapping[str, pd.DataFrame], path: str | Path) -> Non
 def survival_by_group(table: pd.DataFrame, path: str | Path) -> None:
     """Predicted and Kaplan-Meier survival per risk group.
 
-    `table` columns: group, hours (after the cutoff), predicted, kaplan_meier.
+    `table`: evaluate's tertile table, columns `hours` (after the cutoff) and, per group,
+    `GROUP_predicted` and `GROUP_kaplan_meier`.
     """
     fig, ax = plt.subplots(figsize=(6.5, 5))
-    for i, (group, g) in enumerate(table.groupby("group", sort=True)):
+    groups = [c[: -len("_predicted")] for c in table.columns if c.endswith("_predicted")]
+    for i, group in enumerate(groups):
         color = f"C{i}"
-        ax.step(g["hours"] / 24, g["kaplan_meier"], where="post", color=color, label=f"{group}: Kaplan-Meier")
-        ax.plot(g["hours"] / 24, g["predicted"], color=color, linestyle="--", label=f"{group}: predicted")
+        days = table["hours"] / 24
+        ax.step(days, table[f"{group}_kaplan_meier"], where="post", color=color, label=f"{group} risk: Kaplan-Meier")
+        ax.plot(days, table[f"{group}_predicted"], color=color, linestyle="--", label=f"{group} risk: predicted")
     ax.set(xlabel="days after the prediction cutoff", ylabel="probability of no in-hospital death",
-           title="Survival by predicted-risk group, test split")
+           title="Survival by tertile of predicted risk, test split")
     ax.legend(fontsize=8)
     _save(fig, path)
 

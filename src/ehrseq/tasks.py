@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ehrseq import metrics
+from ehrseq import metrics, survival_metrics
 from ehrseq.data import class_balance_weights
 from ehrseq.models.clinical_lf import clinical_lf_loss
+from ehrseq.survival import discrete_time_nll, landmark_logits, log_likelihood, loss_masks, survival_curve
 from ehrseq.models.med2vec import negative_sampling_loss
 
 Batch = dict[str, torch.Tensor]
@@ -154,6 +155,44 @@ def mortality_task(
     return task_class(**task_kwargs), None
 
 
+class SurvivalTask:
+    """survival_lstm's task for `training.fit`: trains on every at-risk state, predicts
+    and monitors at the landmark (the landmark NLL on val: a proper score of the curve
+    that is evaluated)."""
+
+    name = "survival"
+    monitor, mode = "landmark_nll", "min"
+
+    def loss(self, model: nn.Module, batch: Batch):
+        return discrete_time_nll(self.logits(model, batch), batch), {}
+
+    def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        out = model(batch["visit_codes"], batch["visit_mask"], batch["sequence_mask"], batch["landmark"])
+        return out["logits"].float()
+
+    def predict(self, model: nn.Module, batch: Batch):
+        logits = self.logits(model, batch)  # [B, V, H]
+        survived, at_event = loss_masks(batch["sequence_mask"], batch["landmark"], batch["event_bin"], batch["event"],
+                                        logits.shape[-1], max_state=0)
+        return {
+            "stay_id": batch["stay_id"], "subject_id": batch["subject_id"], "time_hours": batch["time_hours"],
+            "event": batch["event"], "event_bin": batch["event_bin"],
+            "survival": survival_curve(landmark_logits(logits, batch["landmark"])),  # [B, H]
+            "landmark_nll": -log_likelihood(logits, survived, at_event),  # [B]
+        }
+
+    def metrics(self, p):
+        n_bins = p["survival"].shape[1]
+        curve = np.hstack([np.ones((len(p["survival"]), 1)), p["survival"]])  # S(0) = 1
+        out = {"landmark_nll": float(p["landmark_nll"].mean())}
+        try:  # in bin units: enough to watch ranking during training
+            out["c_index"] = survival_metrics.antolini_c(curve, np.arange(n_bins + 1.0), p["event_bin"], p["event"])
+        except survival_metrics.UndefinedMetricError:
+            pass
+        return out
+
+    def config(self):
+        return {}
 class SkipGramTask:
     """TemporalMed2Vec with negative sampling on `code_embeddings.pairs.SkipGramBatches`.
 

@@ -4,8 +4,9 @@
   events *before the cutoff* in time order (most recent kept when truncated), `<eos>`.
   Each token carries its hours since ICU admission and the row of events.parquet it came
   from (`event_row`, -1 for special tokens), so an explanation can name the event.
-- survival (survival_lstm): per ICU stay, fixed time bins (`visit_hours`) over the whole
-  stay up to death or discharge, each a list of token ids, with the event bin.
+- survival (survival_lstm): per ICU stay, a landmark at the cutoff: fixed time bins
+  (`visit_hours`) of token ids before and after the cutoff, with the time to death or
+  censoring after the cutoff (see `survival_sequences`).
 - patients (prompt_bart, med2vec): per patient, admissions as visits of ICD codes with
   demographics and days since the previous admission. Discharge diagnoses only ever
   reach these patient-level code models.
@@ -88,33 +89,101 @@ def stay_sequences(
     return table, stats
 
 
+def horizon_bins(horizon_hours: float, visit_hours: float) -> int:
+    """Number of visit bins in the survival horizon; the horizon must be a whole number of bins."""
+    n = horizon_hours / visit_hours
+    if visit_hours <= 0 or n < 1 or abs(n - round(n)) > 1e-9:
+        raise ValueError(f"survival.horizon_hours={horizon_hours} must be a positive multiple of "
+                         f"tokenize.visit_hours={visit_hours}")
+    return int(round(n))
+
+
 def survival_sequences(
-    events: pd.DataFrame, cohort: pd.DataFrame, vocab: Vocab, visit_hours: float, max_visits: int
+    events: pd.DataFrame, cohort: pd.DataFrame, vocab: Vocab, visit_hours: float, horizon_hours: float
 ) -> tuple[pd.DataFrame, dict]:
-    """Visit view over the whole stay: bins of `visit_hours` from ICU admission up to the
-    death/censoring bin. Stays longer than `max_visits` bins are censored at the last bin."""
-    token_ids = vocab.ids(vocab.event_tokens(events))
-    bins = np.floor(events["hours"].to_numpy() / visit_hours).astype(np.int64)
-    starts, ends = _offsets(events["stay_id"].to_numpy(), cohort["stay_id"].to_numpy())
-    event_bin = np.floor(cohort["event_hours"].to_numpy() / visit_hours).astype(np.int64)
+    """Landmark view at the cutoff, in bins of `visit_hours` (w) on a clock that starts at
+    the cutoff.
+
+    Outcome: T = hours from the cutoff to in-hospital death (`event` 1) or to discharge
+    (`event` 0), censored at `horizon_hours` (H = horizon / w bins), whichever comes first.
+    Discrete time: bin k covers ((k-1)w, kw] after the cutoff. `event_bin` is
+    ceil(T / w) for a death (at least 1) and floor(T / w) for a censored stay: the number
+    of bins it is known to have survived completely (a stay discharged 3 h after the
+    cutoff has survived none). `time_hours` keeps the continuous T for the metrics.
+
+    Visits: the pre-cutoff events in P = ceil(observation window / w) bins ending at the
+    cutoff (the state after the last of them is the landmark, `pre_visits` = P), then the
+    post-cutoff bins 1 .. event_bin - 1: the state after post-cutoff bin j predicts bins
+    j+1 .. and is at risk because T > j w. The bin holding the death is never an input,
+    so no state sees an event of the bin it predicts (the old view let the death bin see
+    events up to the death and started the clock at ICU admission). Empty bins are kept
+    (empty visits) so that visit position = time. A code counts once per visit.
+    Post-cutoff events carry their final values (a procedure's duration), which dynamic
+    training states may see up to one event-duration early; the landmark state, the one
+    evaluated, sees pre-cutoff events only, with values withheld as at the cutoff.
+
+    Dropped and counted: no pre-cutoff event (`no_pre_cutoff_visit`), an outcome time
+    before the cutoff (`censored_before_cutoff`, `event_before_cutoff`) or missing
+    (`missing_outcome_time`). Deaths after the horizon are censored there (counted).
+    """
+    n_horizon = horizon_bins(horizon_hours, visit_hours)
+    cutoff_hours = ((cohort["cutoff"] - cohort["intime"]).dt.total_seconds() / 3600.0).to_numpy()
+    time = cohort["event_hours"].to_numpy(dtype=float) - cutoff_hours  # hours after the cutoff
     event = cohort["event"].to_numpy(np.int8).copy()
-    capped = event_bin >= max_visits
-    event[capped] = 0
-    event_bin = np.minimum(event_bin, max_visits - 1)
-    visits = []
+    after_horizon = (event == 1) & (time > horizon_hours)
+    event[after_horizon] = 0
+    time = np.minimum(time, horizon_hours)
+    with np.errstate(invalid="ignore"):
+        event_bin = np.where(event == 1, np.maximum(np.ceil(time / visit_hours - 1e-9), 1),
+                             np.floor(time / visit_hours + 1e-9))
+    pre_visits = np.ceil(cutoff_hours / visit_hours - 1e-9).astype(np.int64)
+
+    starts, ends = _offsets(events["stay_id"].to_numpy(), cohort["stay_id"].to_numpy())
+    token_ids = vocab.ids(vocab.event_tokens(events))
+    # hours relative to the stay's cutoff (NaN for events of stays outside `cohort`)
+    cutoff_of_stay = pd.Series(cutoff_hours, index=cohort["stay_id"].to_numpy())
+    rel = (events["hours"] - events["stay_id"].map(cutoff_of_stay)).to_numpy(dtype=float)
+    after = events["after_cutoff"].to_numpy(bool)
+    # Bin relative to the cutoff: -1 is the last pre-cutoff bin, 0 the first after it. The
+    # flag, not float arithmetic, decides the side of the cutoff.
+    rel_bin = np.floor(np.nan_to_num(rel) / visit_hours).astype(np.int64)
+    rel_bin = np.where(after, np.maximum(rel_bin, 0), np.minimum(rel_bin, -1))
+
+    reasons = np.full(len(cohort), "", dtype=object)
+    reasons[np.isnan(time)] = "missing_outcome_time"
+    reasons[(reasons == "") & (time < 0) & (event == 0)] = "censored_before_cutoff"
+    reasons[(reasons == "") & (time < 0) & (event == 1)] = "event_before_cutoff"
+    rows, ignored_before_window = [], 0
     for i, (s, e) in enumerate(zip(starts, ends)):
-        n = event_bin[i] + 1
-        b, ids = bins[s:e], token_ids[s:e]
-        keep = b < n
-        per_visit = [[] for _ in range(n)]
-        for v, t in zip(b[keep], ids[keep]):
+        b, ids = rel_bin[s:e], token_ids[s:e]
+        if reasons[i] == "" and not (b < 0).any():
+            reasons[i] = "no_pre_cutoff_visit"
+        if reasons[i]:
+            continue
+        n_pre, n_post = int(pre_visits[i]), max(int(event_bin[i]) - 1, 0)
+        position = b + n_pre  # pre-cutoff bins 0 .. P-1, post-cutoff bin j at P + j - 1
+        keep = (position >= 0) & (position < n_pre + n_post)
+        ignored_before_window += int((position < 0).sum())
+        per_visit = [[] for _ in range(n_pre + n_post)]
+        for v, t in zip(position[keep], ids[keep]):
             per_visit[v].append(int(t))
-        visits.append([sorted(set(v)) for v in per_visit])  # a code counts once per visit
-    table = pd.DataFrame({
-        "stay_id": cohort["stay_id"].to_numpy(), "subject_id": cohort["subject_id"].to_numpy(),
-        "visits": visits, "event_bin": event_bin.astype(np.int32), "event": event,
-    })
-    return table, {"stays": len(table), "censored_at_max_visits": int(capped.sum())}
+        rows.append({
+            "stay_id": cohort["stay_id"].iloc[i], "subject_id": cohort["subject_id"].iloc[i],
+            "visits": [np.array(sorted(set(v)), dtype=np.int32) for v in per_visit],
+            "pre_visits": np.int32(n_pre), "event_bin": np.int32(event_bin[i]), "event": np.int8(event[i]),
+            "time_hours": np.float32(time[i]), "horizon_bins": np.int32(n_horizon),
+        })
+    table = pd.DataFrame(rows, columns=["stay_id", "subject_id", "visits", "pre_visits", "event_bin", "event",
+                                        "time_hours", "horizon_bins"])
+    kept = reasons == ""
+    dropped = pd.Series(reasons[~kept]).value_counts().to_dict()
+    return table, {
+        "stays": int(len(cohort)), "kept": int(kept.sum()), "dropped": {str(k): int(v) for k, v in dropped.items()},
+        "events_within_horizon": int((event[kept] == 1).sum()),
+        "deaths_after_horizon_censored": int(after_horizon[kept].sum()),
+        "censored_before_first_bin": int(((event == 0) & (event_bin == 0))[kept].sum()),
+        "events_before_first_pre_cutoff_bin_ignored": ignored_before_window,
+    }
 
 
 def patient_sequences(diagnoses: pd.DataFrame, vocab: Vocab) -> tuple[pd.DataFrame, dict]:

@@ -1,4 +1,5 @@
-"""Captum attributions for clinical_lf, done the way Captum's contract requires.
+"""Captum attributions for clinical_lf, done the way Captum's contract requires (event
+ablation, shared by every model, lives in explainers.py).
 
 - The model has ONE logit: every method attributes that logit with `target=None`, never
   the sigmoid (it saturates, flattening gradients) and never `target=1` (an index error
@@ -7,7 +8,8 @@
 - The padding mask travels in `additional_forward_args`: it is [B, T], so Captum's
   repetition along dim 0 for every integration step or perturbation is correct.
 - Removing an event means masking it in the padding mask, not zeroing its features: a
-  zeroed step is still a position the encoder and the pooling attend to.
+  zeroed step is still a position the encoder and the pooling attend to
+  (`ClinicalLFExplainer.logits`).
 
 Baseline (`mean_baselines`): the TRAIN-MEAN step (event-kind frequencies, mean text
 embedding, mean time) and the train-mean static vector, rather than zeros. Sentence
@@ -20,17 +22,15 @@ them exactly zero.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-import numpy as np
 import pandas as pd
 import torch
 from captum.attr import FeatureAblation, IntegratedGradients, LayerIntegratedGradients
 from torch import nn
 
 from ehrseq.features import FeatureEncoder
-from ehrseq.schema import EVENT_TYPES
 from ehrseq.torch_utils import Batch, eval_mode
 
 
@@ -94,33 +94,6 @@ def layer_integrated_gradients(
     return attr.detach(), delta.detach()
 
 
-def step_scores(step_attributions: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
-    """[B, T] one score per event: the sum over its features (or projected dims); 0 on padding."""
-    return step_attributions.sum(dim=-1).masked_fill(padding_mask, 0.0)
-
-
-def event_ablation(model: nn.Module, batch: Batch, perturbations_per_eval: int = 1) -> torch.Tensor:
-    """[B, T] logit(all events) - logit(without event t), by FeatureAblation.
-
-    The ablated input is a presence indicator [B, T] (1 = real event), one feature group
-    per position; its baseline 0 means "absent", which the wrapper turns into padding.
-    Padded positions are already 0 = baseline, so they score exactly 0.
-    """
-    steps, static, padding = batch["steps"], batch["static"], batch["padding_mask"]
-
-    def logits_given_presence(present: torch.Tensor, steps: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
-        return model(steps, static, present == 0)["logits"]
-
-    present = (~padding).to(steps.dtype)  # [B, T]
-    positions = torch.arange(padding.shape[1], device=padding.device).expand_as(padding)  # [B, T]
-    with eval_mode(model), torch.no_grad():
-        attr = FeatureAblation(logits_given_presence).attribute(
-            present, baselines=0.0, target=None, additional_forward_args=(steps, static),
-            feature_mask=positions, perturbations_per_eval=perturbations_per_eval,
-        )
-    return attr.masked_fill(padding, 0.0)
-
-
 def group_ablation(
     model: nn.Module, batch: Batch, baselines: tuple[torch.Tensor, torch.Tensor], encoder: FeatureEncoder
 ) -> dict[str, torch.Tensor]:
@@ -149,22 +122,6 @@ def group_ablation(
     for name, cols in encoder.static_groups.items():
         out[name] = static_attr[:, cols[0]]
     return out
-
-
-def scores_frame(scores: dict[str, torch.Tensor], batch: Batch) -> pd.DataFrame:
-    """Long table of per-event scores mapped back to events.parquet rows: stay_id,
-    event_row, position, event_type, hours_before_cutoff, method, score (real events only)."""
-    real = (~batch["padding_mask"]).cpu().numpy()
-    b, t = np.nonzero(real)
-    base = pd.DataFrame({
-        "stay_id": batch["stay_id"].cpu().numpy()[b],
-        "event_row": batch["event_row"].cpu().numpy()[b, t],
-        "position": t,
-        "event_type": np.array(EVENT_TYPES, dtype=object)[batch["kind"].cpu().numpy()[b, t]],
-        "hours_before_cutoff": batch["hours_before_cutoff"].cpu().numpy()[b, t],
-    })
-    frames = [base.assign(method=name, score=s.detach().cpu().numpy()[b, t]) for name, s in scores.items()]
-    return pd.concat(frames, ignore_index=True)
 
 
 def importance_by(scores: pd.DataFrame, column: str) -> pd.DataFrame:

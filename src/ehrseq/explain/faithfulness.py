@@ -1,46 +1,51 @@
 """Do the explanations point at what the model uses, and at the planted truth?
 
-- Deletion curves: remove (mask) each stay's top-k events by a method's scores, k = 0..K,
+- Deletion curves: remove each stay's top-k events by a method's scores, k = 0..K,
   and follow the predicted risk; a faithful ranking makes it fall faster than removing
   random events. AOPC = mean over k = 1..K of (risk with all events - risk without the
   top k) (Samek et al. 2017, without their k = 0 term, which is always 0).
 - Precision@k of planted events (synthetic source) among each method's top-k events, vs
-  the random ranking's expectation: the stay's share of planted events.
+  the random ranking's expectation: the stay's share of planted events. Strict (the
+  planted event itself) and companion-aware (a companion the generator emits from the
+  same latent cause also counts).
 - Head specialisation of the pooling attention: reported, never asserted.
 """
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
 from ehrseq.schema import EVENT_TYPES
-from ehrseq.torch_utils import Batch, eval_mode
+from ehrseq.torch_utils import Batch
 
 
-def _rank(scores: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
-    """[B, T] positions by decreasing score, real events first (stable: ties keep order)."""
-    return scores.masked_fill(padding_mask, float("-inf")).argsort(dim=1, descending=True, stable=True)
+def _rank(scores: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+    """[B, E] events by decreasing score, real events first (stable: ties keep order)."""
+    return scores.masked_fill(padding, float("-inf")).argsort(dim=1, descending=True, stable=True)
+
+
+LogitsWithout = Callable[[torch.Tensor, int], torch.Tensor]  # (removed [B, E] bool, B) -> logits [B]
 
 
 @torch.no_grad()
-def deletion_curve(model: nn.Module, batch: Batch, scores: torch.Tensor, k_max: int) -> torch.Tensor:
-    """[B, K+1] predicted risk (sigmoid of the logit) after masking the top-k events,
-    k = 0..K. A stay with fewer than k events has all of them removed."""
-    padding = batch["padding_mask"]
-    order = _rank(scores, padding)  # [B, T]
+def deletion_curve(logits_without: LogitsWithout, scores: torch.Tensor, padding: torch.Tensor, k_max: int) -> torch.Tensor:
+    """[B, K+1] mortality LOGITS after removing the top-k events, k = 0..K (a stay with
+    fewer than k events has all of them removed). `scores` and `padding` are per event
+    [B, E]; `logits_without` removes events the model's own way (explainers.py).
+    `curves_to_risk` turns logits into the risk scale the AOPC is reported on."""
+    order = _rank(scores, padding)  # [B, E]
     n_real = (~padding).sum(dim=1)  # [B]
-    risks = []
-    with eval_mode(model):
-        for k in range(k_max + 1):
-            take = torch.arange(padding.shape[1], device=padding.device)[None, :] < torch.clamp(n_real, max=k)[:, None]
-            removed = torch.zeros_like(padding).scatter(1, order, take)  # [B, T] True = removed
-            logits = model(batch["steps"], batch["static"], padding | removed)["logits"]
-            risks.append(torch.sigmoid(logits))
-    return torch.stack(risks, dim=1)
+    positions = torch.arange(padding.shape[1], device=padding.device)[None, :]  # [1, E]
+    logits = []
+    for k in range(k_max + 1):
+        take = positions < torch.clamp(n_real, max=k)[:, None]  # [B, E] the first k ranks
+        removed = torch.zeros_like(padding).scatter(1, order, take)  # [B, E] True = removed
+        logits.append(logits_without(removed, padding.shape[0]))
+    return torch.stack(logits, dim=1)
 
 
 def aopc(curve: torch.Tensor) -> torch.Tensor:
@@ -48,23 +53,34 @@ def aopc(curve: torch.Tensor) -> torch.Tensor:
     return (curve[:, :1] - curve[:, 1:]).mean(dim=1)
 
 
-def random_scores(padding_mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """[B, T] i.i.d. uniform scores: a random ranking of each stay's events."""
-    return torch.rand(padding_mask.shape, generator=generator, device=padding_mask.device)
+def random_scores(padding: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """[B, E] i.i.d. uniform scores: a random ranking of each stay's events."""
+    return torch.rand(padding.shape, generator=generator, device=padding.device)
 
 
 def deletion_curves(
-    model: nn.Module, batch: Batch, method_scores: dict[str, torch.Tensor], k_max: int,
+    logits_without: LogitsWithout, method_scores: dict[str, torch.Tensor], padding: torch.Tensor, k_max: int,
     n_random: int = 10, generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Each method's deletion curves ([B, K+1] each) and, under "random", the mean curve
-    of `n_random` random rankings: the bar a ranking must beat."""
-    curves = {name: deletion_curve(model, batch, s, k_max) for name, s in method_scores.items()}
-    generator = generator or torch.Generator(device=batch["padding_mask"].device).manual_seed(0)
+    """Each method's deletion curve in logits ([B, K+1]) and, under "random", the curves
+    of `n_random` random rankings ([R, B, K+1]): the bar a ranking must beat."""
+    curves = {name: deletion_curve(logits_without, s, padding, k_max) for name, s in method_scores.items()}
+    generator = generator or torch.Generator(device=padding.device).manual_seed(0)
     curves["random"] = torch.stack([
-        deletion_curve(model, batch, random_scores(batch["padding_mask"], generator), k_max) for _ in range(n_random)
-    ]).mean(dim=0)
+        deletion_curve(logits_without, random_scores(padding, generator), padding, k_max) for _ in range(n_random)
+    ])
     return curves
+
+
+def curves_to_risk(curves: dict[str, torch.Tensor], logit_shift: float = 0.0) -> dict[str, torch.Tensor]:
+    """Logit curves -> risk sigmoid(logit - logit_shift) [B, K+1]; random: the mean risk
+    over its rankings. `logit_shift` 0 gives the scale the model was trained on (a
+    pos_weight-trained logit is balanced-prevalence); the checkpoint's prior-correction
+    shift gives the calibrated risk it reports."""
+    out = {name: torch.sigmoid(c - logit_shift) for name, c in curves.items()}
+    if out.get("random") is not None and out["random"].dim() == 3:
+        out["random"] = out["random"].mean(dim=0)
+    return out
 
 
 def deletion_table(curves: dict[str, torch.Tensor]) -> pd.DataFrame:
@@ -75,39 +91,60 @@ def deletion_table(curves: dict[str, torch.Tensor]) -> pd.DataFrame:
     ])
 
 
-def precision_at_k(scores: torch.Tensor, batch: Batch, planted_rows: np.ndarray, k: int) -> pd.DataFrame:
-    """Per stay with at least one planted event among its (visible) events, how many of
-    its top-k events by `scores` are planted, as
+def aopc_against_random(curves: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+    """Per method: mean over stays of AOPC(method) - AOPC(random) with a normal 95%
+    interval (paired by stay: both curves come from the same stays)."""
+    base = aopc(curves["random"])
+    out = {}
+    for name, c in curves.items():
+        if name == "random":
+            continue
+        diff = (aopc(c) - base).double()
+        half = 1.96 * float(diff.std()) / max(len(diff), 1) ** 0.5 if len(diff) > 1 else float("nan")
+        mean = float(diff.mean())
+        out[name] = {"difference": mean, "ci_low": mean - half, "ci_high": mean + half}
+    return out
 
-    - `precision`: hits / k -- the share of planted events among the top k, and
-      `random_precision`, its expectation under a random ranking (planted / events);
-    - `recall_precision`: hits / min(k, planted) -- the same hits against the most a
-      perfect ranking could get (1.0 when the top k holds k planted events, or all of
+
+PRECISION_COLUMNS = ["stay_id", "n_events", "n_truth", "k", "precision", "random_precision",
+                     "recall_precision", "random_recall_precision"]
+
+
+def precision_at_k(
+    scores: torch.Tensor, padding: torch.Tensor, is_truth: torch.Tensor, counted: torch.Tensor,
+    stay_ids: torch.Tensor, k: int,
+) -> pd.DataFrame:
+    """Per counted stay, how many of its top-k events by `scores` are truth events, as
+
+    - `precision`: hits / k -- the share of truth events among the top k, and
+      `random_precision`, its expectation under a random ranking (truth / events);
+    - `recall_precision`: hits / min(k, truth) -- the same hits against the most a
+      perfect ranking could get (1.0 when the top k holds k truth events, or all of
       them when the stay has fewer), and `random_recall_precision`, its expectation.
       A stay with 2 planted events caps `precision@5` at 0.4; this one does not.
 
-    A stay with fewer than k events uses all of them. `planted_rows`: event_row values
-    (events.parquet rows) of planted events.
+    All per event [B, E]: `is_truth` marks truth events (strict: the planted events;
+    companion-aware: planted or companion), `counted` [B] the stays to score (those with
+    a planted event, for both, so the two figures cover the same stays). A stay with
+    fewer than k events uses all of them.
     """
-    padding = batch["padding_mask"]
-    order = _rank(scores, padding).cpu().numpy()  # [B, T]
-    event_row = batch["event_row"].cpu().numpy()  # [B, T]
-    is_planted = np.isin(event_row, planted_rows) & ~padding.cpu().numpy()  # [B, T]
+    order = _rank(scores, padding).cpu().numpy()  # [B, E]
+    truth = (is_truth & ~padding).cpu().numpy()  # [B, E]
     n_real = (~padding).sum(dim=1).cpu().numpy()
+    counted = counted.cpu().numpy()
     rows = []
-    for b, stay_id in enumerate(batch["stay_id"].cpu().numpy()):
-        n_planted = int(is_planted[b].sum())
-        if n_planted == 0:
+    for b, stay_id in enumerate(stay_ids.cpu().numpy()):
+        n_truth = int(truth[b].sum())
+        if not counted[b] or n_truth == 0:
             continue
         k_eff = int(min(k, n_real[b]))
-        hits = int(is_planted[b, order[b, :k_eff]].sum())
-        random_hits = k_eff * n_planted / int(n_real[b])  # hypergeometric mean
-        best = min(k_eff, n_planted)
-        rows.append({"stay_id": int(stay_id), "n_events": int(n_real[b]), "n_planted": n_planted, "k": k_eff,
+        hits = int(truth[b, order[b, :k_eff]].sum())
+        random_hits = k_eff * n_truth / int(n_real[b])  # hypergeometric mean
+        best = min(k_eff, n_truth)
+        rows.append({"stay_id": int(stay_id), "n_events": int(n_real[b]), "n_truth": n_truth, "k": k_eff,
                      "precision": hits / k_eff, "random_precision": random_hits / k_eff,
                      "recall_precision": hits / best, "random_recall_precision": random_hits / best})
-    return pd.DataFrame(rows, columns=["stay_id", "n_events", "n_planted", "k", "precision", "random_precision",
-                                       "recall_precision", "random_recall_precision"])
+    return pd.DataFrame(rows, columns=PRECISION_COLUMNS)
 
 
 def _jsd(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -177,7 +214,7 @@ def head_specialisation(
                          "event_share": float(kind_share[k]),
                          "lift": float(mass[k] / kind_share[k]) if kind_share[k] > 0 else float("nan")})
     summary = {
-        "stays": int(len(pool)),
+        "stays": len(pool),
         "pairwise_jsd": observed.tolist(),
         "mean_jsd": observed_mean,
         "null_mean_jsd": float(null.mean()),

@@ -42,9 +42,12 @@ def _short(text: str, width: int = 45) -> str:
 
 
 def stay_timeline(events: pd.DataFrame, png_path: str | Path, title: str, n_labels: int = 6) -> pd.DataFrame:
-    """`events`: one stay's events with hours_before_cutoff, event_type, text, score.
-    Writes PNG + CSV; returns the plotted data (with a `labelled` column)."""
-    data = events[["hours_before_cutoff", "event_type", "text", "score"]].reset_index(drop=True)
+    """`events`: one stay's events with hours_before_cutoff, event_type, text, score, and
+    optionally `planted` (bool: drawn as a black ring, so a reader sees whether the
+    method found the planted truth). Writes PNG + CSV; returns the plotted data (with a
+    `labelled` column)."""
+    columns = ["hours_before_cutoff", "event_type", "text", "score"] + (["planted"] if "planted" in events else [])
+    data = events[columns].reset_index(drop=True)
     top = data["score"].abs().sort_values(ascending=False).index[:n_labels]
     data = data.assign(labelled=data.index.isin(top))
     kinds = [k for k in EVENT_TYPES if k in set(data["event_type"])]
@@ -55,10 +58,17 @@ def stay_timeline(events: pd.DataFrame, png_path: str | Path, title: str, n_labe
     fig, ax = plt.subplots(figsize=(11, 1.2 + 0.9 * len(kinds)))
     points = ax.scatter(x, y, c=data["score"], cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -limit, limit),
                         s=70, edgecolors="0.3", linewidths=0.5, zorder=3)
+    if "planted" in data and data["planted"].any():
+        mark = data["planted"].to_numpy(bool)
+        ax.scatter(x[mark], y[mark], s=220, facecolors="none", edgecolors="black", linewidths=1.5, zorder=2,
+                   label="planted risk event (truth)")
+        ax.legend(loc="upper left", fontsize=8)
     middle = x.min() / 2 if len(x) else 0.0
     for n, i in enumerate(top):
         right_half = x[i] > middle  # label towards the plot's centre, so it stays inside
-        ax.annotate(_short(data.loc[i, "text"]), (x[i], y[i]), xytext=(-6 if right_half else 6, 10 if n % 2 == 0 else -14),
+        # alternate above/below and step further out, so labels of neighbouring events do not overlap
+        dy = (10 + 12 * (n // 2)) * (1 if n % 2 == 0 else -1) - (4 if n % 2 else 0)
+        ax.annotate(_short(data.loc[i, "text"]), (x[i], y[i]), xytext=(-6 if right_half else 6, dy),
                     textcoords="offset points", ha="right" if right_half else "left", fontsize=8, zorder=4,
                     arrowprops=dict(arrowstyle="-", color="0.5", lw=0.5))
     ax.set_yticks(range(len(kinds)), kinds)
@@ -92,8 +102,12 @@ def head_heatmap(weights: np.ndarray, labels: list[str], png_path: str | Path, t
 
 
 def importance_bars(table: pd.DataFrame, label: str, value: str, png_path: str | Path, title: str,
-                    top_n: int = 20) -> pd.DataFrame:
-    """Horizontal bars of `value` per `label` (the `top_n` largest), largest on top."""
+                    top_n: int = 20, min_events: int = 1) -> pd.DataFrame:
+    """Horizontal bars of `value` per `label` (the `top_n` largest among rows with at
+    least `min_events` events, when the table counts them: a mean over 2 events is
+    noise), largest on top."""
+    if "n_events" in table:
+        table = table[table["n_events"] >= min_events]
     data = table.nlargest(top_n, value)[[label, value]].reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(9, 1 + 0.3 * len(data)))
     ax.barh([_short(v, 70) for v in data[label]][::-1], data[value].to_numpy()[::-1], color="tab:red")
@@ -104,7 +118,8 @@ def importance_bars(table: pd.DataFrame, label: str, value: str, png_path: str |
     return data
 
 
-def deletion_plot(table: pd.DataFrame, png_path: str | Path, title: str) -> pd.DataFrame:
+def deletion_plot(table: pd.DataFrame, png_path: str | Path, title: str,
+                  ylabel: str = "mean predicted risk") -> pd.DataFrame:
     """Mean predicted risk after removing each method's top-k events (`deletion_table`);
     the steeper the fall below the random line, the more faithful the ranking."""
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -112,7 +127,7 @@ def deletion_plot(table: pd.DataFrame, png_path: str | Path, title: str) -> pd.D
         style = dict(color="0.4", ls="--") if method == "random" else {}
         ax.plot(part["k"], part["risk"], marker="o", label=f"{method} (AOPC {part['aopc'].iloc[0]:.3f})", **style)
     ax.set_xlabel("events removed (most important first)")
-    ax.set_ylabel("mean predicted risk")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -1,21 +1,22 @@
-"""The whole explanation of one split, so the `explain` stage is a thin call.
+"""The whole explanation of one model on one split, so the `explain` stage is a thin call.
 
-For every batch: IG (step + static features), LayerIG on the input projection, event
-ablation, feature-group ablation, attention captured on the real forward pass (pooling
-and rollout scores), deletion curves of every ranking against random removal, and
-precision@k against the planted events when the source planted any. Writes to `out_dir`:
+`explain_split` runs every method of the model's explainer (explainers.py) over a seeded
+sample of stays, then: deletion curves of every ranking against random removal (AOPC),
+precision@k against the planted events (strict, and companion-aware when the truth
+records companions), plots, and the attention of the first batches. `sanity_checks`
+adds the model-parameter randomisation cascade and the shuffled-label model's verdict
+(sanity.py) on a smaller set of stays. Writes to `out_dir`:
 
-    event_scores.parquet       stay_id, event_row, position, event_type, hours_before_cutoff,
-                               code, text, method, score  (one row per event and method)
-    static_attributions.parquet  stay_id, feature, score   (IG on the static features)
-    group_ablation.parquet     stay_id, group, score       (kind / text / time / each static)
-    predictions.parquet        stay_id, label, risk
-    deletion.{png,csv}  precision_at_k.csv  head_kinds.csv
-    importance_{event_type,code}.csv + importance_*_ig.{png,csv}
-    stays/timeline_<stay>.{png,csv}, stays/heads_<stay>.{png,csv}  (highest-risk stays)
-    attention/batch_<i>.npz    captured weights of the first `attention_batches` batches
-
-and returns the metrics for explain.json.
+    event_scores.parquet       stay_id, event_row, position (event index in the stay),
+                               method, score, event_type, code, text, hours_before_cutoff
+    predictions.parquet        stay_id, label, logit, risk (prior-corrected)
+    deletion.{png,csv}  precision_at_k.csv (+ precision_at_k_companion_aware.csv)
+    attention_heads.csv        recall-precision@k of every attention head on its own
+    importance_{event_type,code}.csv + importance_code_<method>.{png,csv} (top codes)
+    stays/timeline_<stay>.{png,csv}   highest-risk stays, coloured by the headline method
+    attention/batch_<i>.npz    attention of the first `attention_batches` batches
+    clinical_lf also: static_attributions.parquet, group_ablation.parquet, head_kinds.csv,
+    stays/heads_<stay>.{png,csv}
 """
 from __future__ import annotations
 
@@ -28,22 +29,35 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
+from tqdm import tqdm
 
-from ehrseq.explain.attention import attention_rollout, pooling_event_scores
-from ehrseq.explain.attributions import (
-    event_ablation, group_ablation, importance_by, integrated_gradients, layer_integrated_gradients,
-    mean_baselines, scores_frame, step_scores,
+from ehrseq.explain.attributions import importance_by
+from ehrseq.explain.events import EventIndex, to_events
+from ehrseq.explain.explainers import Explainer
+from ehrseq.explain.faithfulness import (
+    aopc_against_random,
+    curves_to_risk,
+    deletion_curves,
+    deletion_table,
+    head_specialisation,
+    precision_at_k,
 )
-from ehrseq.explain.faithfulness import deletion_curves, deletion_table, head_specialisation, precision_at_k
-from ehrseq.explain.plots import deletion_plot, head_heatmap, importance_bars, stay_timeline, write_csv
-from ehrseq.features import FeatureEncoder, collate
-from ehrseq.io import write_parquet
-from ehrseq.models.attention import forward_with_attention, save_attention
+from ehrseq.explain.inputs import Truth
+from ehrseq.explain.plots import (
+    deletion_plot,
+    head_heatmap,
+    importance_bars,
+    stay_timeline,
+    write_csv,
+)
+from ehrseq.explain.sanity import parameter_randomisation
+from ehrseq.io import atomic_path, write_parquet
 
 log = logging.getLogger(__name__)
+
+MIN_CODE_EVENTS = 20  # a code's mean |score| over fewer explained events is too noisy to rank
 
 
 @dataclass
@@ -56,11 +70,60 @@ class ExplainConfig:
     k_max: int  # deletion curves remove up to this many events
     precision_k: tuple[int, ...]
     n_random: int  # random rankings averaged for the deletion baseline
-    n_permutations: int  # head-specialisation null
+    n_permutations: int  # head-specialisation null (clinical_lf)
     plot_stays: int
     attention_batches: int
-    max_stays: int | None  # explain a seeded sample: event ablation costs T forwards per batch
+    max_stays: int | None  # explain a seeded sample: event ablation costs E forwards per batch
+    perturbations_per_eval: int  # event-ablation perturbations stacked into one forward
+    sanity_stays: int  # stays for the randomisation checks (with planted events first)
+    label_shuffle: dict  # the shuffled-label model's budget: stays, epochs, n_bootstrap, untrained_models
     seed: int
+
+
+def _batches(dataset: Dataset, indices: np.ndarray, collate_fn, batch_size: int, device) -> list[tuple[np.ndarray, dict]]:
+    """Stays `indices` of `dataset`, sorted by length (less padding), collated on `device`."""
+    lengths = np.asarray(dataset.lengths)[indices]
+    order = indices[np.argsort(lengths, kind="stable")]
+    out = []
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        batch = collate_fn([dataset[int(i)] for i in chunk])
+        out.append((chunk, {k: v.to(device) for k, v in batch.items()}))
+    return out
+
+
+def sample_indices(n: int, max_stays: int | None, seed: int) -> np.ndarray:
+    if max_stays is None or max_stays >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, max_stays, replace=False))
+
+
+def truth_masks(events: EventIndex, truth: Truth) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Per event [B, E]: planted, planted-or-companion (None without companions); [B]
+    stays with a planted event (the stays precision@k is computed on)."""
+    rows = events.rows.cpu().numpy()
+    device = events.rows.device
+    planted = torch.from_numpy(np.isin(rows, truth.planted_rows) & (rows >= 0)).to(device)
+    aware = None
+    if truth.companion_rows is not None:
+        aware = planted | torch.from_numpy(np.isin(rows, truth.companion_rows) & (rows >= 0)).to(device)
+    return planted, aware, planted.any(dim=1)
+
+
+def head_scores(attention: dict[str, torch.Tensor], events: EventIndex) -> dict[str, torch.Tensor]:
+    """Per-event scores [B, E] of every attention head on its own: for self-attention
+    head h of layer l, the mortality read-out's weights w (pooling, averaged over the
+    pooling heads) times that head's attention, w^T A[l, h] -- where the positions the
+    head reads from get their weight; for each clinical_lf pooling head, its weights."""
+    pooling = attention["pooling"]
+    w = pooling.mean(dim=1).squeeze(1) if pooling.dim() == 4 else pooling  # [B, T]
+    out = {}
+    for key in sorted(k for k in attention if k.startswith("layer_")):
+        per_head = torch.einsum("bt,bhts->bhs", w, attention[key])  # [B, H, T]
+        out.update({f"{key}/head_{h}": to_events(per_head[:, h], events) for h in range(per_head.shape[1])})
+    if pooling.dim() == 4:
+        out.update({f"pooling/head_{h}": to_events(pooling[:, h, 0], events) for h in range(pooling.shape[1])})
+    return out
 
 
 def _delta_summary(delta: torch.Tensor, change: torch.Tensor, n_steps: int) -> dict[str, float]:
@@ -71,139 +134,276 @@ def _delta_summary(delta: torch.Tensor, change: torch.Tensor, n_steps: int) -> d
             "relative_delta_median": float(rel.median()), "relative_delta_p95": float(torch.quantile(rel, 0.95))}
 
 
+def scores_frame(scores: dict[str, torch.Tensor], events: EventIndex, stay_ids: torch.Tensor) -> pd.DataFrame:
+    """Long table of per-event scores: stay_id, event_row, position, method, score."""
+    b, e = np.nonzero((~events.padding).cpu().numpy())
+    base = pd.DataFrame({"stay_id": stay_ids.cpu().numpy()[b], "event_row": events.rows.cpu().numpy()[b, e],
+                         "position": e})
+    return pd.concat([base.assign(method=name, score=s.detach().cpu().numpy()[b, e]) for name, s in scores.items()],
+                     ignore_index=True)
+
+
+def summarise_precision(frames: list[pd.DataFrame]) -> dict:
+    """{precision_at_k: {k=K: {method: mean, random: mean, stays}}, recall_precision_at_k: ...}."""
+    precision = pd.concat(frames, ignore_index=True)
+    if precision.empty:
+        return {"value": None, "reason": "no explained stay has a planted event"}
+    summary = precision.groupby(["k_requested", "method"]).agg(
+        precision=("precision", "mean"), random_precision=("random_precision", "mean"),
+        recall_precision=("recall_precision", "mean"), random_recall_precision=("random_recall_precision", "mean"),
+        stays=("stay_id", "size")).reset_index()
+    out = {}
+    for column in ("precision", "recall_precision"):
+        out[f"{column}_at_k"] = {
+            f"k={k}": {**dict(zip(part["method"], part[column])), "random": float(part[f"random_{column}"].iloc[0]),
+                       "stays": int(part["stays"].iloc[0])}
+            for k, part in summary.groupby("k_requested")}
+    out["table"] = summary
+    return out
+
+
+def _precision_frames(scores: dict[str, torch.Tensor], events: EventIndex, stay_ids: torch.Tensor, truth: Truth,
+                      ks: tuple[int, ...]) -> dict[str, list[pd.DataFrame]]:
+    planted, aware, counted = truth_masks(events, truth)
+    out: dict[str, list[pd.DataFrame]] = defaultdict(list)
+    for kind, mask in (("strict", planted), ("companion_aware", aware)):
+        if mask is None:
+            continue
+        for name, s in scores.items():
+            for k in ks:
+                out[kind].append(precision_at_k(s, events.padding, mask, counted, stay_ids, k)
+                                 .assign(method=name, k_requested=k))
+    return out
+
+
+def explain_split(
+    explainer: Explainer, dataset: Dataset, collate_fn, descriptions: pd.DataFrame, out_dir: str | Path,
+    config: ExplainConfig, truth: Truth | None = None, logit_shift: float = 0.0,
+) -> tuple[dict, list[tuple[dict, EventIndex]]]:
+    """Explain a seeded sample of `dataset`; write `out_dir`; return (metrics, the
+    prepared batches of the `sanity_stays` for `sanity_checks`).
+
+    `descriptions`: indexed by event_row, with event_type, code, text, hours_before_cutoff
+    (`inputs.event_descriptions`). `logit_shift`: the checkpoint's prior correction, for
+    the calibrated risk beside the training-scale one.
+    """
+    start = time.time()
+    out_dir = Path(out_dir)
+    device = next(explainer.model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    indices = sample_indices(len(dataset), config.max_stays, config.seed)
+    batches = _batches(dataset, indices, collate_fn, config.batch_size, device)
+    frames: dict[str, list[pd.DataFrame]] = defaultdict(list)
+    precision: dict[str, list[pd.DataFrame]] = defaultdict(list)
+    curves: dict[str, list[torch.Tensor]] = defaultdict(list)
+    convergence: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
+    pooling, kinds, paddings, with_planted = [], [], [], []
+    for i, (_, batch) in enumerate(tqdm(batches, desc=f"explain {explainer.name}", disable=None)):
+        events = explainer.events(batch)
+        result = explainer.explain(batch, events, config)
+        frames["events"].append(scores_frame(result.scores, events, batch["stay_id"]))
+        for name, frame in result.frames.items():
+            frames[name].append(frame)
+        frames["predictions"].append(pd.DataFrame({
+            "stay_id": batch["stay_id"].cpu().numpy(), "label": batch["label"].cpu().numpy(),
+            "logit": result.logits.detach().cpu().numpy(),
+            "risk": torch.sigmoid(result.logits.detach() - logit_shift).cpu().numpy()}))
+        batch_curves = deletion_curves(explainer.logits_without(batch, events), result.scores, events.padding,
+                                       config.k_max, config.n_random, generator)
+        for name, c in batch_curves.items():
+            curves[name].append(c.cpu())
+        for name, pair in result.convergence.items():
+            convergence[name].append(tuple(t.detach().cpu() for t in pair))
+        if truth is not None:
+            for kind, parts in _precision_frames(result.scores, events, batch["stay_id"], truth,
+                                                 config.precision_k).items():
+                precision[kind] += parts
+            if any(key.startswith("layer_") for key in result.attention):
+                precision["heads"] += _precision_frames(head_scores(result.attention, events), events,
+                                                        batch["stay_id"], truth, (max(config.precision_k),))["strict"]
+            with_planted.append(truth_masks(events, truth)[2].cpu())
+        if i < config.attention_batches and result.attention:
+            _save_npz(out_dir / "attention" / f"batch_{i:03d}.npz", result.attention, batch)
+        if "pooling" in result.attention and result.attention["pooling"].dim() == 4:  # clinical_lf's heads
+            pooling.append(result.attention["pooling"].cpu())
+            kinds.append(batch["kind"].cpu())
+            paddings.append(batch["padding_mask"].cpu())
+    if not frames["events"]:
+        raise ValueError("nothing to explain: the split has no stays")
+
+    event_scores = pd.concat(frames["events"], ignore_index=True).join(descriptions, on="event_row")
+    if truth is not None:
+        event_scores["planted"] = event_scores["event_row"].isin(truth.planted_rows)
+        if truth.companion_rows is not None:
+            event_scores["companion"] = event_scores["event_row"].isin(truth.companion_rows)
+    predictions = pd.concat(frames["predictions"], ignore_index=True)
+    write_parquet(out_dir / "event_scores.parquet", event_scores)
+    write_parquet(out_dir / "predictions.parquet", predictions)
+    for name in ("static_attributions", "group_ablation"):
+        if frames[name]:
+            write_parquet(out_dir / f"{name}.parquet", pd.concat(frames[name], ignore_index=True))
+
+    logit_curves = {name: (torch.cat(c, dim=1) if name == "random" else torch.cat(c)) for name, c in curves.items()}
+    risk = curves_to_risk(logit_curves)
+    calibrated = curves_to_risk(logit_curves, logit_shift)
+    deletion = deletion_table(risk)
+    deletion_plot(deletion, out_dir / "deletion.png", f"{explainer.name}: removing the events each method ranks highest",
+                  "mean predicted risk, training scale (sigmoid of the logit)")
+
+    headline = explainer.gradient_methods[-1]  # LayerIG: the one method every model has
+    _importance_plots(event_scores, out_dir, explainer.name, headline)
+    _timelines(event_scores, predictions, out_dir, explainer.name, headline, config.plot_stays)
+
+    metrics = {
+        "model": explainer.name,
+        "stays": len(predictions),
+        "events": int(event_scores["method"].eq(headline).sum()),
+        "methods": list(explainer.methods),
+        "baseline": explainer.baseline,
+        "convergence": {name: _delta_summary(torch.cat([d for d, _ in pairs]), torch.cat([c for _, c in pairs]),
+                                             config.ig_steps) for name, pairs in convergence.items()},
+        "aopc": deletion.groupby("method", sort=False)["aopc"].first().to_dict(),
+        "aopc_calibrated": {name: float((c[:, :1] - c[:, 1:]).mean()) for name, c in calibrated.items()},
+        "aopc_vs_random": aopc_against_random(risk),
+        "k_max": config.k_max,
+    }
+    if pooling:
+        all_padding = _pad_cat(paddings, True)
+        heads, head_kinds = head_specialisation(
+            _pad_cat([p.squeeze(2) for p in pooling], 0.0)[:, :, None, :],
+            {"padding_mask": all_padding, "kind": _pad_cat(kinds, -1)}, config.n_permutations, config.seed)
+        write_csv(out_dir / "head_kinds.csv", head_kinds)
+        metrics["head_specialisation"] = {k: v for k, v in heads.items() if k != "pairwise_jsd"}
+        _head_heatmaps(event_scores, predictions, pooling, out_dir, config.plot_stays)
+    if truth is None:
+        metrics["precision"] = {"value": None, "reason": "no planted truth (real data): precision@k is undefined"}
+    else:
+        strict = summarise_precision(precision["strict"])
+        if "table" in strict:
+            write_csv(out_dir / "precision_at_k.csv", strict.pop("table").assign(truth="strict"))
+        if precision["heads"]:
+            heads = summarise_precision(precision["heads"]).pop("table")
+            write_csv(out_dir / "attention_heads.csv", heads)
+            best = heads.loc[heads["recall_precision"].idxmax()]
+            metrics["attention_heads"] = {
+                "k": int(best["k_requested"]), "best": best["method"],
+                "best_recall_precision": float(best["recall_precision"]),
+                "random_recall_precision": float(best["random_recall_precision"]), "heads": len(heads)}
+        metrics["precision_at_k"] = strict.get("precision_at_k", strict)
+        metrics["recall_precision_at_k"] = strict.get("recall_precision_at_k", strict)
+        if truth.companion_rows is None:
+            metrics["companion_aware"] = {"value": None, "reason": truth.companion_reason}
+        else:
+            aware = summarise_precision(precision["companion_aware"])
+            if "table" in aware:
+                write_csv(out_dir / "precision_at_k_companion_aware.csv", aware.pop("table").assign(truth="companion_aware"))
+            metrics["companion_aware"] = aware
+    metrics["seconds"] = {"explain": round(time.time() - start, 2)}
+    log.info("%s: explained %d stays in %.1fs: AOPC %s", explainer.name, metrics["stays"], metrics["seconds"]["explain"],
+             {k: round(v, 4) for k, v in metrics["aopc"].items()})
+    return metrics, _sanity_batches(dataset, collate_fn, batches, with_planted, explainer, config, device)
+
+
+def _sanity_batches(dataset, collate_fn, batches, with_planted, explainer: Explainer, config: ExplainConfig, device):
+    """Up to `sanity_stays` of the explained stays, those with a planted event first,
+    collated afresh and paired with their event index."""
+    indices = np.concatenate([chunk for chunk, _ in batches])
+    if with_planted:
+        indices = indices[np.argsort(~torch.cat(with_planted).numpy(), kind="stable")]
+    chosen = _batches(dataset, indices[: config.sanity_stays], collate_fn, config.batch_size, device)
+    return [(batch, explainer.events(batch)) for _, batch in chosen]
+
+
+def sanity_checks(explainer: Explainer, sanity: list[tuple[dict, EventIndex]], config: ExplainConfig,
+                  truth: Truth | None, shuffled: Explainer | None, shuffled_auroc: dict | None,
+                  shuffled_summary: dict | None) -> dict:
+    """Parameter randomisation on `sanity` stays; with a shuffled-label model, its test
+    AUROC and its methods' strict precision@k on the same stays next to the trained
+    model's and the random ranking's."""
+    start = time.time()
+    report = {"stays": int(sum(len(ev.padding) for _, ev in sanity)),
+              "parameter_randomisation": parameter_randomisation(explainer, sanity, config, config.seed)}
+    report["seconds_parameter_randomisation"] = round(time.time() - start, 2)
+    if shuffled is not None:
+        label = {"test_auroc": shuffled_auroc, **(shuffled_summary or {})}
+        if truth is not None:
+            frames: dict[str, list[pd.DataFrame]] = defaultdict(list)
+            for model_name, ex in (("shuffled", shuffled), ("trained", explainer)):
+                for batch, events in sanity:
+                    scores = ex.explain(batch, events, config).scores
+                    frames[model_name] += _precision_frames(scores, events, batch["stay_id"], truth,
+                                                            config.precision_k)["strict"]
+            label["recall_precision_at_k"] = _label_verdict(frames)
+        report["label_randomisation"] = label
+    report["seconds"] = round(time.time() - start, 2)
+    return report
+
+
+def _label_verdict(frames: dict[str, list[pd.DataFrame]]) -> dict:
+    """Per k and method: the shuffled-label model's recall-precision, the trained model's,
+    the random level, and whether the shuffled one is at the random level (its paired
+    per-stay excess over random has a 95% interval reaching 0)."""
+    out = {}
+    shuffled = pd.concat(frames["shuffled"], ignore_index=True)
+    trained = pd.concat(frames["trained"], ignore_index=True)
+    for (k, method), part in shuffled.groupby(["k_requested", "method"]):
+        excess = part["recall_precision"] - part["random_recall_precision"]
+        half = 1.96 * excess.std() / np.sqrt(len(excess)) if len(excess) > 1 else float("nan")
+        mine = trained[(trained["k_requested"] == k) & (trained["method"] == method)]
+        out.setdefault(f"k={k}", {})[method] = {
+            "shuffled": float(part["recall_precision"].mean()), "trained": float(mine["recall_precision"].mean()),
+            "random": float(part["random_recall_precision"].mean()), "stays": len(part),
+            "excess_ci": [float(excess.mean() - half), float(excess.mean() + half)],
+            "at_random_level": bool(excess.mean() - half <= 0),
+        }
+    return out
+
+
+def _save_npz(path: Path, attention: dict[str, torch.Tensor], batch: dict) -> None:
+    arrays = {k: v.detach().float().cpu().numpy() for k, v in attention.items()}
+    for key in ("padding_mask", "attention_mask", "stay_id", "event_row", "input_ids"):
+        if key in batch:
+            arrays[key] = batch[key].cpu().numpy()
+    # a file object: np.savez would otherwise append ".npz" to the name
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+
+
 def _pad_cat(parts: list[torch.Tensor], value) -> torch.Tensor:
     """Concatenate batches along dim 0, right-padding the last dim to the longest."""
     T = max(p.shape[-1] for p in parts)
     return torch.cat([F.pad(p, (0, T - p.shape[-1]), value=value) for p in parts])
 
 
-def explain_split(
-    model: nn.Module, encoder: FeatureEncoder, dataset: Dataset, events: pd.DataFrame, out_dir: str | Path,
-    config: ExplainConfig, planted_rows: np.ndarray | None = None,
-) -> dict:
-    start = time.time()
-    out_dir = Path(out_dir)
-    model.eval()
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    if config.max_stays is not None and config.max_stays < len(dataset):
-        rng = np.random.default_rng(config.seed)
-        dataset = Subset(dataset, np.sort(rng.choice(len(dataset), config.max_stays, replace=False)).tolist())
-    loader = DataLoader(dataset, batch_size=config.batch_size, collate_fn=collate)
-
-    frames: dict[str, list[pd.DataFrame]] = defaultdict(list)
-    curves: dict[str, list[torch.Tensor]] = defaultdict(list)
-    collected: dict[str, list[torch.Tensor]] = defaultdict(list)
-    for i, batch in enumerate(loader):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        padding, stay_ids = batch["padding_mask"], batch["stay_id"].cpu().numpy()
-        steps_base, static_base = mean_baselines(batch, encoder)
-        ig = integrated_gradients(model, batch, (steps_base, static_base), config.ig_steps, config.internal_batch_size)
-        lig, lig_delta = layer_integrated_gradients(model, batch, steps_base, config.ig_steps, config.internal_batch_size)
-        outputs, attention = forward_with_attention(model, batch)
-        if i < config.attention_batches:
-            save_attention(out_dir / "attention" / f"batch_{i:03d}.npz", attention, batch)
-        with torch.no_grad():
-            base_logits = model(steps_base, static_base, padding)["logits"]
-            steps_base_logits = model(steps_base, batch["static"], padding)["logits"]
-        rollout = attention_rollout(attention.layers, padding)
-        scores = {
-            "integrated_gradients": step_scores(ig.steps, padding),
-            "layer_integrated_gradients": step_scores(lig, padding),
-            "event_ablation": event_ablation(model, batch),
-            "attention": pooling_event_scores(attention.pooling, padding),
-            "attention_rollout": pooling_event_scores(attention.pooling, padding, rollout),
-        }
-        frames["events"].append(scores_frame(scores, batch))
-        frames["static"].append(pd.DataFrame(ig.static.cpu().numpy(), columns=encoder.static_names)
-                                .assign(stay_id=stay_ids).melt("stay_id", var_name="feature", value_name="score"))
-        groups = group_ablation(model, batch, (steps_base, static_base), encoder)
-        frames["groups"].append(pd.DataFrame({g: v.cpu().numpy() for g, v in groups.items()})
-                                .assign(stay_id=stay_ids).melt("stay_id", var_name="group", value_name="score"))
-        frames["predictions"].append(pd.DataFrame({"stay_id": stay_ids, "label": batch["label"].cpu().numpy(),
-                                                   "risk": torch.sigmoid(outputs["logits"]).cpu().numpy()}))
-        for name, c in deletion_curves(model, batch, scores, config.k_max, config.n_random, generator).items():
-            curves[name].append(c.cpu())
-        if planted_rows is not None:
-            for name, s in scores.items():
-                for k in config.precision_k:
-                    frames["precision"].append(precision_at_k(s, batch, planted_rows, k).assign(method=name, k_requested=k))
-        collected["ig_delta"].append(ig.delta.cpu())
-        collected["ig_change"].append((outputs["logits"] - base_logits).cpu())
-        collected["lig_delta"].append(lig_delta.cpu())
-        collected["lig_change"].append((outputs["logits"] - steps_base_logits).cpu())
-        collected["pooling"].append(attention.pooling.cpu())
-        collected["padding_mask"].append(padding.cpu())
-        collected["kind"].append(batch["kind"].cpu())
-    if not frames["events"]:
-        raise ValueError("nothing to explain: the split has no stays")
-
-    text = events[["code", "text"]].reset_index(drop=True)
-    event_scores = pd.concat(frames["events"], ignore_index=True).join(text, on="event_row")
-    predictions = pd.concat(frames["predictions"], ignore_index=True)
-    write_parquet(out_dir / "event_scores.parquet", event_scores)
-    write_parquet(out_dir / "static_attributions.parquet", pd.concat(frames["static"], ignore_index=True))
-    write_parquet(out_dir / "group_ablation.parquet", pd.concat(frames["groups"], ignore_index=True))
-    write_parquet(out_dir / "predictions.parquet", predictions)
-
-    deletion = deletion_table({name: torch.cat(c) for name, c in curves.items()})
-    deletion_plot(deletion, out_dir / "deletion.png", "Removing the events each method ranks highest")
-    pooling = _pad_cat([p.squeeze(2) for p in collected["pooling"]], 0.0)[:, :, None, :]  # [N, H, 1, T]
-    all_padding = _pad_cat(collected["padding_mask"], True)
-    heads, head_kinds = head_specialisation(
-        pooling, {"padding_mask": all_padding, "kind": _pad_cat(collected["kind"], -1)},
-        config.n_permutations, config.seed)
-    write_csv(out_dir / "head_kinds.csv", head_kinds)
-
+def _importance_plots(event_scores: pd.DataFrame, out_dir: Path, model: str, headline: str) -> None:
     for level in ("event_type", "code"):
         table = importance_by(event_scores, level)
         write_csv(out_dir / f"importance_{level}.csv", table)
-        ig_table = table[table["method"] == "integrated_gradients"]
-        if level == "code":  # a code alone (ITEM//225792) means nothing to a clinician
-            ig_table = ig_table.assign(code=ig_table["code"] + "  " + ig_table["description"])
-        importance_bars(ig_table, level, "mean_abs_score",
-                        out_dir / f"importance_{level}_ig.png", f"Mean |IG attribution| per {level.replace('_', ' ')}")
+    table = importance_by(event_scores, "code")
+    for method in event_scores["method"].unique():
+        part = table[table["method"] == method]
+        # a code alone (ITEM//225792) means nothing to a clinician: name it
+        part = part.assign(code=part["code"] + "  " + part["description"])
+        importance_bars(part, "code", "mean_abs_score", out_dir / f"importance_code_{method}.png",
+                        f"{model}: top codes by mean |{method.replace('_', ' ')}| (codes with >= "
+                        f"{MIN_CODE_EVENTS} explained events)", min_events=MIN_CODE_EVENTS)
 
-    stay_index = {int(s): n for n, s in enumerate(predictions["stay_id"])}
-    for stay_id in predictions.nlargest(config.plot_stays, "risk")["stay_id"]:
-        mine = event_scores[event_scores["stay_id"] == stay_id].sort_values("position")
+
+def _timelines(event_scores, predictions, out_dir: Path, model: str, method: str, n: int) -> None:
+    for stay_id in predictions.nlargest(n, "risk")["stay_id"]:
+        mine = event_scores[(event_scores["stay_id"] == stay_id) & (event_scores["method"] == method)]
         if mine.empty:
             continue
-        risk = float(predictions.loc[stay_index[int(stay_id)], "risk"])
-        ig_events = mine[mine["method"] == "integrated_gradients"]
-        stay_timeline(ig_events, out_dir / "stays" / f"timeline_{stay_id}.png",
-                      f"Stay {stay_id}: predicted risk {risk:.2f}; integrated gradients per event")
-        n = len(ig_events)
-        head_heatmap(pooling[stay_index[int(stay_id)], :, 0, :n].numpy(), ig_events["text"].tolist(),
-                     out_dir / "stays" / f"heads_{stay_id}.png", f"Stay {stay_id}: attention pooling per head")
+        risk = float(predictions.loc[predictions["stay_id"] == stay_id, "risk"].iloc[0])
+        stay_timeline(mine.sort_values("position"), out_dir / "stays" / f"timeline_{stay_id}.png",
+                      f"{model}, stay {stay_id}: predicted risk {risk:.2f}; {method.replace('_', ' ')} per event")
 
-    metrics = {
-        "stays": len(predictions),
-        "events": int((~all_padding).sum()),
-        "integrated_gradients": _delta_summary(torch.cat(collected["ig_delta"]), torch.cat(collected["ig_change"]), config.ig_steps),
-        "layer_integrated_gradients": _delta_summary(torch.cat(collected["lig_delta"]), torch.cat(collected["lig_change"]), config.ig_steps),
-        "aopc": deletion.groupby("method", sort=False)["aopc"].first().to_dict(),
-        "head_specialisation": {k: v for k, v in heads.items() if k != "pairwise_jsd"},
-    }
-    if planted_rows is not None and frames["precision"]:
-        precision = pd.concat(frames["precision"], ignore_index=True)
-        summary = precision.groupby(["k_requested", "method"]).agg(
-            precision=("precision", "mean"), random_precision=("random_precision", "mean"),
-            recall_precision=("recall_precision", "mean"), random_recall_precision=("random_recall_precision", "mean"),
-            stays=("stay_id", "size"),
-        ).reset_index()
-        write_csv(out_dir / "precision_at_k.csv", summary)
-        metrics["precision_at_k"] = {
-            f"k={k}": {**dict(zip(part["method"], part["precision"])), "random": float(part["random_precision"].iloc[0]),
-                       "stays": int(part["stays"].iloc[0])}
-            for k, part in summary.groupby("k_requested")
-        }
-        metrics["recall_precision_at_k"] = {
-            f"k={k}": {**dict(zip(part["method"], part["recall_precision"])),
-                       "random": float(part["random_recall_precision"].iloc[0]), "stays": int(part["stays"].iloc[0])}
-            for k, part in summary.groupby("k_requested")
-        }
-    metrics["seconds"] = round(time.time() - start, 2)
-    log.info("explained %d stays in %.1fs: AOPC %s", metrics["stays"], metrics["seconds"],
-             {k: round(v, 4) for k, v in metrics["aopc"].items()})
-    return metrics
+
+def _head_heatmaps(event_scores, predictions, pooling, out_dir: Path, n: int) -> None:
+    flat = _pad_cat([p.squeeze(2) for p in pooling], 0.0)  # [N, H, T] in batch order
+    stay_order = {int(s): i for i, s in enumerate(predictions["stay_id"])}
+    for stay_id in predictions.nlargest(n, "risk")["stay_id"]:
+        mine = event_scores[(event_scores["stay_id"] == stay_id) & (event_scores["method"] == "attention_pooling")]
+        mine = mine.sort_values("position")
+        head_heatmap(flat[stay_order[int(stay_id)], :, : len(mine)].numpy(), mine["text"].tolist(),
+                     out_dir / "stays" / f"heads_{stay_id}.png", f"Stay {stay_id}: attention pooling per head")

@@ -18,8 +18,12 @@ REGISTRY = {
     "transformer": "ehrseq.models.transformer:TransformerTokenModel",
     "gpt2": "ehrseq.models.gpt2:GPT2TokenModel",
     "clinical_lf": "ehrseq.models.clinical_lf:ClinicalLF",
+    "survival_lstm": "ehrseq.models.survival_lstm:SurvivalLSTM",
     "prompt_bart": "ehrseq.models.prompt_bart:PromptBart",
 }
+# Models with stages of their own (`train_NAME`, `evaluate_NAME`), outside the `models`
+# foreach and the registry: med2vec learns code vectors, it has no prediction head.
+OWN_STAGE_MODELS = ("med2vec",)
 
 
 def model_class(name: str) -> type[nn.Module]:
