@@ -4,11 +4,12 @@
 
 survival_lstm: see `evaluate_survival` (survival metrics against the oracle, Kaplan-Meier
 and Cox; plots by risk tertile). The others:
-writes reports/metrics/MODEL.json -- AUROC, AUPRC, Brier score and ECE with bootstrap
-95% intervals over stays; the oracle AUROC (the generator's true risk on the same stays)
-and the model/oracle ratio when the synthetic truth exists; perplexity and next-token
-accuracy of the pretrained model -- and ROC, PR and calibration tables under
-reports/plots/MODEL/ for `dvc plots`.
+write reports/metrics/MODEL.json -- AUROC, AUPRC, Brier score and ECE with bootstrap
+95% intervals that resample patients (`resample_unit`; subject_id from the cohort table,
+since the stays of one patient are not independent); the oracle AUROC (the generator's
+true risk on the same stays) and the model/oracle ratio when the synthetic truth exists;
+perplexity and next-token accuracy of the pretrained model -- and ROC, PR and
+calibration tables under reports/plots/MODEL/ for `dvc plots`.
 prompt_bart is a generative model: its file holds test perplexities instead (see
 `evaluate_prompt_bart`), and reports/plots/prompt_bart/perplexity.csv.
 """
@@ -32,9 +33,10 @@ from ehrseq.training import load_trained_model, predict
 log = logging.getLogger("ehrseq.stages.evaluate")
 
 TRUTH = paths.STAY_RISK
+COHORT = paths.COHORT  # subject_id of each stay: the bootstrap's unit
 
 
-def oracle_metrics(stay_ids, y, prob, n_resamples: int, seed: int) -> dict:
+def oracle_metrics(stay_ids, y, prob, clusters, n_resamples: int, seed: int) -> dict:
     """AUROC of the true risk on the same stays, and the model's share of it (paired bootstrap)."""
     if not TRUTH.exists():
         reason = f"{TRUTH} not found (only the synthetic source records true risks)"
@@ -48,7 +50,7 @@ def oracle_metrics(stay_ids, y, prob, n_resamples: int, seed: int) -> dict:
     def ratio(y_, model, oracle):
         return metrics.auroc(y_, model) / metrics.auroc(y_, oracle)
 
-    kw = dict(n_resamples=n_resamples, seed=seed)
+    kw = {"clusters": clusters, "n_resamples": n_resamples, "seed": seed}
     return {"oracle_auroc": metrics.bootstrap(metrics.auroc, (y, risk), **kw),
             "auroc_vs_oracle": metrics.bootstrap(ratio, (y, prob, risk), **kw)}
 
@@ -56,7 +58,7 @@ def oracle_metrics(stay_ids, y, prob, n_resamples: int, seed: int) -> dict:
 def pretrain_metrics(path: Path, loader, device, n_resamples: int, seed: int) -> dict:
     model, _ = load_trained_model(path, device)
     p = predict(model, NextTokenTask(), loader, device)
-    kw = dict(n_resamples=n_resamples, seed=seed)
+    kw = {"clusters": metrics.patient_ids(p["stay_id"], COHORT), "n_resamples": n_resamples, "seed": seed}
     return {"perplexity": metrics.bootstrap(metrics.perplexity, (p["nll_sum"], p["n_tokens"]), **kw),
             "next_token_accuracy": metrics.bootstrap(metrics.token_accuracy, (p["n_correct"], p["n_tokens"]), **kw)}
 
@@ -121,12 +123,14 @@ def main() -> None:
     loader = data.loader("test", params["batch_size"], device, shuffle=False)
     p = predict(model, task_class(args.model)(**checkpoint["task_config"]), loader, device)
     y, prob = p["label"].astype(int), p["prob"]
+    patients = metrics.patient_ids(p["stay_id"], COHORT)
+    kw = {"clusters": patients, "n_resamples": n_resamples, "seed": seed}
 
     report = {
         "model": args.model, "split": "test", "stays": len(y), "deaths": int(y.sum()),
-        "best_epoch": checkpoint["epoch"],
-        **metrics.binary_classification_metrics(y, prob, n_bins=n_bins, n_resamples=n_resamples, seed=seed),
-        **oracle_metrics(p["stay_id"], y, prob, n_resamples, seed),
+        "patients": len(set(patients)), "resample_unit": "patient", "best_epoch": checkpoint["epoch"],
+        **metrics.binary_classification_metrics(y, prob, n_bins=n_bins, **kw),
+        **oracle_metrics(p["stay_id"], y, prob, **kw),
     }
     pretrained = paths.checkpoint(args.model, "pretrain")
     if pretrained.exists():
@@ -172,7 +176,7 @@ def evaluate_prompt_bart(path: Path, params: dict, device) -> None:
     task = PromptBartTask(**checkpoint["task_config"])
     kw = {"n_resamples": params["n_bootstrap"], "seed": params["seed"]}
     report = {"model": "prompt_bart", "split": "test", "best_epoch": checkpoint["epoch"], "data": data_stats,
-              "test_encoding": enc_stats}
+              "test_encoding": enc_stats, "resample_unit": "patient"}
     rows = []
     for view in ("fixed", "longitudinal", "cross_type"):
         examples, ex_stats = patient_examples(encoded, test.demographics, demo, meta["model_config"]["max_length"],
@@ -182,7 +186,7 @@ def evaluate_prompt_bart(path: Path, params: dict, device) -> None:
         p = predict(model, task, loader, device)
         if view == "fixed":
             report["denoising"] = {**ex_stats, "perplexity": metrics.bootstrap(
-                metrics.perplexity, (p["nll_sum"], p["n_tokens"]), **kw)}
+                metrics.perplexity, (p["nll_sum"], p["n_tokens"]), clusters=p["subject_id"], **kw)}
             continue
         # the baseline scores the very same targets
         batch = collate_patients(examples)
@@ -200,7 +204,7 @@ def evaluate_prompt_bart(path: Path, params: dict, device) -> None:
             entry = {"patients": len(per_patient), "targets": int(per_patient["n"].sum())}
             for source in ("model", "baseline"):
                 ppl = np.exp(per_patient[source] / per_patient["n"]).to_numpy()
-                entry[source] = metrics.bootstrap(np.median, (ppl,), **kw)
+                entry[source] = metrics.bootstrap(np.median, (ppl,), clusters=None, **kw)  # a row a patient
                 rows.append({"mode": name, "code_type": code_type, "source": source,
                              "median_perplexity": entry[source]["value"]})
             entry["beats_baseline"] = entry["model"]["value"] < entry["baseline"]["value"]

@@ -26,6 +26,7 @@ from ehrseq.explain.inputs import collate_token_events, event_descriptions, load
 from ehrseq.explain.run import ExplainConfig, explain_split, sanity_checks
 from ehrseq.explain.sanity import auroc_with_interval, shuffled_label_model, untrained_aurocs
 from ehrseq.io import atomic_path, setup_logging, write_json
+from ehrseq.metrics import patient_ids
 from ehrseq.model_data import TOKEN_MODELS, checkpoint_encoder, load_model_data, task_class
 from ehrseq.params import load_params
 from ehrseq.torch_utils import pick_device
@@ -77,7 +78,8 @@ def main() -> None:
             task_class(args.model), shuffle["stays"], shuffle["epochs"], config.seed, device)
         test_loader = loader(data.datasets["test"], False)
         p = predict(shuffled, task, test_loader, device)
-        auroc = auroc_with_interval(p["label"].astype(int), p["prob"], shuffle["n_bootstrap"], config.seed)
+        auroc = auroc_with_interval(p["label"].astype(int), p["prob"], patient_ids(p["stay_id"], paths.COHORT),
+                                    shuffle["n_bootstrap"], config.seed)
         summary["untrained_test_aurocs"] = untrained_aurocs(
             args.model, checkpoint["metadata"]["model_config"], task, test_loader, device,
             range(config.seed + 1, config.seed + 1 + shuffle["untrained_models"]))

@@ -14,7 +14,7 @@ from ehrseq.baseline import bag_of_codes, fit_logreg
 from ehrseq.data import load_sequences, read_vocab_size
 from ehrseq.io import atomic_path, setup_logging, write_json
 from ehrseq.params import load_params
-from ehrseq.paths import SEQUENCES, VOCAB, metrics_json, plots_dir
+from ehrseq.paths import COHORT, SEQUENCES, VOCAB, metrics_json, plots_dir
 
 log = logging.getLogger("ehrseq.stages.logreg")
 
@@ -31,7 +31,9 @@ def main() -> None:
     prob = model.predict_proba(x["test"])[:, 1]
     report = {
         "model": "logreg", "split": "test", "stays": len(prob), "deaths": int(y["test"].sum()), **tuning,
+        "resample_unit": "patient",
         **metrics.binary_classification_metrics(y["test"], prob, n_bins=e["calibration_bins"],
+                                                clusters=metrics.patient_ids(splits["test"]["stay_id"], COHORT),
                                                 n_resamples=e["n_bootstrap"], seed=e["seed"]),
         "seconds": time.time() - start,
     }

@@ -19,6 +19,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel, LongformerConfig,
 from ehrseq.embeddings import (
     EmbeddingCache,
     TextEncoder,
+    default_cache_dir,
     distinct_texts,
     embed_texts,
     pool,
@@ -87,7 +88,8 @@ def run(texts, model, cache_dir, pooling="mean", shard_size=4):
     stats, and how many texts reached the model."""
     encoder = TextEncoder(model, pooling=pooling, max_length=32, batch_size=3)
     forwarded = count_forwarded(encoder)
-    vectors, stats = embed_texts(texts, encoder, EmbeddingCache(cache_dir, encoder.settings), shard_size, progress=False)
+    cache = EmbeddingCache(cache_dir, encoder.settings)
+    vectors, stats = embed_texts(texts, encoder, cache, shard_size, progress=False)
     return vectors, stats, sum(forwarded)
 
 
@@ -125,23 +127,50 @@ def test_encoder_rejects_bad_settings(tiny_bert):
         TextEncoder("package:no_such_pkg")
 
 
+def mixed_texts(n: int, seed: int) -> list[str]:
+    """Texts of many token lengths, in random order."""
+    rng = np.random.default_rng(seed)
+    words = ["Lab:", "Creatinine", "2.3", "mg/dL", "(abnormal)", "Prescription:", "Heparin", "IV", "q12h"]
+    return list(dict.fromkeys(" ".join(rng.choice(words, size=rng.integers(1, 12))) + f" #{i}" for i in range(n)))
+
+
+def test_batches_hold_one_token_length_in_canonical_order(tiny_bert):
+    encoder = TextEncoder(tiny_bert, max_length=32, batch_size=3)
+    texts = mixed_texts(40, seed=0)
+    seen = []
+    encoder.model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["input_ids"]), with_kwargs=True)
+    encoder.encode(texts)
+    ids = [encoder.tokenizer(t, truncation=True, max_length=32)["input_ids"] for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: (len(ids[i]), texts[i]))  # by length, then content
+    assert [row for batch in seen for row in batch.tolist()] == [ids[i] for i in order]
+    assert all(len(batch) <= 3 for batch in seen)  # no padding: a batch is a tensor of equal-length rows
+
+
+def test_a_vector_is_the_same_bytes_whatever_its_batch(tiny_bert):
+    """The oracle is each text encoded alone (a batch of one, nothing to pad): any batch
+    size and any companions give exactly those bytes. Padded batches differed by ~1e-7."""
+    texts = mixed_texts(30, seed=1)
+    alone = np.stack([TextEncoder(tiny_bert, max_length=32, batch_size=1).encode([t])[0] for t in texts])
+    for batch_size in (2, 7, 64):
+        together = TextEncoder(tiny_bert, max_length=32, batch_size=batch_size).encode(texts)
+        assert together.tobytes() == alone.tobytes(), batch_size
+
+
 def test_longformer_gets_global_attention_on_first_token_and_long_inputs(tiny_longformer):
     encoder = TextEncoder(tiny_longformer, pooling="cls", max_length=200, batch_size=4)
     seen = []
     encoder.model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs), with_kwargs=True)
     long_text = " ".join(lab_texts(12))  # well past the 8-token attention window
-    vectors = encoder.encode(["short text", long_text])  # already shortest first: batch order = input order
-    (kwargs,) = seen
-    lengths = kwargs["attention_mask"].sum(1)
-    assert lengths.max() > 100  # the long text was not cut to a short limit
-    expected = torch.zeros_like(kwargs["attention_mask"])
-    expected[:, 0] = 1
-    assert torch.equal(kwargs["global_attention_mask"], expected)
-    # The mask changes what the model computes: without it the [CLS] vector differs.
-    with torch.no_grad():
-        plain = encoder.model(input_ids=kwargs["input_ids"], attention_mask=kwargs["attention_mask"])
-    for without, with_global in zip(plain.last_hidden_state[:, 0].numpy(), vectors):
-        assert not np.allclose(without, with_global, atol=1e-4)
+    vectors = encoder.encode(["short text", long_text])  # two lengths: two batches, shortest first
+    assert len(seen) == 2 and seen[1]["attention_mask"].shape[1] > 100  # the long text was not cut short
+    for kwargs, vector in zip(seen, vectors):
+        expected = torch.zeros_like(kwargs["attention_mask"])
+        expected[:, 0] = 1
+        assert torch.equal(kwargs["global_attention_mask"], expected)
+        # The mask changes what the model computes: without it the [CLS] vector differs.
+        with torch.no_grad():
+            plain = encoder.model(input_ids=kwargs["input_ids"], attention_mask=kwargs["attention_mask"])
+        assert not np.allclose(plain.last_hidden_state[0, 0].numpy(), vector, atol=1e-4)
 
 
 def test_hub_names_are_fetched_to_a_folder_and_loaded_from_it(tiny_bert, monkeypatch):
@@ -187,6 +216,21 @@ def test_only_new_texts_are_encoded(tiny_bert, tmp_path):
     vectors, stats, forwarded = run(lab_texts(30), tiny_bert, tmp_path)
     assert (stats["cache_hits"], stats["encoded"], forwarded) == (20, 10, 10)
     np.testing.assert_allclose(vectors, TextEncoder(tiny_bert, max_length=32).encode(lab_texts(30)), atol=1e-6)
+
+
+def test_a_cold_cache_and_an_incremental_one_give_identical_bytes(tiny_bert, tmp_path):
+    """The issue's case: a fresh clone encodes everything at once; an old checkout filled
+    its cache in increments. Both must hand clinical_lf the same bytes."""
+    texts = mixed_texts(60, seed=2)
+    cold, stats, _ = run(texts, tiny_bert, tmp_path / "cold", shard_size=16)
+    assert stats["encoded"] == 60
+    rng = np.random.default_rng(0)
+    first = [texts[i] for i in rng.choice(60, size=25, replace=False)]
+    run(first, tiny_bert, tmp_path / "incremental", shard_size=4)
+    run(list(dict.fromkeys(first + texts[:20])), tiny_bert, tmp_path / "incremental", shard_size=4)
+    incremental, stats, _ = run(texts, tiny_bert, tmp_path / "incremental", shard_size=4)
+    assert 0 < stats["encoded"] < 60 and stats["cache_hits"] > 0  # really filled in three increments
+    assert incremental.tobytes() == cold.tobytes()
 
 
 def test_changing_pooling_or_weights_reencodes_everything(tiny_bert, tmp_path):
@@ -237,6 +281,66 @@ def test_partial_temporaries_and_corrupt_shards_are_ignored(tiny_bert, tmp_path,
     assert (stats["cache_hits"], stats["encoded"], forwarded) == (8, 4, 4)
     assert "ignoring unreadable shard" in caplog.text and "not complete shards" in caplog.text
     np.testing.assert_allclose(vectors, TextEncoder(tiny_bert, max_length=32).encode(texts), atol=1e-6)
+
+
+WRITER = """
+import json, pathlib, sys, time
+import torch
+torch.set_num_threads(1)
+from ehrseq.embeddings import EmbeddingCache, TextEncoder, embed_texts
+model, cache_dir, texts_file, go = sys.argv[1:]
+encoder = TextEncoder(model, max_length=32, batch_size=3)
+encoder.model  # load and open the (empty) cache before the start signal: both write all their texts at once
+cache = EmbeddingCache(cache_dir, encoder.settings)
+pathlib.Path(texts_file + ".ready").touch()
+while not pathlib.Path(go).exists():
+    time.sleep(0.01)
+texts = json.loads(pathlib.Path(texts_file).read_text())
+embed_texts(texts, encoder, cache, shard_size=2, progress=False)
+"""
+
+
+@pytest.mark.slow  # two writer subprocesses importing torch (~1 min)
+def test_two_runs_writing_one_cache_at_once_lose_and_tear_nothing(tiny_bert, tmp_path, caplog):
+    """Two processes (two queued experiments) fill the same cache at the same moment with
+    overlapping texts, while a reader keeps opening it: the reader never meets a torn
+    shard, and afterwards every text is there with the bytes of a lone encode."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    texts = mixed_texts(60, seed=3)
+    cache_dir, go = tmp_path / "machine_cache", tmp_path / "go"
+    procs = []
+    for name, part in (("a", texts[:40]), ("b", texts[20:])):
+        (tmp_path / f"{name}.json").write_text(json.dumps(part))
+        procs.append(subprocess.Popen([sys.executable, "-c", WRITER, tiny_bert, str(cache_dir),
+                                       str(tmp_path / f"{name}.json"), str(go)], stderr=subprocess.PIPE, text=True))
+    encoder = TextEncoder(tiny_bert, max_length=32, batch_size=3)
+    oracle = {t: encoder.encode([t])[0].tobytes() for t in texts}  # each text alone
+    while not all((tmp_path / f"{name}.json.ready").exists() for name in "ab"):
+        assert all(p.poll() is None for p in procs), [p.stderr.read()[-2000:] for p in procs]
+        time.sleep(0.05)
+    go.touch()
+    views = 0
+    with caplog.at_level(logging.WARNING):
+        while any(p.poll() is None for p in procs) or views == 0:
+            cache = EmbeddingCache(cache_dir, encoder.settings)
+            present = [t for t in texts if cache.key(t) in cache]
+            for text, vector in zip(present, cache.get([cache.key(t) for t in present])):
+                assert vector.tobytes() == oracle[text]
+            views += 1
+            time.sleep(0.05)
+    for p in procs:
+        assert p.wait() == 0, p.stderr.read()[-2000:]
+    assert "unreadable shard" not in caplog.text  # never a torn shard, even mid-write
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        cache = EmbeddingCache(cache_dir, encoder.settings)
+    assert caplog.text == ""  # no temporaries left behind
+    assert len(cache) == 60 and cache.shards == 40  # 20 + 20 shards of 2; the 20 shared texts stored twice
+    assert cache.get([cache.key(t) for t in texts]).tobytes() == b"".join(oracle[t] for t in texts)
 
 
 def test_cache_rejects_inconsistent_input(tiny_bert, tmp_path):
@@ -298,8 +402,104 @@ def test_stage_writes_outputs_and_metrics_and_reuses_the_cache(tiny_bert, tmp_pa
     write_events(Path("data/interim/events.parquet"), texts[:6])  # fewer texts, all cached
     runpy.run_path(str(STAGE), run_name="__main__")
     metrics = read_json("reports/metrics/embed.json")
-    assert (metrics["distinct_texts"], metrics["cache_hits"], metrics["encoded"], metrics["texts_per_s"]) == (6, 6, 0, None)
+    counts = (metrics["distinct_texts"], metrics["cache_hits"], metrics["encoded"], metrics["texts_per_s"])
+    assert counts == (6, 6, 0, None)
     assert len(read_text_embeddings("data/processed/text_embeddings").texts) == 6
+
+
+def test_default_cache_is_per_machine_not_per_workspace(monkeypatch, tmp_path):
+    monkeypatch.setenv("EHRSEQ_CACHE", str(tmp_path / "ehrseq"))
+    assert default_cache_dir() == tmp_path / "ehrseq" / "embeddings"
+    monkeypatch.delenv("EHRSEQ_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "ehrseq" / "embeddings"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "ehrseq" / "embeddings"
+
+
+def test_a_second_workspace_encodes_nothing_and_gets_the_same_bytes(tiny_bert, tmp_path, monkeypatch):
+    """Two clones (or a queued experiment's temporary workspace) on one machine, with
+    `embed.cache_dir: null`: the second finds every vector in the machine's cache."""
+    monkeypatch.setenv("EHRSEQ_CACHE", str(tmp_path / "machine"))
+    params = {"embed": {"model": tiny_bert, "pooling": "mean", "max_length": 32, "batch_size": 4,
+                        "shard_size": 8, "cache_dir": None}}
+    texts = lab_texts(10)
+    for workspace in ("clone_a", "clone_b"):
+        (tmp_path / workspace / "data/interim").mkdir(parents=True)
+        (tmp_path / workspace / "params.yaml").write_text(yaml.safe_dump(params))
+        write_events(tmp_path / workspace / "data/interim/events.parquet", texts)
+        monkeypatch.chdir(tmp_path / workspace)
+        runpy.run_path(str(STAGE), run_name="__main__")
+    metrics = read_json("reports/metrics/embed.json")
+    assert (metrics["cache_hits"], metrics["encoded"]) == (10, 0)
+    assert not (tmp_path / "clone_b" / "data" / "cache").exists()  # nothing cached inside the workspace
+    a, b = (tmp_path / w / "data/processed/text_embeddings/vectors.npy" for w in ("clone_a", "clone_b"))
+    assert a.read_bytes() == b.read_bytes()
+    assert len(list((tmp_path / "machine" / "embeddings").glob("*/shard-*"))) == 2
+
+
+QUEUE_EVENTS = """
+import pandas as pd, pathlib, yaml
+n = yaml.safe_load(open("params.yaml"))["synthetic"]["n_patients"]  # a section ehrseq's params schema knows
+pathlib.Path("data/interim").mkdir(parents=True, exist_ok=True)
+texts = [f"Lab: Creatinine {v / 10:.1f} mg/dL{' (abnormal)' * (v % 3 == 0)}" for v in range(n)]  # lab_texts(n)
+pd.DataFrame({"stay_id": range(n), "text": texts}).to_parquet("data/interim/events.parquet")
+"""
+
+
+@pytest.mark.slow  # a DVC queue worker runs the experiment (1-2.5 min on 2 busy cores)
+def test_a_queued_experiment_reuses_the_machine_cache(tiny_bert, tmp_path):
+    """`dvc exp run --queue` + `dvc queue start` run in a temporary workspace: with the
+    cache in the workspace (the old layout) it started empty and re-encoded every text.
+    Here the machine's cache already holds 10 texts; the experiment's events have 14."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    repo, machine = tmp_path / "repo", tmp_path / "machine"
+    (repo / "stages").mkdir(parents=True)
+    shutil.copy(STAGE, repo / "stages" / "embed.py")
+    (repo / "stages" / "make_events.py").write_text(QUEUE_EVENTS)
+    (repo / "params.yaml").write_text(yaml.safe_dump({"synthetic": {"n_patients": 10, "seed": 7}, "embed": {
+        "model": tiny_bert, "pooling": "mean", "max_length": 32, "batch_size": 4, "shard_size": 8, "cache_dir": None}}))
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "make_events": {"cmd": "python -P stages/make_events.py", "deps": ["stages/make_events.py"],
+                        "params": ["synthetic.n_patients"], "outs": ["data/interim/events.parquet"]},
+        "embed": {"cmd": "python -P stages/embed.py", "deps": ["stages/embed.py", "data/interim/events.parquet"],
+                  "params": ["embed.model", "embed.pooling", "embed.max_length"],
+                  "outs": ["data/processed/text_embeddings"],
+                  "metrics": [{"reports/metrics/embed.json": {"cache": False}}]}}}))
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "EHRSEQ_CACHE": str(machine), "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+
+    def sh(*cmd):
+        done = subprocess.run(cmd, check=False, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{cmd}: {done.stdout[-2000:]} {done.stderr[-2000:]}"
+        return done.stdout
+
+    sh("git", "init", "-q")
+    sh("dvc", "init", "-q")
+    sh("git", "add", "-A")
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base")
+    # An earlier run on this machine (another clone, say) encoded the first 10 texts.
+    encoder = TextEncoder(tiny_bert, max_length=32)
+    embed_texts(lab_texts(10), encoder, EmbeddingCache(machine / "embeddings", encoder.settings), 8, progress=False)
+
+    sh("dvc", "exp", "run", "--queue", "-S", "synthetic.n_patients=14", "-n", "more-events")
+    sh("dvc", "queue", "start")
+    deadline = time.time() + 240
+    while "Success" not in (status := sh("dvc", "queue", "status")):
+        assert "Failed" not in status and time.time() < deadline, status + sh("dvc", "queue", "logs", "more-events")
+        time.sleep(2)
+    shows = json.loads(sh("dvc", "exp", "show", "--json"))
+    found = [exp["data"]["metrics"]["reports/metrics/embed.json"]["data"]
+             for commit in shows for exp in (commit.get("experiments") or [])
+             for exp in exp["revs"] if exp.get("name") == "more-events"]
+    assert len(found) == 1, json.dumps(shows)[:3000]
+    assert (found[0]["distinct_texts"], found[0]["cache_hits"], found[0]["encoded"]) == (14, 10, 4)
 
 
 # ---- the real MiniLM ----------------------------------------------------------------
@@ -309,7 +509,7 @@ def test_minilm_vector_does_not_depend_on_batch_or_padding(minilm):
     batch = [text, "Microbiology: blood culture, Staphylococcus aureus, resistant to oxacillin", "ok",
              "Prescription: Vancomycin 1000 mg IV every 12 hours"]
     alone = minilm.encode([text])[0]
-    np.testing.assert_allclose(minilm.encode(batch)[0], alone, atol=1e-5)
+    assert minilm.encode(batch)[0].tobytes() == alone.tobytes()  # bit for bit: no padding ever
 
 
 def test_minilm_close_texts_are_closer_than_unrelated_ones(minilm):

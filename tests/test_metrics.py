@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
@@ -27,7 +28,7 @@ def test_undefined_auroc_is_null_with_a_reason():
     y, p = np.zeros(50, dtype=int), np.linspace(0, 1, 50)
     with pytest.raises(metrics.UndefinedMetricError, match="AUROC needs both classes; all 50 labels are 0"):
         metrics.auroc(y, p)
-    report = metrics.binary_classification_metrics(y, p, n_bins=10, n_resamples=50, seed=0)
+    report = metrics.binary_classification_metrics(y, p, clusters=None, n_bins=10, n_resamples=50, seed=0)
     assert report["auroc"] == {"value": None, "reason": "AUROC needs both classes; all 50 labels are 0"}
     assert report["auprc"]["value"] is None and "at least one positive" in report["auprc"]["reason"]
     assert report["brier"]["value"] == pytest.approx(np.mean(p**2))  # still defined
@@ -38,10 +39,10 @@ def test_undefined_auroc_is_null_with_a_reason():
 
 def test_bootstrap_interval_contains_the_estimate_and_is_reproducible(scores):
     y, p = scores
-    a = metrics.bootstrap(metrics.auroc, (y, p), n_resamples=300, seed=1)
+    a = metrics.bootstrap(metrics.auroc, (y, p), clusters=None, n_resamples=300, seed=1)
     assert a["ci_low"] < a["value"] < a["ci_high"] and a["n_resamples"] == 300
-    assert a == metrics.bootstrap(metrics.auroc, (y, p), n_resamples=300, seed=1)
-    narrow = metrics.bootstrap(metrics.auroc, (np.tile(y, 16), np.tile(p, 16)), n_resamples=300, seed=1)
+    assert a == metrics.bootstrap(metrics.auroc, (y, p), clusters=None, n_resamples=300, seed=1)
+    narrow = metrics.bootstrap(metrics.auroc, (np.tile(y, 16), np.tile(p, 16)), clusters=None, n_resamples=300, seed=1)
     assert narrow["ci_high"] - narrow["ci_low"] < 0.5 * (a["ci_high"] - a["ci_low"])  # more stays, tighter
 
 
@@ -49,14 +50,85 @@ def test_paired_bootstrap_of_a_ratio(scores):
     y, p = scores
     oracle = np.clip(p + 0.05 * y, 0, 1)
     ratio = metrics.bootstrap(lambda y_, a, b: metrics.auroc(y_, a) / metrics.auroc(y_, b), (y, p, oracle),
-                              n_resamples=200, seed=0)
+                              clusters=None, n_resamples=200, seed=0)
     assert ratio["value"] == pytest.approx(roc_auc_score(y, p) / roc_auc_score(y, oracle))
     assert ratio["ci_low"] <= ratio["value"] <= ratio["ci_high"] <= 1.0
 
 
+def width(interval: dict) -> float:
+    return interval["ci_high"] - interval["ci_low"]
+
+
+def test_copies_of_a_patients_stays_narrow_stay_intervals_but_not_patient_intervals(scores):
+    """The oracle: 400 patients with one stay each, then every stay copied 4 times. The
+    copies add no information, so resampling patients gives exactly the intervals of the
+    originals (the same draws pick the same patients, each metric is invariant to copying
+    rows), while resampling stays halves them (1/sqrt(4)): the too-narrow interval."""
+    y, p = scores
+    patients = np.arange(len(y)) * 7 + 3  # any ids
+    copies = 4
+    y4, p4, patients4 = np.repeat(y, copies), np.repeat(p, copies), np.repeat(patients, copies)
+    kw = {"n_bins": 10, "n_resamples": 200, "seed": 3}
+    base = metrics.binary_classification_metrics(y, p, clusters=patients, **kw)
+    by_patient = metrics.binary_classification_metrics(y4, p4, clusters=patients4, **kw)
+    by_stay = metrics.binary_classification_metrics(y4, p4, clusters=None, **kw)
+    for name in ("auroc", "auprc", "brier", "ece"):
+        assert by_patient[name]["value"] == pytest.approx(base[name]["value"], rel=1e-9), name
+        assert by_patient[name]["ci_low"] == pytest.approx(base[name]["ci_low"], rel=1e-9), name
+        assert by_patient[name]["ci_high"] == pytest.approx(base[name]["ci_high"], rel=1e-9), name
+        assert 0.35 < width(by_stay[name]) / width(by_patient[name]) < 0.65, name
+
+
+def test_a_patient_comes_with_all_stays_in_every_array_at_once():
+    """Shuffled rows, string ids, patients of 1 to 5 stays: every resample holds each drawn
+    patient's stays complete (as many times as the patient was drawn), and the arrays stay
+    paired row by row."""
+    rng = np.random.default_rng(1)
+    sizes = rng.integers(1, 6, size=60)
+    patients = np.repeat([f"p{i}" for i in range(60)], sizes)
+    order = rng.permutation(len(patients))
+    patients = patients[order]
+    row = np.arange(len(patients))
+    seen = []
+
+    def record(rows_a, rows_b):
+        assert np.array_equal(rows_a, rows_b)  # paired
+        drawn = pd.Series(patients[rows_a]).value_counts()
+        stays = pd.Series(patients).value_counts()
+        copies = drawn / stays.loc[drawn.index]
+        assert np.allclose(copies, np.round(copies)) and (copies >= 1).all()  # whole patients only
+        assert copies.sum() == 60  # as many patients as there are, drawn with replacement
+        seen.append(len(drawn))
+        return 0.0
+
+    result = metrics.bootstrap(record, (row, row.copy()), clusters=patients, n_resamples=50, seed=0)
+    assert result["n_resamples"] == 50
+    assert 30 < np.mean(seen) < 46  # distinct patients per draw: 60 * (1 - (59/60)**60) ~ 38
+
+
+def test_cluster_resamples_drive_the_bootstrap(scores):
+    """A caller with several metrics per resample (survival) loops over cluster_resamples
+    and gets the intervals `bootstrap` gives."""
+    y, p = scores
+    patients = np.arange(len(y)) // 3
+    values = [metrics.auroc(y[idx], p[idx]) for idx in metrics.cluster_resamples(patients, n_resamples=100, seed=4)]
+    result = metrics.bootstrap(metrics.auroc, (y, p), clusters=patients, n_resamples=100, seed=4)
+    assert [result["ci_low"], result["ci_high"]] == pytest.approx(np.quantile(values, [0.025, 0.975]), rel=1e-12)
+
+
+def test_patient_ids_come_from_the_cohort_and_missing_stays_are_named(tmp_path):
+    path = tmp_path / "cohort.parquet"
+    pd.DataFrame({"stay_id": [10, 11, 12], "subject_id": [1, 1, 2], "split": "test"}).to_parquet(path)
+    assert metrics.patient_ids(np.array([12, 10, 11]), path).tolist() == [2, 1, 1]
+    with pytest.raises(ValueError, match=r"cohort.parquet: column 'stay_id' lacks 1 of the stays, e.g. 99"):
+        metrics.patient_ids([10, 99], path)
+    with pytest.raises(ValueError, match="one cluster per row"):
+        metrics.bootstrap(metrics.brier, (np.r_[0, 1], np.r_[0.2, 0.7]), clusters=[1], n_resamples=5, seed=0)
+
+
 def test_resamples_without_both_classes_are_skipped():
     y, p = np.r_[1, np.zeros(9, dtype=int)], np.linspace(0, 1, 10)
-    result = metrics.bootstrap(metrics.auroc, (y, p), n_resamples=200, seed=0)
+    result = metrics.bootstrap(metrics.auroc, (y, p), clusters=None, n_resamples=200, seed=0)
     # a resample misses the single positive with probability 0.9**10 ~ 35 %
     assert 90 < result["n_resamples"] < 170 and result["ci_low"] <= result["value"] <= result["ci_high"]
 

@@ -339,6 +339,9 @@ def test_train_and_evaluate_stages_write_their_outputs(tmp_path):
     for split, frame in splits.items():
         write_toy_split(tmp_path / f"data/processed/sequences/{split}.parquet", frame)
     splits["test"][["stay_id", "true_risk"]].to_parquet(tmp_path / "data/interim/truth/stay_risk.parquet")
+    # Two test stays per patient: the evaluate stage's bootstrap resamples these 40 patients.
+    cohort = pd.DataFrame({"stay_id": splits["test"]["stay_id"], "subject_id": np.arange(80) // 2})
+    cohort.to_parquet(tmp_path / "data/interim/cohort.parquet")
 
     def stage(*args):
         # -P: the stages/ folder must not shadow standard modules (stages/tokenize.py)
@@ -356,6 +359,14 @@ def test_train_and_evaluate_stages_write_their_outputs(tmp_path):
     stage("evaluate.py", "lstm")
     report = json.loads((tmp_path / "reports/metrics/lstm.json").read_text())
     assert report["stays"] == 80 and report["deaths"] == int(splits["test"]["mortality"].sum())
+    assert (report["resample_unit"], report["patients"]) == ("patient", 40)
+    from ehrseq import metrics
+
+    # The oracle interval recomputed from the files: resampling patients does not depend on row order.
+    test = splits["test"].drop(columns="subject_id").merge(cohort, on="stay_id")
+    oracle = metrics.bootstrap(metrics.auroc, (test["mortality"].to_numpy(), test["true_risk"].to_numpy()),
+                               clusters=test["subject_id"].to_numpy(), n_resamples=50, seed=0)
+    assert report["oracle_auroc"] == pytest.approx(oracle, rel=1e-9)
     for key in ("auroc", "auprc", "brier", "ece", "oracle_auroc", "auroc_vs_oracle"):
         assert report[key]["ci_low"] <= report[key]["value"] <= report[key]["ci_high"], key
     assert report["oracle_auroc"]["value"] > 0.9

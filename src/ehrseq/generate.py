@@ -495,8 +495,8 @@ def privacy(train: Patients, test: Patients, synthetic: Patients, index: CodeInd
     members = rng.choice(P_train.shape[0], size=min(P_test.shape[0], P_train.shape[0]), replace=False)
     score = 1 - np.r_[_jaccard_nearest(P_train[members], P_syn), _jaccard_nearest(P_test, P_syn)]  # similarity
     label = np.r_[np.ones(len(members)), np.zeros(P_test.shape[0])]
-    out["membership_inference_auc"] = metrics.bootstrap(metrics.auroc, (label, score), n_resamples=n_resamples,
-                                                        seed=seed)
+    out["membership_inference_auc"] = metrics.bootstrap(metrics.auroc, (label, score), clusters=None,  # a row a patient
+                                                        n_resamples=n_resamples, seed=seed)
     return out
 
 
@@ -547,14 +547,15 @@ def pick_utility_target(train: Patients, val: Patients, index: CodeIndex,
 def utility(train: Patients, test: Patients, synthetic: dict[str, Patients], index: CodeIndex, target: int, *,
             n_resamples: int, seed: int) -> dict:
     """TSTR vs TRTR: logistic regression fitted on synthetic (or real train) visits, AUROC on
-    real test visits, and the ratio with a paired bootstrap interval over test visits."""
+    real test visits, and the ratio with a paired bootstrap interval over test patients."""
     xr, yr = visit_features(train, index, target)
     xt, yt = visit_features(test, index, target)
+    kw = {"clusters": index.visits(test)[1], "n_resamples": n_resamples, "seed": seed}  # resample test patients
     _, p_real = _fit_auroc(xr, yr, xt, yt)
     out = {"task": f"does a visit hold {'/'.join(index.codes[target])}, from its other codes and demographics "
                    "(logistic regression, one row per visit, AUROC on real test visits)",
            "test_visits": len(yt), "test_prevalence": float(yt.mean()),
-           "trtr_auroc": metrics.bootstrap(metrics.auroc, (yt, p_real), n_resamples=n_resamples, seed=seed)}
+           "trtr_auroc": metrics.bootstrap(metrics.auroc, (yt, p_real), **kw)}
     for name, patients in synthetic.items():
         xs, ys = visit_features(patients, index, target)
         _, p_syn = _fit_auroc(xs, ys, xt, yt)
@@ -568,7 +569,6 @@ def utility(train: Patients, test: Patients, synthetic: dict[str, Patients], ind
                 raise metrics.UndefinedMetricError("TRTR AUROC is 0")
             return metrics.auroc(y, a) / real
 
-        out[name] = {"tstr_auroc": metrics.bootstrap(metrics.auroc, (yt, p_syn), n_resamples=n_resamples, seed=seed),
-                     "tstr_over_trtr": metrics.bootstrap(ratio, (yt, p_syn, p_real), n_resamples=n_resamples,
-                                                         seed=seed)}
+        out[name] = {"tstr_auroc": metrics.bootstrap(metrics.auroc, (yt, p_syn), **kw),
+                     "tstr_over_trtr": metrics.bootstrap(ratio, (yt, p_syn, p_real), **kw)}
     return out

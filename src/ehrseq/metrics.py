@@ -3,15 +3,26 @@
 Plain numpy/sklearn on per-stay arrays. A metric that is undefined on its input (AUROC
 with one class, AUPRC without positives) raises `UndefinedMetricError`; `bootstrap`
 turns that into `{"value": None, "reason": ...}` so a metrics file never holds a silent
-NaN. Intervals resample stays (rows) with replacement.
+NaN.
+
+Intervals resample patients, not stays (a cluster bootstrap): the stays of one patient
+share their outcome risk, so resampling stays as if they were independent draws makes
+intervals too narrow (the default test split has 783 stays of 554 patients). Every row of
+a resampled patient comes along, in every array at once (paired).
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
 
 
 class UndefinedMetricError(ValueError):
@@ -100,30 +111,72 @@ def token_accuracy(n_correct, n_tokens) -> float:
     return float(np.sum(n_correct) / total)
 
 
+def patient_ids(stay_ids, cohort_path: str | Path) -> np.ndarray:
+    """The `subject_id` of each stay in `stay_ids`, from the cohort table (`cohort.parquet`):
+    the clusters of `bootstrap`. A stay the cohort lacks is an error naming the file."""
+    cohort = pd.read_parquet(cohort_path, columns=["stay_id", "subject_id"]).drop_duplicates()
+    if cohort["stay_id"].duplicated().any():
+        stay = cohort.loc[cohort["stay_id"].duplicated(), "stay_id"].iloc[0]
+        raise ValueError(f"{cohort_path}: column 'stay_id' maps stay {stay} to several subject_id values")
+    subject = cohort.set_index("stay_id")["subject_id"]
+    missing = pd.Index(stay_ids).difference(subject.index)
+    if len(missing):
+        raise ValueError(f"{cohort_path}: column 'stay_id' lacks {len(missing)} of the stays, e.g. {missing[0]}")
+    return subject.loc[stay_ids].to_numpy()
+
+
+def cluster_resamples(clusters, *, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """Row indices of `n_resamples` cluster-bootstrap resamples: each draws as many
+    clusters as there are, with replacement, and takes every row of each drawn cluster
+    (twice if drawn twice). `clusters[i]` is row i's cluster (its patient). Clusters are
+    numbered by sorted id, so the rows drawn do not depend on the row order. For a
+    metric of several outputs computed on the same rows (e.g. survival curves), loop over
+    this; for one scalar metric of arrays use `bootstrap`."""
+    codes = np.unique(np.asarray(clusters), return_inverse=True)[1].ravel()
+    # Rows grouped by cluster: cluster c owns rows[starts[c] : starts[c] + sizes[c]].
+    rows = np.argsort(codes, kind="stable")
+    sizes = np.bincount(codes)
+    starts = np.cumsum(sizes) - sizes
+    rng = np.random.default_rng(seed)
+    for _ in range(n_resamples):
+        drawn = rng.integers(0, len(sizes), size=len(sizes))
+        counts = sizes[drawn]
+        # Position of each output row within its drawn cluster: 0..size-1, cluster after cluster.
+        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        yield rows[np.repeat(starts[drawn], counts) + within]
+
+
 def bootstrap(
     metric: Callable[..., float],
     arrays: tuple[np.ndarray, ...],
     *,
+    clusters,
     n_resamples: int,
     seed: int,
     confidence: float = 0.95,
 ) -> dict:
-    """Point estimate and percentile interval of `metric(*arrays)`, resampling rows.
+    """Point estimate and percentile interval of `metric(*arrays)` by a cluster bootstrap.
 
-    All arrays are resampled with the same indices (paired), so a metric of several
+    `clusters[i]` names the independent unit row i belongs to (the patient of a stay); the
+    resamples are `cluster_resamples`. `clusters=None` treats every row as its own cluster
+    -- right only when rows are independent (one row per patient); callers must say so.
+    All arrays are resampled with the same rows (paired), so a metric of several
     predictions on the same stays -- e.g. a model/oracle AUROC ratio -- gets one interval.
     Resamples on which the metric is undefined are skipped and counted.
     """
     arrays = tuple(np.asarray(a) for a in arrays)
+    n = len(arrays[0])
+    if any(len(a) != n for a in arrays):
+        raise ValueError(f"arrays must have equal length, got {[len(a) for a in arrays]}")
+    clusters = np.arange(n) if clusters is None else np.asarray(clusters)
+    if len(clusters) != n:
+        raise ValueError(f"clusters must name one cluster per row: {len(clusters)} for {n} rows")
     try:
         value = metric(*arrays)
     except UndefinedMetricError as err:
         return {"value": None, "reason": str(err)}
-    rng = np.random.default_rng(seed)
-    n = len(arrays[0])
     values = []
-    for _ in range(n_resamples):
-        idx = rng.integers(0, n, size=n)
+    for idx in cluster_resamples(clusters, n_resamples=n_resamples, seed=seed):
         try:
             values.append(metric(*(a[idx] for a in arrays)))
         except UndefinedMetricError:
@@ -136,15 +189,16 @@ def bootstrap(
     return {**result, "ci_low": float(low), "ci_high": float(high)}
 
 
-def binary_classification_metrics(y_true, y_prob, *, n_bins: int, n_resamples: int, seed: int) -> dict:
-    """AUROC, AUPRC, Brier score and ECE, each with a bootstrap interval."""
+def binary_classification_metrics(y_true, y_prob, *, clusters, n_bins: int, n_resamples: int, seed: int) -> dict:
+    """AUROC, AUPRC, Brier score and ECE, each with a cluster-bootstrap interval (see `bootstrap`)."""
     y_true, y_prob = _check_binary(y_true, y_prob)
 
     def ece(y, p):
         return expected_calibration_error(y, p, n_bins)
 
     metrics = {"auroc": auroc, "auprc": auprc, "brier": brier, "ece": ece}
-    return {name: bootstrap(fn, (y_true, y_prob), n_resamples=n_resamples, seed=seed) for name, fn in metrics.items()}
+    kw = {"clusters": clusters, "n_resamples": n_resamples, "seed": seed}
+    return {name: bootstrap(fn, (y_true, y_prob), **kw) for name, fn in metrics.items()}
 
 
 def classification_curves(y_true, y_prob, n_bins: int) -> dict[str, pd.DataFrame]:

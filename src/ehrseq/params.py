@@ -253,7 +253,7 @@ SCHEMA = Section({name: Omittable(spec) for name, spec in {
         "max_length": POSITIVE,
         "batch_size": POSITIVE,
         "shard_size": POSITIVE,
-        "cache_dir": STR,
+        "cache_dir": Nullable(STR),  # null: the machine's cache (embeddings.default_cache_dir)
     }),
     "train": Section({name: Omittable(spec) for name, spec in {  # one entry per registered model
         "lstm": Section({**TOKEN_MODEL.fields, "init_embeddings": Omittable(Choice(("none", "med2vec")))}),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 import random
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -133,7 +134,16 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Tensors and plain containers only (`weights_only=True`): unpickling an arbitrary
+    object runs code of the file's author, so a checkpoint holding one is refused."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message suggests weights_only=False; keep only the line naming the object.
+        what = [line.strip() for line in str(err).splitlines() if "Unsupported global" in line]
+        raise ValueError(
+            f"{path}: refusing to load this checkpoint: it holds a pickled object that is not a tensor or a plain "
+            f"container, and unpickling it could run arbitrary code{' (' + what[0] + ')' if what else ''}") from err
 
 
 def load_trained_model(path: str | Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:

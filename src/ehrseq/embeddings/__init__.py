@@ -1,11 +1,17 @@
 """Text embeddings of event descriptions, with a persistent content-hash cache.
 
 encoder.py   texts -> vectors with a Hugging Face encoder (cls / mean pooling)
-cache.py     sharded on-disk store of vectors keyed by (model hash, settings, text)
+cache.py     sharded on-disk store of vectors keyed by (model hash, settings, text), one per machine
 pipeline.py  distinct texts of the events -> vectors, encoding only cache misses
 """
-from ehrseq.embeddings.cache import EmbeddingCache
-from ehrseq.embeddings.encoder import TextEncoder, fingerprint_model_dir, pool, resolve_model_dir
+from ehrseq.embeddings.cache import EmbeddingCache, default_cache_dir
+from ehrseq.embeddings.encoder import (
+    TextEncoder,
+    fingerprint_model_dir,
+    pool,
+    resolve_model_dir,
+    runtime_identity,
+)
 from ehrseq.embeddings.pipeline import (
     TextEmbeddings,
     distinct_texts,
@@ -18,11 +24,13 @@ __all__ = [
     "EmbeddingCache",
     "TextEmbeddings",
     "TextEncoder",
+    "default_cache_dir",
     "distinct_texts",
     "embed_texts",
     "fingerprint_model_dir",
     "pool",
     "read_text_embeddings",
     "resolve_model_dir",
+    "runtime_identity",
     "write_text_embeddings",
 ]

@@ -15,16 +15,25 @@ Each shard directory is written whole to a temporary sibling and renamed into pl
 (`atomic_path`), so a killed run leaves only complete shards plus, at worst, a dot-named
 temporary that loading ignores. The keys files are the index: opening the cache reads
 them (32 bytes a text) and memory-maps the vectors, which are read on lookup.
+
+One cache serves the whole machine (`default_cache_dir`, as Hugging Face keeps one hub
+cache): every workspace, clone and queued DVC experiment finds the vectors any of them
+encoded. Processes share it without locks: a shard is immutable once renamed into place,
+its name is a fresh uuid (two writers never touch the same path), and the index lives in
+the shard directories themselves, so there is no index file to lose updates of. Two runs
+encoding the same text at once both store it; either copy is the same vector, since the
+encoder's canonical batches make a vector independent of its run.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import os
 import re
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -33,6 +42,15 @@ from ehrseq.io import atomic_path, write_json
 log = logging.getLogger(__name__)
 
 _SHARD_NAME = re.compile(r"shard-[0-9a-f]+")
+
+
+def default_cache_dir() -> Path:
+    """The machine's embedding cache: `$EHRSEQ_CACHE/embeddings` if that variable is set,
+    else `$XDG_CACHE_HOME/ehrseq/embeddings`, else `~/.cache/ehrseq/embeddings`."""
+    if os.environ.get("EHRSEQ_CACHE"):
+        return Path(os.environ["EHRSEQ_CACHE"]).expanduser() / "embeddings"
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg).expanduser() / "ehrseq" / "embeddings"
 
 
 class EmbeddingCache:
@@ -83,7 +101,7 @@ class EmbeddingCache:
         if ignored:
             log.warning(
                 "embedding cache: ignored %d entries in %s that are not complete shards "
-                "(left by an interrupted run; safe to delete): %s",
+                "(being written by a concurrent run, or left by an interrupted one): %s",
                 len(ignored), self.dir, ", ".join(ignored[:5]),
             )
         log.info("embedding cache %s: %d vectors in %d shards", self.dir, len(self), self.shards)

@@ -19,12 +19,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import itertools
 import logging
+import pickle
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
+import transformers
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 log = logging.getLogger(__name__)
@@ -84,9 +87,27 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
     raise ValueError(f"embed.pooling={pooling!r}: expected one of {POOLINGS}")
 
 
+def runtime_identity(device: torch.device) -> str:
+    """Library versions and the hardware kernels are chosen for (CPU instruction set or GPU name)."""
+    hardware = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                else f"cpu {torch.backends.cpu.get_cpu_capability()}")
+    return f"torch {torch.__version__}, transformers {transformers.__version__}, {hardware}"
+
+
+def _canonical_order(texts: Sequence[str], ids: list[list[int]]) -> list[int]:
+    return sorted(range(len(texts)), key=lambda i: (len(ids[i]), texts[i]))
+
+
 class TextEncoder:
-    """Encodes texts in length-sorted batches: each batch is padded only to its longest
-    text, which keeps padding (wasted compute) small.
+    """Encodes texts in canonical batches: texts sorted by token length, then content, and
+    a batch holds texts of one token length only, so nothing is ever padded.
+
+    Why: padding changes a text's vector (about 1e-6 on CPU: other matrix shapes, other
+    kernels), so a padded batch makes each vector depend on its companions, and a cache
+    filled incrementally (a few texts per run) would hold other bytes than one filled in a
+    single run. Without padding, a text's vector is the same whichever run encodes it and
+    whichever texts share its batch (tested bit for bit); equal-length batches also waste
+    no compute on padding.
 
     The weights are loaded on the first `encode`: a run whose texts are all cached needs
     only the identity (a hash of the files), not the model.
@@ -116,48 +137,69 @@ class TextEncoder:
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.dim = self.config.hidden_size
         self.global_attention_on_first = self.config.model_type == "longformer"
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.identity = f"{self.config.model_type}:sha256:{fingerprint_model_dir(self.folder)}"
 
     @functools.cached_property
     def model(self) -> torch.nn.Module:
-        model = AutoModel.from_pretrained(self.folder, config=self.config, local_files_only=True)
+        # weights_only: a hub `pytorch_model.bin` is a pickle; never let it run code (safetensors is preferred anyway).
+        try:
+            model = AutoModel.from_pretrained(self.folder, config=self.config, local_files_only=True, weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise ValueError(f"{self.folder}: refusing to load these weights: a weights file holds a pickled object "
+                             "that is not a tensor, and unpickling it could run arbitrary code") from err
         log.info("loaded %s (%s) on %s/%s", self.folder, self.identity, self.device, self.dtype)
         return model.to(self.device, self.dtype).eval()
 
     @property
     def settings(self) -> dict:
-        """Everything that determines a text's vector besides the text itself."""
+        """Everything that determines a text's vector besides the text itself. `runtime`
+        keeps vectors of other kernels apart (another torch or transformers version, a CPU
+        with other vector instructions, a GPU): the cache is shared by every workspace of a
+        machine, and possibly by machines sharing a home folder."""
         return {
             "model": self.identity,
             "pooling": self.pooling,
             "max_length": self.max_length,
             "dtype": str(self.dtype).removeprefix("torch."),
+            "runtime": runtime_identity(self.device),
         }
+
+    def _token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        if not texts:  # the fast tokenizer fails on an empty batch
+            return []
+        return self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+
+    def canonical_order(self, texts: Sequence[str]) -> list[int]:
+        """Indices of `texts` sorted by token length (after truncation), then by text."""
+        return _canonical_order(texts, self._token_ids(texts))
+
+    def _canonical_batches(self, texts: Sequence[str], ids: list[list[int]]) -> Iterator[list[int]]:
+        """Indices of `texts` in canonical order, in runs of one token length cut at batch_size."""
+        for _, run in itertools.groupby(_canonical_order(texts, ids), key=lambda i: len(ids[i])):
+            run = list(run)
+            for start in range(0, len(run), self.batch_size):
+                yield run[start : start + self.batch_size]
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], progress=None) -> np.ndarray:
         """float32 [len(texts), dim] in the order of `texts`; `progress` (a tqdm bar) is
         advanced by each batch's size."""
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
-        order = np.argsort([len(x) for x in ids], kind="stable")
+        ids = self._token_ids(texts)
         out = np.empty((len(ids), self.dim), dtype=np.float32)
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
-            out[batch] = self._encode_batch([ids[i] for i in batch]).float().cpu().numpy()
+        for batch in self._canonical_batches(texts, ids):
+            out[batch] = self._encode_batch([ids[i] for i in batch])
             if progress is not None:
                 progress.update(len(batch))
         return out
 
-    def _encode_batch(self, ids: list[list[int]]) -> torch.Tensor:
-        width = max(len(x) for x in ids)
-        # Right padding, so position 0 is always the first real token ([CLS] / <s>).
-        input_ids = torch.tensor([x + [self.pad_id] * (width - len(x)) for x in ids], device=self.device)  # [B, T]
-        attention_mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=self.device)
+    def _encode_batch(self, ids: list[list[int]]) -> np.ndarray:
+        """[B, dim] for texts of one token length (no padding: see the class docstring)."""
+        input_ids = torch.tensor(ids, device=self.device)  # [B, T]; ragged lists are an error here
+        attention_mask = torch.ones_like(input_ids)  # [B, T]
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if self.global_attention_on_first:
             global_mask = torch.zeros_like(attention_mask)
             global_mask[:, 0] = 1
             inputs["global_attention_mask"] = global_mask  # [B, T]
         hidden = self.model(**inputs).last_hidden_state  # [B, T, E]
-        return pool(hidden, attention_mask, self.pooling)  # [B, E]
+        return pool(hidden, attention_mask, self.pooling).float().cpu().numpy()  # [B, E]

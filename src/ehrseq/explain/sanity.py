@@ -135,8 +135,9 @@ def shuffled_label_model(
     return model.eval(), task, summary
 
 
-def auroc_with_interval(y: np.ndarray, prob: np.ndarray, n_resamples: int, seed: int) -> dict:
-    return metrics.bootstrap(metrics.auroc, (y, prob), n_resamples=n_resamples, seed=seed)
+def auroc_with_interval(y: np.ndarray, prob: np.ndarray, patients: np.ndarray, n_resamples: int, seed: int) -> dict:
+    """AUROC with a 95% interval that resamples patients (`patients[i]`: stay i's subject_id)."""
+    return metrics.bootstrap(metrics.auroc, (y, prob), clusters=patients, n_resamples=n_resamples, seed=seed)
 
 
 @torch.no_grad()
