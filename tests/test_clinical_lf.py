@@ -317,7 +317,8 @@ train:
     finetune: {epochs: 6, patience: 6}
 evaluate: {batch_size: 32, n_bootstrap: 50, calibration_bins: 5, seed: 0}
 explain: {batch_size: 8, ig_steps: 16, internal_batch_size: 64, k_max: 3, precision_k: [1, 3], n_random: 3,
-          n_permutations: 20, plot_stays: 1, attention_batches: 1, max_stays: null, seed: 0}
+          n_permutations: 20, plot_stays: 1, attention_batches: 1, max_stays: null, perturbations_per_eval: 4,
+          sanity_stays: 8, label_shuffle: {stays: 60, epochs: 1, n_bootstrap: 20, untrained_models: 1}, seed: 0}
 """
 
 
@@ -364,9 +365,9 @@ def test_train_evaluate_explain_stages_for_clinical_lf(tmp_path):
     assert report["auroc"]["value"] > 0.9  # the planted signal is learnable: label = a danger text before cutoff
     assert report["oracle_auroc"]["value"] == 1.0
 
-    stage("explain.py")
-    explain = json.loads((tmp_path / "reports/metrics/explain.json").read_text())
+    stage("explain.py", "clinical_lf")
+    explain = json.loads((tmp_path / "reports/metrics/explain_clinical_lf.json").read_text())
     assert explain["stays"] == report["stays"]
     assert explain["recall_precision_at_k"]["k=1"]["integrated_gradients"] > 2 * explain["recall_precision_at_k"]["k=1"]["random"]
     assert explain["aopc"]["integrated_gradients"] > explain["aopc"]["random"]
-    assert (tmp_path / "reports/explain/deletion.png").stat().st_size > 0
+    assert (tmp_path / "reports/explain/clinical_lf/deletion.png").stat().st_size > 0
