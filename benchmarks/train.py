@@ -70,7 +70,8 @@ def survival_benchmark(args) -> None:
     else:
         frame, vocab_size = skewed_visits(args.stays, args.vocab_size, seed=0), args.vocab_size
     dataset = SurvivalDataset(frame)
-    print(f"{len(dataset)} stays, visits per stay: median {np.median(dataset.lengths):.0f}, max {dataset.lengths.max()}; "
+    print(f"{len(dataset)} stays, visits per stay: median {np.median(dataset.lengths):.0f}, "
+          f"max {dataset.lengths.max()}; "
           f"batch {args.batch_size}, {args.batches} timed batches, {args.threads} thread(s)")
     task = SurvivalTask()
     print(f"\n{'model':<20}{'batches':<10}{'visits':<12}{'visits/s':>10}   vs random+padded")

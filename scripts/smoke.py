@@ -81,7 +81,8 @@ def compare(baseline_dir: str, run_dir: str) -> int:
                 continue
             b, n = base[key], new[key]
             checked += 1
-            if isinstance(b, bool) or isinstance(n, bool) or not isinstance(b, (int, float)) or not isinstance(n, (int, float)):
+            numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (b, n))
+            if not numbers:
                 if b != n:
                     problems.append(f"{path.name}: {key} {b!r} -> {n!r}")
             elif isinstance(b, int) and isinstance(n, int):

@@ -6,7 +6,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
 # ruff's rules are in pyproject.toml ([tool.ruff]): pyflakes, import order, line length.
-if ! .venv/bin/ruff check src stages tests benchmarks; then
+if ! .venv/bin/ruff check src stages tests benchmarks scripts; then
   echo "scripts/test.sh: ruff found problems (fix them, or \`.venv/bin/ruff check --fix\` for the fixable ones)" >&2
   exit 1
 fi

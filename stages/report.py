@@ -7,6 +7,7 @@ Reads every metrics file and plot table the pipeline writes; anything missing sh
 prints and what README's results section copies.
 """
 import logging
+
 import pandas as pd
 
 from ehrseq import report
@@ -45,12 +46,14 @@ def draw_figures(metrics: dict) -> list[str]:
     oracle = oracle_roc()
     if oracle is not None and len(oracle):
         rocs["oracle (true risk)"] = oracle
-        aurocs["oracle (true risk)"] = next(
-            (report.entry_value(report.dig(metrics[m], "oracle_auroc")) for m in MORTALITY_MODELS if m in metrics), None)
+        oracle_aurocs = (report.dig(metrics[m], "oracle_auroc") for m in MORTALITY_MODELS if m in metrics)
+        aurocs["oracle (true risk)"] = report.entry_value(next(oracle_aurocs, None))
     figure_inputs = {
         "roc.png": (figures.roc_overlay, (rocs, aurocs) if rocs else None),
-        "calibration.png": (figures.calibration_overlay, _present({m: plots_dir(m) / "calibration.csv" for m in MORTALITY_MODELS})),
-        "deletion.png": (figures.deletion_curves, _present({m: explain_dir(m) / "deletion.csv" for m in EXPLAINED_MODELS})),
+        "calibration.png": (figures.calibration_overlay,
+                            _present({m: plots_dir(m) / "calibration.csv" for m in MORTALITY_MODELS})),
+        "deletion.png": (figures.deletion_curves,
+                         _present({m: explain_dir(m) / "deletion.csv" for m in EXPLAINED_MODELS})),
         "survival.png": (figures.survival_by_group, read_csv(tertile_plot("survival_lstm", "csv"))),
         "prevalence.png": (figures.prevalence_scatter, read_csv(plots_dir("generate") / "prevalence.csv")),
     }
@@ -84,7 +87,8 @@ def main() -> None:
         report.grouped_section(
             "In-hospital survival after the cutoff (landmark)", metrics.get("survival_lstm"), report.SURVIVAL_GROUPS,
             report.survival_columns(metrics.get("survival_lstm")),
-            note=f"survival_lstm / oracle Antolini C: {report.fmt(report.dig(metrics.get('survival_lstm'), 'c_index_vs_oracle'))}\n\n"),
+            note="survival_lstm / oracle Antolini C: "
+                 f"{report.fmt(report.dig(metrics.get('survival_lstm'), 'c_index_vs_oracle'))}\n\n"),
         report.grouped_section("Code embeddings (test patients)", metrics.get("med2vec"), report.EMBEDDING_GROUPS,
                                report.EMBEDDING_COLUMNS),
         report.grouped_section("Synthetic patients (generate, against the real test split)", metrics.get("generate"),

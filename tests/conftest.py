@@ -52,7 +52,8 @@ def build_tiny_mimic4(root: Path) -> Path:
     stay 400 (subject 2): excluded, shorter_than_window (19 h)
     """
     write_table(root, "hosp/patients", [
-        dict(subject_id=1, gender="F", anchor_age=70, anchor_year=2150, anchor_year_group="2008 - 2010", dod="2150-01-05"),
+        dict(subject_id=1, gender="F", anchor_age=70, anchor_year=2150, anchor_year_group="2008 - 2010",
+             dod="2150-01-05"),
         dict(subject_id=2, gender="M", anchor_age=50, anchor_year=2150, anchor_year_group="2008 - 2010", dod=None),
         dict(subject_id=3, gender="M", anchor_age=16, anchor_year=2150, anchor_year_group="2008 - 2010", dod=None),
     ], ["subject_id", "gender", "anchor_age", "anchor_year", "anchor_year_group", "dod"])
@@ -73,10 +74,14 @@ def build_tiny_mimic4(root: Path) -> Path:
              race="BLACK/AFRICAN AMERICAN", hospital_expire_flag=0),
     ], adm_cols)
     write_table(root, "icu/icustays", [
-        dict(subject_id=1, hadm_id=11, stay_id=100, first_careunit="MICU", intime="2150-01-01 06:00:00", outtime="2150-01-05 12:00:00"),
-        dict(subject_id=2, hadm_id=21, stay_id=200, first_careunit="SICU", intime="2150-02-01 06:00:00", outtime="2150-02-04 06:00:00"),
-        dict(subject_id=3, hadm_id=31, stay_id=300, first_careunit="MICU", intime="2150-04-01 06:00:00", outtime="2150-04-05 06:00:00"),
-        dict(subject_id=2, hadm_id=22, stay_id=400, first_careunit="MICU", intime="2150-03-01 01:00:00", outtime="2150-03-01 20:00:00"),
+        dict(subject_id=1, hadm_id=11, stay_id=100, first_careunit="MICU",
+             intime="2150-01-01 06:00:00", outtime="2150-01-05 12:00:00"),
+        dict(subject_id=2, hadm_id=21, stay_id=200, first_careunit="SICU",
+             intime="2150-02-01 06:00:00", outtime="2150-02-04 06:00:00"),
+        dict(subject_id=3, hadm_id=31, stay_id=300, first_careunit="MICU",
+             intime="2150-04-01 06:00:00", outtime="2150-04-05 06:00:00"),
+        dict(subject_id=2, hadm_id=22, stay_id=400, first_careunit="MICU",
+             intime="2150-03-01 01:00:00", outtime="2150-03-01 20:00:00"),
     ], ["subject_id", "hadm_id", "stay_id", "first_careunit", "intime", "outtime"])
     lab_cols = ["subject_id", "hadm_id", "itemid", "charttime", "value", "valuenum", "valueuom", "flag"]
     creat = dict(subject_id=1, hadm_id=11, itemid=50912, value="2.3", valuenum=2.3, valueuom="mg/dL", flag="abnormal")
@@ -87,9 +92,11 @@ def build_tiny_mimic4(root: Path) -> Path:
         {**creat, "charttime": "2149-12-31 23:00:00"},                       # outside_stay
         {**creat, "subject_id": 2, "hadm_id": 22, "charttime": "2150-03-01 05:00:00"},  # stay 400: not in cohort
         {**creat, "subject_id": 99, "hadm_id": None, "charttime": "2150-01-01 07:00:00"},  # orphan subject
-        {**creat, "hadm_id": None, "charttime": "2150-01-01 08:00:00", "value": None, "valuenum": None},  # kept, no hadm
+        # kept, no hadm
+        {**creat, "hadm_id": None, "charttime": "2150-01-01 08:00:00", "value": None, "valuenum": None},
     ], lab_cols)
-    rx_cols = ["subject_id", "hadm_id", "starttime", "drug", "ndc", "prod_strength", "dose_val_rx", "dose_unit_rx", "route"]
+    rx_cols = ["subject_id", "hadm_id", "starttime", "drug", "ndc", "prod_strength", "dose_val_rx", "dose_unit_rx",
+               "route"]
     write_table(root, "hosp/prescriptions", [
         dict(subject_id=2, hadm_id=21, starttime="2150-02-01 08:00:00", drug="Norepinephrine", ndc="00409144901",
              prod_strength="4mg/4mL", dose_val_rx="0.1", dose_unit_rx="mcg/kg/min", route="IV DRIP"),
@@ -106,8 +113,9 @@ def build_tiny_mimic4(root: Path) -> Path:
              itemid=225792, value=600, valueuom="min"),  # orphan stay
     ], PROC_COLUMNS)
     # culture results are known when stored; this one is stored before stay 200's cutoff
-    culture = dict(subject_id=2, hadm_id=21, micro_specimen_id=7, chartdate="2150-02-02", charttime="2150-02-02 00:00:00",
-                   spec_itemid=70012, spec_type_desc="BLOOD CULTURE", test_itemid=90201, org_itemid=80002, org_name="E. COLI",
+    culture = dict(subject_id=2, hadm_id=21, micro_specimen_id=7, chartdate="2150-02-02",
+                   charttime="2150-02-02 00:00:00", spec_itemid=70012, spec_type_desc="BLOOD CULTURE",
+                   test_itemid=90201, org_itemid=80002, org_name="E. COLI",
                    storedate="2150-02-02", storetime="2150-02-02 20:00:00")
     write_table(root, "hosp/microbiologyevents", [
         {**culture, "ab_itemid": None, "ab_name": None},

@@ -385,11 +385,12 @@ def test_precision_at_k_by_hand():
 
 
 def test_truth_reader_reports_missing_companions(tmp_path):
-    pd.DataFrame({"stay_id": [1], "event_row": [11], "rule": ["vasopressor"]}).to_parquet(tmp_path / "planted_events.parquet")
+    planted = pd.DataFrame({"stay_id": [1], "event_row": [11], "rule": ["vasopressor"]})
+    planted.to_parquet(tmp_path / "planted_events.parquet")
     truth = read_truth(tmp_path)
     assert truth.planted_rows.tolist() == [11] and truth.companion_rows is None
     assert "companion_events.parquet not found" in truth.companion_reason
-    pd.DataFrame({"stay_id": [1], "event_row": [12], "rule": ["vasopressor"]}).to_parquet(tmp_path / "companion_events.parquet")
+    planted.assign(event_row=[12]).to_parquet(tmp_path / "companion_events.parquet")
     assert read_truth(tmp_path).companion_rows.tolist() == [12]
     assert read_truth(tmp_path / "absent") is None
 

@@ -155,7 +155,8 @@ def test_exp_wrapper_sees_outputs_a_fresh_clone_lacks(tmp_path):
         sys.path.pop(0)
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {
         "synthesize": {"outs": [{"path": "data/raw", "md5": "35a5c711ef7d5fe1c3d8d66e730d89fd.dir"},
-                                {"path": "reports/metrics/synthesize.json", "md5": "a5704ccffa50a33a6a5ae715d76b28b9"}]},
+                                {"path": "reports/metrics/synthesize.json",
+                                 "md5": "a5704ccffa50a33a6a5ae715d76b28b9"}]},
     }}))
     (tmp_path / "reports" / "metrics").mkdir(parents=True)
     (tmp_path / "reports" / "metrics" / "synthesize.json").write_text("{}")  # in git, as cache: false metrics are

@@ -269,7 +269,8 @@ def test_the_untrained_model_starts_at_kaplan_meier():
     assert hazards == pytest.approx([1 / 4, 1 / 2, 0.0])  # bin 2: 2 at risk, 1 death; bin 3: 1 at risk
     frame = survival_frame(4, seed=0)
     batch = collate_visits([SurvivalDataset(frame)[i] for i in range(4)])
-    model = build_model("survival_lstm", vocab_size=30, horizon_bins=4, **{**small(4), "initial_hazard": [0.1, 0.2, 0.3, 0.4]})
+    model = build_model("survival_lstm", vocab_size=30, horizon_bins=4,
+                        **{**small(4), "initial_hazard": [0.1, 0.2, 0.3, 0.4]})
     torch.nn.init.zeros_(model.hazard_head.weight)
     torch.nn.init.zeros_(model.hazard_head.bias)
     p = SurvivalTask().predict(model.eval(), batch)

@@ -14,8 +14,13 @@ from torch import nn
 
 from conftest import TOY_VOCAB, toy_sequences, write_toy_split
 from ehrseq.data import (
-    LengthBucketSampler, TokenSequenceDataset, class_balance_weights, collate_tokens, load_sequences,
-    read_vocab_size, token_loader,
+    LengthBucketSampler,
+    TokenSequenceDataset,
+    class_balance_weights,
+    collate_tokens,
+    load_sequences,
+    read_vocab_size,
+    token_loader,
 )
 from ehrseq.models import build_model
 from ehrseq.schema import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS

@@ -13,7 +13,8 @@ def make_data():
     rows = []
     for stay, split_codes in ((1, "A"), (2, "A"), (3, "B")):
         for i in range(30):
-            rows.append(dict(stay_id=stay, hours=float(i), event_type="lab", code="LAB//1", value=float(i + 30 * (stay == 3) * 100)))
+            value = float(i + 30 * (stay == 3) * 100)
+            rows.append(dict(stay_id=stay, hours=float(i), event_type="lab", code="LAB//1", value=value))
         rows.append(dict(stay_id=stay, hours=5.5, event_type="prescription", code=f"NDC//{split_codes}", value=np.nan))
         rows.append(dict(stay_id=stay, hours=60.0, event_type="procedure", code="ITEM//9", value=np.nan))
     events = pd.DataFrame(rows).sort_values(["stay_id", "hours"], kind="stable").reset_index(drop=True)

@@ -76,7 +76,8 @@ def select_events(events: pd.DataFrame, cohort: pd.DataFrame, max_events: int) -
     if max_events < 1:
         raise ValueError(f"max_events must be >= 1, got {max_events}")
     if cohort["stay_id"].duplicated().any():
-        raise ValueError(f"cohort.parquet has duplicate stay_id, e.g. {cohort.loc[cohort['stay_id'].duplicated(), 'stay_id'].iloc[0]}")
+        duplicate = cohort.loc[cohort["stay_id"].duplicated(), "stay_id"].iloc[0]
+        raise ValueError(f"cohort.parquet has duplicate stay_id, e.g. {duplicate}")
     ev = events[list(EVENT_INPUT_COLUMNS)].reset_index(drop=True).rename_axis("event_row").reset_index()
     if ev["after_cutoff"].isna().any():
         row = ev.loc[ev["after_cutoff"].isna(), "event_row"].iloc[0]
@@ -190,7 +191,8 @@ def _check_cohort(cohort: pd.DataFrame) -> None:
     bad = ~cohort["split"].isin(SPLITS)
     if bad.any():
         row = cohort[bad].iloc[0]
-        raise ValueError(f"cohort.parquet column split has {row['split']!r} (stay_id {row['stay_id']}); expected {SPLITS}")
+        raise ValueError(
+            f"cohort.parquet column split has {row['split']!r} (stay_id {row['stay_id']}); expected {SPLITS}")
 
 
 def fit_encoder(
@@ -270,10 +272,12 @@ def build_dataset(
     _check_cohort(cohort)
     _require_columns(cohort, (label,), "cohort.parquet")
     if vectors.shape[1] != encoder.embedding_dim:
-        raise ValueError(f"text embeddings have dim {vectors.shape[1]}; the encoder was fitted on {encoder.embedding_dim}")
+        raise ValueError(
+            f"text embeddings have dim {vectors.shape[1]}; the encoder was fitted on {encoder.embedding_dim}")
     stays = cohort[cohort["split"] == split].reset_index(drop=True)
     if stays[label].isna().any():
-        raise ValueError(f"cohort.parquet column {label} is null, e.g. stay_id {stays.loc[stays[label].isna(), 'stay_id'].iloc[0]}")
+        example = stays.loc[stays[label].isna(), "stay_id"].iloc[0]
+        raise ValueError(f"cohort.parquet column {label} is null, e.g. stay_id {example}")
     sel = select_events(events, stays, encoder.max_events)
     # copies: pandas hands out read-only views, which torch.from_numpy would share
     event_row = sel["event_row"].to_numpy(np.int64, copy=True)

@@ -4,8 +4,8 @@ Token models (`lstm`, `transformer`, `gpt2`) read `sequences/{split}.parquet`;
 `clinical_lf` reads events, cohort and the text embeddings, encoded by a
 `FeatureEncoder` fitted on the train split (and stored in the checkpoint, so evaluation
 and explanation encode exactly as training did). `survival_lstm` reads the landmark view
-`sequences/survival/{split}.parquet` (rows breaking its contract dropped and counted). Files are the pipeline's, named in
-`ehrseq.paths`; nothing here reads params.yaml. Every model in the registry
+`sequences/survival/{split}.parquet` (rows breaking its contract dropped and counted).
+Files are the pipeline's, named in `ehrseq.paths`; nothing here reads params.yaml. Every model in the registry
 (`ehrseq.models.REGISTRY`) belongs to exactly one of the input groups below
 (tests/test_layout.py checks it).
 """

@@ -57,7 +57,8 @@ def load_survival(path: str | os.PathLike, vocab_size: int | None = None) -> tup
         row = frame[bad].iloc[0]
         raise ValueError(f"{path}: column 'event' must be 0/1; stay_id {row.stay_id} has {row.event}")
     if vocab_size is not None and len(frame):
-        flat = np.concatenate([np.concatenate([np.asarray(v, dtype=np.int64) for v in visits] or [np.zeros(0, np.int64)])
+        empty = [np.zeros(0, np.int64)]
+        flat = np.concatenate([np.concatenate([np.asarray(v, dtype=np.int64) for v in visits] or empty)
                                for visits in frame["visits"]])
         out = (flat <= PAD_ID) | (flat >= vocab_size)
         if out.any():

@@ -133,7 +133,8 @@ def plot_tertiles(table: pd.DataFrame, path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, color in zip(("low", "middle", "high"), ("tab:green", "tab:orange", "tab:red")):
-        ax.step(table["hours"], table[f"{name}_kaplan_meier"], where="post", color=color, label=f"{name} risk: Kaplan-Meier")
+        ax.step(table["hours"], table[f"{name}_kaplan_meier"], where="post", color=color,
+                label=f"{name} risk: Kaplan-Meier")
         ax.plot(table["hours"], table[f"{name}_predicted"], "--", color=color, label=f"{name} risk: predicted (mean)")
     ax.set_xlabel("hours after the cutoff")
     ax.set_ylabel("survival")

@@ -26,8 +26,8 @@ from torch import nn
 from ehrseq import metrics, survival_metrics
 from ehrseq.data import class_balance_weights
 from ehrseq.models.clinical_lf import clinical_lf_loss
-from ehrseq.survival import discrete_time_nll, landmark_logits, log_likelihood, loss_masks, survival_curve
 from ehrseq.models.med2vec import negative_sampling_loss
+from ehrseq.survival import discrete_time_nll, landmark_logits, log_likelihood, loss_masks, survival_curve
 
 Batch = dict[str, torch.Tensor]
 

@@ -189,7 +189,8 @@ def survival_sequences(
 def patient_sequences(diagnoses: pd.DataFrame, vocab: Vocab) -> tuple[pd.DataFrame, dict]:
     """Per patient: admissions (visits) of ICD token ids, ages, days since the previous one."""
     if diagnoses.empty:
-        return pd.DataFrame(columns=["subject_id", "gender", "race", "visits", "ages", "days_since_prev"]), {"patients": 0}
+        columns = ["subject_id", "gender", "race", "visits", "ages", "days_since_prev"]
+        return pd.DataFrame(columns=columns), {"patients": 0}
     codes = group_icd(diagnoses["code"]) if vocab.icd_grouping else diagnoses["code"]
     diagnoses = diagnoses.assign(token=vocab.ids(codes))
     rows = []

@@ -28,7 +28,8 @@ def attention_rollout(layers: Sequence[torch.Tensor], padding_mask: torch.Tensor
     return rollout
 
 
-def pooling_event_scores(pooling: torch.Tensor, padding_mask: torch.Tensor, rollout: torch.Tensor | None = None) -> torch.Tensor:
+def pooling_event_scores(pooling: torch.Tensor, padding_mask: torch.Tensor,
+                         rollout: torch.Tensor | None = None) -> torch.Tensor:
     """[B, T] per-event attention score: pooling weights averaged over heads, optionally
     carried back through the encoder layers by `rollout` (the pooling query reads the last
     layer's outputs, which mix events). Zero on padding."""

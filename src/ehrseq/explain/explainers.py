@@ -63,8 +63,10 @@ class Explanation:
     """Per-event scores of one batch by every method, and what else the batch produced."""
     scores: dict[str, torch.Tensor]  # method -> [B, E]
     logits: torch.Tensor  # [B]
-    convergence: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # method -> ([B] delta, [B] change)
-    attention: dict[str, torch.Tensor] = field(default_factory=dict)  # arrays to save: layer_i [B, H, T, T], pooling ...
+    # method -> ([B] delta, [B] change)
+    convergence: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    # arrays to save: layer_i [B, H, T, T], pooling ...
+    attention: dict[str, torch.Tensor] = field(default_factory=dict)
     frames: dict[str, pd.DataFrame] = field(default_factory=dict)  # model-specific tables (clinical_lf)
 
 
@@ -284,8 +286,9 @@ class ClinicalLFExplainer(Explainer):
     def explain(self, batch, events, config):
         padding = batch["padding_mask"]
         steps_base, static_base = mean_baselines(batch, self.encoder)
-        ig = integrated_gradients(self.model, batch, (steps_base, static_base), config.ig_steps, config.internal_batch_size)
-        lig, lig_delta = layer_integrated_gradients(self.model, batch, steps_base, config.ig_steps, config.internal_batch_size)
+        steps, chunk = config.ig_steps, config.internal_batch_size
+        ig = integrated_gradients(self.model, batch, (steps_base, static_base), steps, chunk)
+        lig, lig_delta = layer_integrated_gradients(self.model, batch, steps_base, steps, chunk)
         outputs, attention = forward_with_attention(self.model, batch)
         with torch.no_grad():
             base_logits = self.model(steps_base, static_base, padding)["logits"]

@@ -32,7 +32,8 @@ LogitsWithout = Callable[[torch.Tensor, int], torch.Tensor]  # (removed [B, E] b
 
 
 @torch.no_grad()
-def deletion_curve(logits_without: LogitsWithout, scores: torch.Tensor, padding: torch.Tensor, k_max: int) -> torch.Tensor:
+def deletion_curve(logits_without: LogitsWithout, scores: torch.Tensor, padding: torch.Tensor,
+                   k_max: int) -> torch.Tensor:
     """[B, K+1] mortality LOGITS after removing the top-k events, k = 0..K (a stay with
     fewer than k events has all of them removed). `scores` and `padding` are per event
     [B, E]; `logits_without` removes events the model's own way (explainers.py).

@@ -80,7 +80,8 @@ class ExplainConfig:
     seed: int
 
 
-def _batches(dataset: Dataset, indices: np.ndarray, collate_fn, batch_size: int, device) -> list[tuple[np.ndarray, dict]]:
+def _batches(dataset: Dataset, indices: np.ndarray, collate_fn, batch_size: int,
+             device) -> list[tuple[np.ndarray, dict]]:
     """Stays `indices` of `dataset`, sorted by length (less padding), collated on `device`."""
     lengths = np.asarray(dataset.lengths)[indices]
     order = indices[np.argsort(lengths, kind="stable")]
@@ -130,7 +131,8 @@ def _delta_summary(delta: torch.Tensor, change: torch.Tensor, n_steps: int) -> d
     """Convergence of an IG run: |sum of attributions - output change|, absolute (logits)
     and relative to the output change it should account for."""
     rel = delta.abs() / change.abs().clamp_min(1e-6)
-    return {"n_steps": n_steps, "abs_delta_median": float(delta.abs().median()), "abs_delta_max": float(delta.abs().max()),
+    return {"n_steps": n_steps, "abs_delta_median": float(delta.abs().median()),
+            "abs_delta_max": float(delta.abs().max()),
             "relative_delta_median": float(rel.median()), "relative_delta_p95": float(torch.quantile(rel, 0.95))}
 
 
@@ -247,7 +249,8 @@ def explain_split(
     risk = curves_to_risk(logit_curves)
     calibrated = curves_to_risk(logit_curves, logit_shift)
     deletion = deletion_table(risk)
-    deletion_plot(deletion, out_dir / "deletion.png", f"{explainer.name}: removing the events each method ranks highest",
+    deletion_plot(deletion, out_dir / "deletion.png",
+                  f"{explainer.name}: removing the events each method ranks highest",
                   "mean predicted risk, training scale (sigmoid of the logit)")
 
     headline = explainer.gradient_methods[-1]  # LayerIG: the one method every model has
@@ -296,11 +299,12 @@ def explain_split(
         else:
             aware = summarise_precision(precision["companion_aware"])
             if "table" in aware:
-                write_csv(out_dir / "precision_at_k_companion_aware.csv", aware.pop("table").assign(truth="companion_aware"))
+                write_csv(out_dir / "precision_at_k_companion_aware.csv",
+                          aware.pop("table").assign(truth="companion_aware"))
             metrics["companion_aware"] = aware
     metrics["seconds"] = {"explain": round(time.time() - start, 2)}
-    log.info("%s: explained %d stays in %.1fs: AOPC %s", explainer.name, metrics["stays"], metrics["seconds"]["explain"],
-             {k: round(v, 4) for k, v in metrics["aopc"].items()})
+    log.info("%s: explained %d stays in %.1fs: AOPC %s", explainer.name, metrics["stays"],
+             metrics["seconds"]["explain"], {k: round(v, 4) for k, v in metrics["aopc"].items()})
     return metrics, _sanity_batches(dataset, collate_fn, batches, with_planted, explainer, config, device)
 
 
