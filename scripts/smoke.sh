@@ -16,8 +16,9 @@ export PATH="$PWD/.venv/bin:$PATH"
 repo=$PWD
 work=$(mktemp -d "${TMPDIR:-/tmp}/ehrseq-smoke.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-git ls-files -co --exclude-standard -z | tar --null -T - -cf - | tar -xf - -C "$work"
+git ls-files -co --exclude-standard -z | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C "$work"
 cd "$work"
+export PYTHONPATH="$work/src"  # the copy's own code, whatever the venv's editable install points at
 mkdir -p reports/metrics && rm -f reports/metrics/*.json
 cp "$repo"/reports/smoke/*.json reports/metrics/ 2>/dev/null || echo "smoke: no baseline in reports/smoke/ yet"
 python "$repo"/scripts/smoke.py apply-params scripts/smoke_params.yaml params.yaml

@@ -463,7 +463,8 @@ def test_a_queued_experiment_reuses_the_machine_cache(tiny_bert, tmp_path):
     (repo / "stages").mkdir(parents=True)
     shutil.copy(STAGE, repo / "stages" / "embed.py")
     (repo / "stages" / "make_events.py").write_text(QUEUE_EVENTS)
-    (repo / "params.yaml").write_text(yaml.safe_dump({"synthetic": {"n_patients": 10, "seed": 7}, "embed": {
+    synthetic = {"n_patients": 10, "seed": 7, "intubation_share": 0.6}
+    (repo / "params.yaml").write_text(yaml.safe_dump({"synthetic": synthetic, "embed": {
         "model": tiny_bert, "pooling": "mean", "max_length": 32, "batch_size": 4, "shard_size": 8, "cache_dir": None}}))
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
         "make_events": {"cmd": "python -P stages/make_events.py", "deps": ["stages/make_events.py"],
