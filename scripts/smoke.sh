@@ -31,7 +31,7 @@ dvc metrics diff --md --precision 4 | tee metrics_diff.md
 # SMOKE_DIFF_MD=path keeps the table (the GitHub workflow posts it on the pull request).
 [ -z "${SMOKE_DIFF_MD:-}" ] || cp metrics_diff.md "$SMOKE_DIFF_MD"
 if [ "${1:-}" = "--update" ]; then
-  rm -f "$repo"/reports/smoke/*.json && cp reports/metrics/*.json "$repo"/reports/smoke/
+  mkdir -p "$repo"/reports/smoke && rm -f "$repo"/reports/smoke/*.json && cp reports/metrics/*.json "$repo"/reports/smoke/
   echo "smoke: baseline updated in reports/smoke/ (commit it with the change that moved it)"
 else
   python "$repo"/scripts/smoke.py compare "$repo"/reports/smoke reports/metrics
