@@ -89,7 +89,8 @@ def metric_rows(rows: Mapping[str, Metrics | None], columns: Mapping[str, str]) 
         if metrics is None:
             out.append([name] + [NOT_RUN] * len(columns))
         else:
-            out.append([name] + [fmt(dig(metrics, path)) for path in columns.values()])
+            # a key the file lacks is not measured there ("-"), unlike a file that is absent
+            out.append([name] + [fmt(v) if (v := dig(metrics, path)) is not None else "-" for path in columns.values()])
     return out
 
 
