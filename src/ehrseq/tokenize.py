@@ -98,6 +98,14 @@ def horizon_bins(horizon_hours: float, visit_hours: float) -> int:
     return int(round(n))
 
 
+def cutoff_bins(hours_after_cutoff: np.ndarray, after_cutoff: np.ndarray, visit_hours: float) -> np.ndarray:
+    """Each event's bin relative to the cutoff: -1 is the last pre-cutoff bin, 0 the first
+    after it (a stay's visit position is this + its `pre_visits`). The `after_cutoff` flag,
+    not float arithmetic, decides the side of the cutoff. NaN hours land in bin 0 / -1."""
+    rel_bin = np.floor(np.nan_to_num(hours_after_cutoff) / visit_hours).astype(np.int64)
+    return np.where(after_cutoff, np.maximum(rel_bin, 0), np.minimum(rel_bin, -1))
+
+
 def survival_sequences(
     events: pd.DataFrame, cohort: pd.DataFrame, vocab: Vocab, visit_hours: float, horizon_hours: float
 ) -> tuple[pd.DataFrame, dict]:
@@ -143,11 +151,7 @@ def survival_sequences(
     # hours relative to the stay's cutoff (NaN for events of stays outside `cohort`)
     cutoff_of_stay = pd.Series(cutoff_hours, index=cohort["stay_id"].to_numpy())
     rel = (events["hours"] - events["stay_id"].map(cutoff_of_stay)).to_numpy(dtype=float)
-    after = events["after_cutoff"].to_numpy(bool)
-    # Bin relative to the cutoff: -1 is the last pre-cutoff bin, 0 the first after it. The
-    # flag, not float arithmetic, decides the side of the cutoff.
-    rel_bin = np.floor(np.nan_to_num(rel) / visit_hours).astype(np.int64)
-    rel_bin = np.where(after, np.maximum(rel_bin, 0), np.minimum(rel_bin, -1))
+    rel_bin = cutoff_bins(rel, events["after_cutoff"].to_numpy(bool), visit_hours)
 
     reasons = np.full(len(cohort), "", dtype=object)
     reasons[np.isnan(time)] = "missing_outcome_time"

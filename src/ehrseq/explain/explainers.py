@@ -27,6 +27,10 @@ Token models (`lstm`, `transformer`, `gpt2`; `TokenExplainer`):
   causal self-attention layers: w^T R, R the rollout of the layers' attention (captured
   with hooks, `token_attention.py`).
 
+survival_lstm (`SurvivalExplainer`): the landmark's logit(1 - S(horizon)); LayerIG on the
+code embedding from the <pad> (zero, = empty visit) embedding, and event ablation, per
+(visit, code) unit of the pre-cutoff visits (explain/visits.py). It has no attention.
+
 clinical_lf (`ClinicalLFExplainer`): IG on steps and static features from the train-mean
 baseline, LayerIG on the input projection, event ablation by the padding mask, the
 pooling attention and its rollout (see attributions.py and attention.py).
@@ -46,6 +50,7 @@ import pandas as pd
 import torch
 from captum.attr import FeatureAblation, LayerIntegratedGradients
 from torch import nn
+from torch.nn import functional as F
 
 from ehrseq.explain.attention import attention_rollout, pooling_event_scores
 from ehrseq.explain.attributions import group_ablation, integrated_gradients, layer_integrated_gradients, mean_baselines
@@ -53,6 +58,7 @@ from ehrseq.explain.events import EventIndex, index_events, positions_of, to_eve
 from ehrseq.explain.token_attention import record_token_attention, token_layer_attention
 from ehrseq.models.attention import forward_with_attention
 from ehrseq.schema import PAD_ID, UNK_ID
+from ehrseq.survival import landmark_logits
 from ehrseq.torch_utils import eval_mode
 
 Batch = dict[str, torch.Tensor]
@@ -152,6 +158,12 @@ class Explainer:
     def _init_kwargs(self) -> dict:
         return {}
 
+    @contextlib.contextmanager
+    def _gradients(self):
+        # cuDNN's RNN backward refuses eval mode; the plain kernels give the same gradients
+        with eval_mode(self.model), torch.backends.cudnn.flags(enabled=False):
+            yield
+
     def logits_without(self, batch: Batch, events: EventIndex) -> Callable[[torch.Tensor, int], torch.Tensor]:
         """(removed [N, E] bool, N) -> [N] logits, for N = k * B stacked copies of the batch."""
         def run(removed: torch.Tensor, n: int) -> torch.Tensor:
@@ -199,12 +211,6 @@ class TokenExplainer(Explainer):
             return self._forward(batch["input_ids"], batch["attention_mask"])
         ids, mask = compact(batch["input_ids"], batch["attention_mask"] & ~removed)
         return self._forward(ids, mask)
-
-    @contextlib.contextmanager
-    def _gradients(self):
-        # cuDNN's RNN backward refuses eval mode; the plain kernels give the same gradients
-        with eval_mode(self.model), torch.backends.cudnn.flags(enabled=False):
-            yield
 
     def layer_integrated_gradients(self, batch, events, n_steps, internal_batch_size):
         ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -324,8 +330,69 @@ class ClinicalLFExplainer(Explainer):
                 ("input_projection", ("input_proj",))]
 
 
+# ---------------------------------------------------------------------- survival_lstm
+
+
+def risk_logit(hazard_logits: torch.Tensor) -> torch.Tensor:
+    """logit(1 - S(H)) from the landmark's H hazard logits [B, H] -> [B]: the log-odds of
+    death within the horizon, computed in log space (log S = sum log(1 - h_m);
+    logit(1 - S) = log(-expm1(log S)) - log S), never through the probability."""
+    log_s = F.logsigmoid(-hazard_logits).sum(dim=-1)  # [B], < 0
+    return torch.log(-torch.expm1(log_s)) - log_s
+
+
+class SurvivalExplainer(Explainer):
+    """survival_lstm at the cutoff. The attributed scalar is the landmark state's
+    logit(1 - S(H)), the log-odds of death within the horizon (the risk `evaluate` ranks
+    stays by is its sigmoid, 1 - S(H)). Events are (visit, code) units of the pre-cutoff
+    visits (explain/visits.py); removing one drops the code from its visit's mean (a visit
+    left without codes is an empty visit, as the view writes an empty bin)."""
+
+    methods = ("layer_integrated_gradients", "event_ablation")
+    gradient_methods = ("layer_integrated_gradients",)
+    baseline = ("layer_integrated_gradients: the <pad> embedding (a fixed zero vector) at every code, so every "
+                "pre-cutoff visit becomes an empty visit -- inputs the model sees for bins without events; the "
+                "reference is the stay with no pre-cutoff events. Padding keeps the input (gets 0)")
+
+    def events(self, batch):
+        return index_events(batch["event_row"].flatten(1), batch["visit_mask"].flatten(1))  # positions = V x C
+
+    def _forward(self, visit_codes, visit_mask, sequence_mask, landmark) -> torch.Tensor:
+        out = self.model(visit_codes, visit_mask, sequence_mask, landmark)["logits"]  # [B, V, H]
+        return risk_logit(landmark_logits(out, landmark))
+
+    def logits(self, batch, removed=None):
+        mask = batch["visit_mask"]
+        if removed is not None:
+            mask = mask & ~removed.view_as(mask)
+        return self._forward(batch["visit_codes"], mask, batch["sequence_mask"], batch["landmark"])
+
+    def explain(self, batch, events, config):
+        codes, mask = batch["visit_codes"], batch["visit_mask"]
+        rest = (mask, batch["sequence_mask"], batch["landmark"])
+        baseline = codes.masked_fill(mask, PAD_ID)  # [B, V, C]
+        with self._gradients():
+            lig = LayerIntegratedGradients(self._forward, self.model.embed)
+            attr, delta = lig.attribute(codes, baselines=baseline, target=None, additional_forward_args=rest,
+                                        n_steps=config.ig_steps, internal_batch_size=config.internal_batch_size,
+                                        return_convergence_delta=True)  # [B, V, C, E], [B]
+        with torch.no_grad():
+            logits = self._forward(codes, *rest)
+            change = logits - self._forward(baseline, *rest)
+        scores = {
+            "layer_integrated_gradients": to_events(attr.detach().sum(dim=-1).flatten(1), events),
+            "event_ablation": event_ablation(self.logits_without(batch, events), events, config.perturbations_per_eval),
+        }
+        return Explanation(scores, logits, {"layer_integrated_gradients": (delta.detach(), change)})
+
+    def cascade(self):
+        return [("hazard_head", ("hazard_head", "baseline")), ("lstm", ("lstm",)), ("embeddings", ("embed",))]
+
+
 def make_explainer(name: str, model: nn.Module, encoder=None) -> Explainer:
-    """The explainer of a registered model. survival_lstm: add its explainer class here."""
+    """The explainer of a registered model."""
+    if name == "survival_lstm":
+        return SurvivalExplainer(model, name)
     if name == "clinical_lf":
         return ClinicalLFExplainer(model, name, encoder=encoder)
     if name in ("lstm", "transformer", "gpt2"):

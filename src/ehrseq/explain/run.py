@@ -76,7 +76,7 @@ class ExplainConfig:
     max_stays: int | None  # explain a seeded sample: event ablation costs E forwards per batch
     perturbations_per_eval: int  # event-ablation perturbations stacked into one forward
     sanity_stays: int  # stays for the randomisation checks (with planted events first)
-    label_shuffle: dict  # the shuffled-label model's budget: stays, epochs, n_bootstrap, untrained_models
+    label_shuffle: dict  # shuffled-label models: stays, epochs, seeds, tolerance, n_bootstrap, untrained_models
     seed: int
 
 
@@ -319,17 +319,17 @@ def _sanity_batches(dataset, collate_fn, batches, with_planted, explainer: Expla
 
 
 def sanity_checks(explainer: Explainer, sanity: list[tuple[dict, EventIndex]], config: ExplainConfig,
-                  truth: Truth | None, shuffled: Explainer | None, shuffled_auroc: dict | None,
-                  shuffled_summary: dict | None) -> dict:
-    """Parameter randomisation on `sanity` stays; with a shuffled-label model, its test
-    AUROC and its methods' strict precision@k on the same stays next to the trained
-    model's and the random ranking's."""
+                  truth: Truth | None, shuffled: Explainer | None, label_summary: dict | None) -> dict:
+    """Parameter randomisation on `sanity` stays; with a shuffled-label model, its
+    methods' strict precision@k on the same stays next to the trained model's and the
+    random ranking's, added to `label_summary` (the test AUROC verdict over seeds,
+    `sanity.label_randomisation_verdict`)."""
     start = time.time()
     report = {"stays": int(sum(len(ev.padding) for _, ev in sanity)),
               "parameter_randomisation": parameter_randomisation(explainer, sanity, config, config.seed)}
     report["seconds_parameter_randomisation"] = round(time.time() - start, 2)
     if shuffled is not None:
-        label = {"test_auroc": shuffled_auroc, **(shuffled_summary or {})}
+        label = dict(label_summary or {})
         if truth is not None:
             frames: dict[str, list[pd.DataFrame]] = defaultdict(list)
             for model_name, ex in (("shuffled", shuffled), ("trained", explainer)):

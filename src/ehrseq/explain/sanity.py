@@ -13,17 +13,21 @@
   AUROC must be ~0.5 (above it, the labels leak into training), and a method's
   precision@k of planted events on it must fall to the random ranking's level (above it,
   the method finds the planted events without the model's help). The budget is small on
-  purpose. "~0.5" is judged against never-trained models of the same architecture
-  (`untrained_aurocs`): a random network's output already follows input size and make-up.
+  purpose. One such model's AUROC is not ~0.5 even without a leak (a random function of
+  a stay follows its length, which goes with death): the check trains several seeds and
+  judges their mean (`label_randomisation_verdict`), beside never-trained models
+  (`untrained_aurocs`) and the length alone (`length_auroc`).
 """
 from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
 import torch
+from scipy import stats as scipy_stats
 from scipy.stats import rankdata
 from torch import nn
 from torch.utils.data import Dataset
@@ -31,7 +35,6 @@ from torch.utils.data import Dataset
 from ehrseq import metrics
 from ehrseq.explain.events import EventIndex
 from ehrseq.models import build_model
-from ehrseq.tasks import mortality_task
 from ehrseq.torch_utils import seed_everything
 from ehrseq.training import FitConfig, fit, predict
 
@@ -90,49 +93,74 @@ def _nanmean(x: np.ndarray) -> float | None:
 
 
 class RelabelledDataset(Dataset):
-    """`indices` of `base` with `labels` in place of theirs (lengths kept for bucketing)."""
+    """`indices` of `base`, each with the outcome (`keys` of an item) of stay `donors[i]`
+    in place of its own (lengths kept for bucketing; `labels` follow the donors)."""
 
-    def __init__(self, base: Dataset, indices: np.ndarray, labels: np.ndarray):
-        self.base, self.indices = base, np.asarray(indices)
-        self.labels = np.asarray(labels, dtype=np.float32)
+    def __init__(self, base: Dataset, indices: np.ndarray, donors: np.ndarray, keys: tuple[str, ...]):
+        self.base, self.indices, self.keys = base, np.asarray(indices), keys
+        self.outcomes = [{k: base[int(d)][k] for k in keys} for d in donors]
+        self.labels = np.asarray(base.labels)[np.asarray(donors)]
         self.lengths = np.asarray(base.lengths)[self.indices]
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {**self.base[int(self.indices[i])], "label": torch.tensor(self.labels[i])}
+    def __getitem__(self, i: int) -> dict:
+        return {**self.base[int(self.indices[i])], **self.outcomes[i]}
 
 
 def shuffled_label_model(
-    model_name: str, model_config: dict, train: Dataset, loader_fn, fit_config: FitConfig, task_class,
-    max_stays: int, epochs: int, seed: int, device: torch.device,
+    model_name: str, model_config: dict, train: Dataset, loader_fn, fit_config: FitConfig,
+    task_fn: Callable[[np.ndarray], object], max_stays: int, epochs: int, seed: int, device: torch.device,
+    outcome_keys: tuple[str, ...] = ("label",),
 ) -> tuple[nn.Module, object, dict]:
-    """Train a fresh `model_name` on (up to) `max_stays` train stays with shuffled labels.
+    """Train a fresh `model_name` on (up to) `max_stays` train stays with shuffled outcomes.
 
-    `loader_fn(dataset, shuffle)` makes the loader the stage uses for this model; the
-    validation set is a held-back fifth of the same shuffled stays (early stopping has
-    nothing true to find, so it only keeps the budget small). Returns the model, its
-    task (with prior correction) and a summary of the run.
+    Each stay gets the outcome (`outcome_keys` of an item: the label; for survival, the
+    event bin, event and time together) of another stay, by a seeded permutation.
+    `loader_fn(dataset, shuffle)` makes the loader the stage uses for this model;
+    `task_fn(shuffled labels)` its task. The validation set is a held-back fifth of the
+    same shuffled stays (early stopping has nothing true to find, so it only keeps the
+    budget small). Returns the model, its task and a summary of the run.
     """
     rng = np.random.default_rng(seed)
     n = min(max_stays, len(train))
     chosen = np.sort(rng.choice(len(train), n, replace=False))
-    labels = np.asarray(train.labels, dtype=np.float32)[chosen]
-    shuffled = rng.permutation(labels)
+    donors = rng.permutation(chosen)
     n_val = max(2, n // 5)
-    fit_part = RelabelledDataset(train, chosen[n_val:], shuffled[n_val:])
-    val_part = RelabelledDataset(train, chosen[:n_val], shuffled[:n_val])
-    task, _ = mortality_task(fit_part.labels, "pos_weight", task_class)  # pos_weight: no sampler weights
+    fit_part = RelabelledDataset(train, chosen[n_val:], donors[n_val:], outcome_keys)
+    val_part = RelabelledDataset(train, chosen[:n_val], donors[:n_val], outcome_keys)
+    task = task_fn(fit_part.labels)
     seed_everything(seed)
     model = build_model(model_name, **model_config).to(device)
     config = replace(fit_config, epochs=epochs, patience=None, seed=seed)
     with tempfile.TemporaryDirectory(prefix="label_shuffle_") as tmp:
         result = fit(model, task, loader_fn(fit_part, True), loader_fn(val_part, False), config,
                      checkpoint_dir=f"{tmp}/checkpoints", live_dir=f"{tmp}/live", device=device)
-    summary = {"train_stays": len(fit_part), "epochs": epochs, "best_val_auroc_on_shuffled": result.best_metric,
-               "label_agreement_with_truth": float((shuffled == labels).mean())}
+    labels = np.asarray(train.labels)
+    summary = {"seed": seed, "train_stays": len(fit_part), "epochs": epochs,
+               "best_val_metric_on_shuffled": result.best_metric,
+               "label_agreement_with_truth": float((labels[donors] == labels[chosen]).mean())}
     return model.eval(), task, summary
+
+
+def label_randomisation_verdict(aurocs: Sequence[float], tolerance: float) -> dict:
+    """The shuffled-label check over seeds. A single shuffled-label model's test AUROC
+    scatters around 0.5 by more than its bootstrap interval says: the interval covers
+    the test stays, not the model, and any function of a stay -- trained on noise or
+    never trained -- ranks stays by what goes with the outcome (how many events, which
+    kinds; `length_auroc`), in a direction set by its random seed. Averaged over seeds,
+    that direction cancels and a model that learned nothing true sits at 0.5.
+
+    Rule: PASS when |mean over seeds - 0.5| <= `tolerance`. A leak (true labels reaching
+    training) pushes every seed the same way and moves the mean."""
+    a = np.asarray(aurocs, dtype=float)
+    mean = float(a.mean())
+    half = float(scipy_stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else None
+    return {"test_auroc_per_seed": a.tolist(), "mean": mean, "sd": float(a.std(ddof=1)) if len(a) > 1 else None,
+            "mean_ci95": None if half is None else [mean - half, mean + half], "seeds": len(a),
+            "tolerance": tolerance, "rule": f"pass when |mean test AUROC over seeds - 0.5| <= {tolerance}",
+            "passes": bool(abs(mean - 0.5) <= tolerance)}
 
 
 def auroc_with_interval(y: np.ndarray, prob: np.ndarray, patients: np.ndarray, n_resamples: int, seed: int) -> dict:
@@ -141,7 +169,8 @@ def auroc_with_interval(y: np.ndarray, prob: np.ndarray, patients: np.ndarray, n
 
 
 @torch.no_grad()
-def untrained_aurocs(model_name: str, model_config: dict, task, loader, device: torch.device, seeds) -> list[float]:
+def untrained_aurocs(model_name: str, model_config: dict, task, loader, device: torch.device, seeds,
+                     risk_fn: Callable[[dict], tuple[np.ndarray, np.ndarray]]) -> list[float]:
     """Test AUROC of freshly initialised, never trained models: the bar a shuffled-label
     model is compared with. A random network is still a function of its input, and an
     input's size and make-up (how many events, which kinds) go with the outcome, so its
@@ -151,6 +180,11 @@ def untrained_aurocs(model_name: str, model_config: dict, task, loader, device: 
     for seed in seeds:
         seed_everything(seed)
         model = build_model(model_name, **model_config).to(device).eval()
-        p = predict(model, task, loader, device)
-        out.append(metrics.auroc(p["label"].astype(int), p["prob"]))
+        out.append(metrics.auroc(*risk_fn(predict(model, task, loader, device))))
     return out
+
+
+def length_auroc(labels: np.ndarray, lengths: np.ndarray) -> float:
+    """AUROC of a stay's number of events alone: how far a function that only counts can go."""
+    ranks = rankdata(np.asarray(lengths, dtype=float))  # AUROC depends on the ranking only
+    return metrics.auroc(np.asarray(labels, dtype=int), ranks / ranks.max())
