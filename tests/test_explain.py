@@ -57,6 +57,7 @@ from ehrseq.explain.plots import head_heatmap, importance_bars, stay_timeline
 from ehrseq.explain.run import ExplainConfig, explain_split, sanity_checks, scores_frame
 from ehrseq.explain.sanity import (
     RelabelledDataset,
+    label_randomisation_verdict,
     parameter_randomisation,
     shuffled_label_model,
     spearman_per_stay,
@@ -76,7 +77,8 @@ def _config(**overrides) -> ExplainConfig:
     base = {"batch_size": 16, "ig_steps": 32, "internal_batch_size": None, "k_max": 3, "precision_k": (1, 3, 5),
             "n_random": 3, "n_permutations": 20, "plot_stays": 1, "attention_batches": 1, "max_stays": None,
             "perturbations_per_eval": 4, "sanity_stays": 8, "seed": 0,
-            "label_shuffle": {"stays": 100, "epochs": 1, "n_bootstrap": 10, "untrained_models": 1}}
+            "label_shuffle": {"stays": 100, "epochs": 1, "seeds": 2, "tolerance": 0.05, "n_bootstrap": 10,
+                              "untrained_models": 1}}
     return ExplainConfig(**{**base, **overrides})
 
 
@@ -798,34 +800,85 @@ def test_cascade_reaches_every_parameter_that_feeds_the_logit(tokens, setup):
             (explainer.name, unchanged)
 
 
-def test_label_randomisation_trains_by_the_shared_loop_and_learns_nothing(tokens, tmp_path):
+def _shuffled_lstm(tokens, seed: int, leak: bool = False):
+    """A tiny lstm trained on shuffled labels. `leak` plants a leak: the loader restores
+    every stay's TRUE label by stay_id (as a loader that re-reads labels from the cohort
+    table would), so the shuffling never reaches the loss."""
     from ehrseq.data import token_loader
-    from ehrseq.metrics import auroc
-    from ehrseq.tasks import MortalityTask
-    from ehrseq.training import FitConfig, predict
+    from ehrseq.tasks import MortalityTask, mortality_task
+    from ehrseq.training import FitConfig
 
-    relabelled = RelabelledDataset(tokens["train"], np.array([0, 1, 2]), np.array([1.0, 1.0, 0.0]))
-    assert [float(relabelled[i]["label"]) for i in range(3)] == [1.0, 1.0, 0.0]
-    assert relabelled.lengths.tolist() == [len(tokens["train"][i]["input_ids"]) for i in range(3)]
+    true_label = {int(split[i]["stay_id"]): float(split[i]["label"])
+                  for split in (tokens["train"], tokens["test"]) for i in range(len(split))}
+
+    def leaky_collate(items):
+        batch = collate_token_events(items)
+        batch["label"] = torch.tensor([true_label[int(s)] for s in batch["stay_id"]])
+        return batch
 
     def loader(dataset, shuffle):
-        return token_loader(dataset, 32, device=torch.device("cpu"), shuffle=shuffle, collate_fn=collate_token_events)
+        return token_loader(dataset, 32, device=torch.device("cpu"), shuffle=shuffle,
+                            collate_fn=leaky_collate if leak else collate_token_events)
 
-    fit_config = FitConfig(epochs=1, lr=3e-3, weight_decay=0.0, warmup_steps=0, schedule="cosine", min_lr_ratio=0.1,
+    fit_config = FitConfig(epochs=1, lr=1e-2, weight_decay=0.0, warmup_steps=0, schedule="cosine", min_lr_ratio=0.1,
                            grad_clip=1.0, patience=None, seed=0)
-    model, task, summary = shuffled_label_model("lstm", {"vocab_size": VOCAB, **TOKEN_TINY["lstm"]}, tokens["train"],
-                                                loader, fit_config, MortalityTask, 160, 8, 0, torch.device("cpu"))
-    assert summary["epochs"] == 8 and summary["train_stays"] == 128
+    model, task, summary = shuffled_label_model(
+        "lstm", {"vocab_size": VOCAB, **TOKEN_TINY["lstm"]}, tokens["train"], loader, fit_config,
+        lambda labels: mortality_task(labels, "pos_weight", MortalityTask)[0], 160, 8, seed, torch.device("cpu"))
+    return model, task, summary, loader
+
+
+def test_label_randomisation_trains_by_the_shared_loop_and_learns_nothing(tokens, tmp_path):
+    from ehrseq.metrics import auroc
+    from ehrseq.training import predict
+
+    relabelled = RelabelledDataset(tokens["train"], np.array([0, 1, 2]), np.array([2, 0, 1]), ("label",))
+    assert [float(relabelled[i]["label"]) for i in range(3)] == [float(tokens["train"][j]["label"]) for j in (2, 0, 1)]
+    assert relabelled.lengths.tolist() == [len(tokens["train"][i]["input_ids"]) for i in range(3)]
+
+    model, task, summary, loader = _shuffled_lstm(tokens, seed=0)
+    assert summary["epochs"] == 8 and summary["train_stays"] == 128 and summary["seed"] == 0
     p = predict(model, task, loader(tokens["test"], False), torch.device("cpu"))
     assert abs(auroc(p["label"], p["prob"]) - 0.5) < 0.25  # the trained toy model reaches 1.0
     explainer = TokenExplainer(tokens["models"]["lstm"], "lstm")
     sanity = [(tokens["batch"], explainer.events(tokens["batch"]))]
     config = _config(precision_k=(1,), n_random=2)
     report = sanity_checks(explainer, sanity, config, Truth(tokens["planted"], None, "none"),
-                           explainer.with_model(model), {"value": 0.5}, summary)
+                           explainer.with_model(model), {"passes": True})
     label = report["label_randomisation"]["recall_precision_at_k"]["k=1"]["layer_integrated_gradients"]
     assert label["trained"] >= 0.7 and label["shuffled"] <= label["trained"] - 0.3
+    assert report["label_randomisation"]["passes"]
     assert report["parameter_randomisation"]["methods"]["layer_integrated_gradients"]["passes"]
+
+
+def test_label_randomisation_verdict_by_hand():
+    from scipy import stats
+
+    verdict = label_randomisation_verdict([0.60, 0.40, 0.56], tolerance=0.05)
+    assert verdict["mean"] == pytest.approx(0.52) and verdict["passes"]
+    half = stats.t.ppf(0.975, 2) * np.std([0.60, 0.40, 0.56], ddof=1) / np.sqrt(3)
+    assert verdict["mean_ci95"] == pytest.approx([0.52 - half, 0.52 + half])
+    assert not label_randomisation_verdict([0.60, 0.58, 0.59], tolerance=0.05)["passes"]  # one way every seed
+    assert label_randomisation_verdict([0.61], tolerance=0.05)["mean_ci95"] is None
+
+
+def test_a_planted_label_leak_fails_the_shuffled_label_check(tokens):
+    """The same check, once honest and once with a loader that leaks the true labels: the
+    leak must make it fail (the toy models trained on true labels reach AUROC 1.0)."""
+    from ehrseq.metrics import auroc
+    from ehrseq.training import predict
+
+    def verdict(leak: bool) -> dict:
+        aurocs = []
+        for seed in (0, 1):
+            model, task, _, loader = _shuffled_lstm(tokens, seed, leak=leak)
+            p = predict(model, task, loader(tokens["test"], False), torch.device("cpu"))
+            aurocs.append(auroc(p["label"], p["prob"]))
+        return label_randomisation_verdict(aurocs, tolerance=0.2)
+
+    leaked = verdict(leak=True)
+    assert leaked["mean"] > 0.8 and not leaked["passes"]
+    assert verdict(leak=False)["passes"]
 
 
 def test_head_scores_by_hand():
@@ -851,7 +904,8 @@ def test_untrained_aurocs_are_fresh_models_of_each_seed(tokens):
     loader = token_loader(tokens["test"], 16, device=torch.device("cpu"), shuffle=False,
                           collate_fn=collate_token_events)
     config = {"vocab_size": VOCAB, **TOKEN_TINY["gpt2"]}
-    got = untrained_aurocs("gpt2", config, MortalityTask(), loader, torch.device("cpu"), [3, 4])
+    got = untrained_aurocs("gpt2", config, MortalityTask(), loader, torch.device("cpu"), [3, 4],
+                           lambda p: (p["label"].astype(int), p["prob"]))
     torch.manual_seed(4)
     model = build_model("gpt2", **config).eval()
     batch = collate_token_events([tokens["test"][i] for i in range(len(tokens["test"]))])
