@@ -154,7 +154,8 @@ def main() -> None:
                                                         shuffle["n_bootstrap"], seed)
             summary["spearman_risk_vs_events"] = float(spearmanr(risk, [sizes[int(s)] for s in p["stay_id"]])[0])
             runs.append(summary)
-            first = first or shuffled  # the first seed's model is the one whose explanations are checked
+            if first is None:  # the first seed's model is the one whose explanations are checked
+                first = shuffled
         y, _ = labels_and_risk(p)
         label = {
             **label_randomisation_verdict([r["test_auroc"]["value"] for r in runs], shuffle["tolerance"]),
