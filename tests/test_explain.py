@@ -77,8 +77,8 @@ def _config(**overrides) -> ExplainConfig:
     base = {"batch_size": 16, "ig_steps": 32, "internal_batch_size": None, "k_max": 3, "precision_k": (1, 3, 5),
             "n_random": 3, "n_permutations": 20, "plot_stays": 1, "attention_batches": 1, "max_stays": None,
             "perturbations_per_eval": 4, "sanity_stays": 8, "seed": 0,
-            "label_shuffle": {"stays": 100, "epochs": 1, "seeds": 2, "tolerance": 0.05, "n_bootstrap": 10,
-                              "untrained_models": 1}}
+            "label_shuffle": {"stays": 100, "epochs": 1, "seeds": 2, "tolerance": 0.05, "event_strata": 4,
+                              "n_bootstrap": 10, "untrained_models": 1}}
     return ExplainConfig(**{**base, **overrides})
 
 
@@ -860,6 +860,25 @@ def test_label_randomisation_verdict_by_hand():
     assert verdict["mean_ci95"] == pytest.approx([0.52 - half, 0.52 + half])
     assert not label_randomisation_verdict([0.60, 0.58, 0.59], tolerance=0.05)["passes"]  # one way every seed
     assert label_randomisation_verdict([0.61], tolerance=0.05)["mean_ci95"] is None
+
+
+def test_stratified_auroc_removes_a_confound_and_keeps_a_signal():
+    from sklearn.metrics import roc_auc_score
+
+    from ehrseq.explain.sanity import stratified_auroc
+
+    rng = np.random.default_rng(0)
+    n_events = rng.integers(5, 200, size=4000)
+    death = (rng.random(4000) < 0.05 + 0.3 * (n_events > 100)).astype(int)  # longer stays die more
+    follows_length = n_events + rng.normal(0, 1, 4000)  # knows nothing but the length
+    assert roc_auc_score(death, follows_length) > 0.7
+    assert abs(stratified_auroc(death, follows_length, n_events, 10) - 0.5) < 0.05
+    knows = death + rng.normal(0, 1, 4000)  # knows the label beyond the length
+    assert stratified_auroc(death, knows, n_events, 10) == pytest.approx(roc_auc_score(death, knows), abs=0.03)
+    # by hand: two strata; pairs only within each
+    y, x, c = np.array([1, 0, 0, 1, 0]), np.array([0.9, 0.1, 0.95, 0.2, 0.3]), np.array([1, 1, 1, 9, 9])
+    # stratum {0,1,2}: death 0.9 beats 0.1, loses to 0.95 -> 1/2 over 2 pairs; stratum {3,4}: 0.2 < 0.3 -> 0 over 1
+    assert stratified_auroc(y, x, c, 2) == pytest.approx((0.5 * 2 + 0.0 * 1) / 3)
 
 
 def test_a_planted_label_leak_fails_the_shuffled_label_check(tokens):

@@ -309,7 +309,7 @@ SCHEMA = Section({name: Omittable(spec) for name, spec in {
         "perturbations_per_eval": POSITIVE,
         "sanity_stays": POSITIVE,
         "label_shuffle": Section({"stays": POSITIVE, "epochs": POSITIVE, "seeds": POSITIVE,
-                                  "tolerance": Num(min=0, max=0.5), "n_bootstrap": POSITIVE,
+                                  "tolerance": Num(min=0, max=0.5), "event_strata": POSITIVE, "n_bootstrap": POSITIVE,
                                   "untrained_models": POSITIVE}),
         "seed": INT,
     }),
