@@ -73,7 +73,7 @@ def main() -> None:
         train_model(args.model, params, ctx, args.resume, seconds)
     if ctx.is_main:
         write_json(paths.train_metrics(args.model), {
-            "seconds": round(time.time() - start, 1), "seconds_by_phase": seconds,
+            "stage": f"train@{args.model}", "seconds": round(time.time() - start, 1), "seconds_by_phase": seconds,
             "nproc": ctx.world_size, "device": ctx.device.type, "resumed": args.resume})
         log.info("%s trained in %.0f s (%s)", args.model, time.time() - start, seconds)
     if dist.is_initialized():
