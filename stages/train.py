@@ -29,7 +29,6 @@ import time
 
 import numpy as np
 import pandas as pd
-
 import torch.distributed as dist
 
 from ehrseq import paths

@@ -372,7 +372,8 @@ def test_train_and_evaluate_stages_write_their_outputs(tmp_path):
         assert {p.name for p in (tmp_path / "models/lstm" / phase).iterdir()} == {"best.pt", "last.pt"}
         assert (tmp_path / "reports/train/lstm" / phase / "metrics.json").exists()
     cost = json.loads((tmp_path / "reports/metrics/train_lstm.json").read_text())
-    assert (cost["nproc"], cost["device"], set(cost["seconds_by_phase"])) == (1, "cpu", {"load", "pretrain", "finetune"})
+    assert (cost["nproc"], cost["device"]) == (1, "cpu")
+    assert set(cost["seconds_by_phase"]) == {"load", "pretrain", "finetune"}
     assert cost["seconds"] >= sum(cost["seconds_by_phase"].values()) - 0.3  # rounding of the parts
     assert "already finished" in stage("train.py", "lstm", "--resume")
 
@@ -412,4 +413,5 @@ def test_train_stage_with_nproc_2_runs_under_torchrun(tmp_path):
     (tmp_path / "params.yaml").write_text(STAGE_PARAMS.replace("    seed: 0\n", "    seed: 0\n    nproc: 3\n", 1))
     done = subprocess.run([sys.executable, "-P", str(REPO / "stages/train.py"), "lstm"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and "train.lstm.batch_size = 16 is not a multiple of train.lstm.nproc = 3" in done.stderr
+    assert done.returncode != 0
+    assert "train.lstm.batch_size = 16 is not a multiple of train.lstm.nproc = 3" in done.stderr
