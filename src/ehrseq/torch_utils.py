@@ -75,7 +75,11 @@ def start_distributed() -> Distributed:
     if world_size == 1:
         return Distributed(0, 1, pick_device())
     if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        local_rank = int(os.environ["LOCAL_RANK"])
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(f"process {local_rank} needs GPU {local_rank}, but {torch.cuda.device_count()} are "
+                               f"visible: use at most that many processes (nproc) on this machine")
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", device_id=device)
     else:
