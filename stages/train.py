@@ -18,8 +18,9 @@ With `train.MODEL.nproc` N > 1 the stage re-executes itself under
 `torchrun --standalone --nproc_per_node=N` (same command line, so dvc.yaml's cmd stays
 `python -P stages/train.py MODEL`): N processes, one per GPU on CUDA, each reading its
 share of every global batch of `batch_size` stays (DistributedDataParallel); rank 0
-writes every file. reports/metrics/train_MODEL.json records the wall seconds of loading
-and of each phase (of this invocation: a resumed run counts its own time).
+writes every file. reports/metrics/train_MODEL.json records the wall seconds of starting
+(params, torchrun and its processes), loading and each phase (of this invocation: a
+resumed run counts its own time).
 """
 import argparse
 import logging
@@ -47,6 +48,7 @@ log = logging.getLogger("ehrseq.stages.train")
 # Optimizer settings shared by both phases (`train.MODEL.lr`, ...); a phase section
 # (`pretrain`, `finetune`: epochs, patience) may override any of them.
 OPTIMIZER_KEYS = ("lr", "weight_decay", "warmup_steps", "schedule", "min_lr_ratio", "grad_clip")
+LAUNCHED_AT = "EHRSEQ_TRAIN_LAUNCHED_AT"  # environment: when the command was first started (torchrun relaunch)
 
 
 def main() -> None:
@@ -54,6 +56,7 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("--resume", action="store_true", help="continue from models/MODEL/*/last.pt")
     args = parser.parse_args()
+    start = float(os.environ.get(LAUNCHED_AT, time.time()))  # a relaunched run counts from the first launch
     setup_logging(logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING)  # rank 0 logs
     params = load_params(f"train.{args.model}")["train"][args.model]
     check_model_kwargs(args.model, params["model"], data_inputs(args.model))  # before any data is read
@@ -62,10 +65,9 @@ def main() -> None:
         raise ValueError(f"params.yaml: train.{args.model}.batch_size = {params['batch_size']} is not a multiple "
                          f"of train.{args.model}.nproc = {nproc} (each process reads an equal share)")
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        relaunch_under_torchrun(nproc)
+        relaunch_under_torchrun(nproc, start)
     ctx = start_distributed()
-    seconds = {}  # wall seconds per phase of this run, rank 0's clock
-    start = time.time()
+    seconds = {"start": round(time.time() - start, 1)}  # wall seconds per phase of this run, rank 0's clock
     if args.model == "prompt_bart":
         train_prompt_bart(params, ctx, args.resume, seconds)
     else:
@@ -79,9 +81,10 @@ def main() -> None:
         dist.destroy_process_group()
 
 
-def relaunch_under_torchrun(nproc: int) -> None:
+def relaunch_under_torchrun(nproc: int, start: float) -> None:
     """Replace this process by torchrun running this same command in `nproc` processes.
     `--no-python` keeps our `python -P` (stages/ must not shadow standard modules)."""
+    os.environ[LAUNCHED_AT] = str(start)  # the seconds recorded include torchrun's start
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "--no-python", sys.executable, "-P", *sys.argv]
     log.info("nproc %d: re-executing under torchrun: %s", nproc, " ".join(command))

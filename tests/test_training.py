@@ -373,7 +373,7 @@ def test_train_and_evaluate_stages_write_their_outputs(tmp_path):
         assert (tmp_path / "reports/train/lstm" / phase / "metrics.json").exists()
     cost = json.loads((tmp_path / "reports/metrics/train_lstm.json").read_text())
     assert (cost["nproc"], cost["device"]) == (1, "cpu")
-    assert set(cost["seconds_by_phase"]) == {"load", "pretrain", "finetune"}
+    assert set(cost["seconds_by_phase"]) == {"start", "load", "pretrain", "finetune"}
     assert cost["seconds"] >= sum(cost["seconds_by_phase"].values()) - 0.3  # rounding of the parts
     assert "already finished" in stage("train.py", "lstm", "--resume")
 
@@ -404,7 +404,7 @@ def test_train_stage_with_nproc_2_runs_under_torchrun(tmp_path):
     log = run_stage(tmp_path, "train.py", "lstm")
     assert "re-executing under torchrun" in log
     cost = json.loads((tmp_path / "reports/metrics/train_lstm.json").read_text())
-    assert (cost["nproc"], set(cost["seconds_by_phase"])) == (2, {"load", "pretrain", "finetune"})
+    assert (cost["nproc"], set(cost["seconds_by_phase"])) == (2, {"start", "load", "pretrain", "finetune"})
     last = load_checkpoint(tmp_path / "models/lstm/finetune/last.pt")
     assert last["world_size"] == 2 and len(last["rank_rng"]) == 2 and last["finished"]
     assert last["step"] == last["epoch"] * 13  # 200 train stays in global batches of 16: 13 steps per epoch
