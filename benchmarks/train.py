@@ -18,7 +18,7 @@ horizon), 1-60 codes per visit.
 
 instead times training steps as `training.fit` runs them with `train.MODEL.nproc` 1 and
 2: the same length-bucketed global batches, each process its share (DistributedDataParallel,
-gloo on CPU, nccl on CUDA with one GPU per process), one thread per process. It prints
+gloo on CPU, nccl on CUDA with one GPU per process), `--threads` per process. It prints
 real tokens/s, the ratio to 1 process, and the CPU seconds per 1,000 tokens (on a busy
 machine wall time measures the scheduler's share; CPU time does not). On CUDA it adds
 model FLOPs utilisation: 6 FLOPs per weight (not the embedding tables) per token for
@@ -146,7 +146,7 @@ def flops_per_token(model: torch.nn.Module, config: dict, mean_length: float) ->
 def _rank_worker(rank: int, world_size: int, port: int, name: str, dataset, vocab_size: int, args, out) -> None:
     """One process of the processes comparison: time its share of the same global batches."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", rank) if cuda else torch.device("cpu")
     if world_size > 1:
@@ -245,7 +245,7 @@ def main() -> None:
     dataset = TokenSequenceDataset(frame)
     if args.processes:
         print(f"{len(dataset)} stays, median {np.median(dataset.lengths):.0f} tokens; task {args.task}, global "
-              f"batch {args.batch_size}, {args.batches} timed batches, 1 thread per process, "
+              f"batch {args.batch_size}, {args.batches} timed batches, {args.threads} thread(s) per process, "
               f"{'CUDA (nccl, bf16 autocast)' if torch.cuda.is_available() else 'CPU (gloo)'}")
         return processes_benchmark(args, dataset, vocab_size)
     task = MortalityTask() if args.task == "mortality" else NextTokenTask()
