@@ -67,16 +67,17 @@ def main() -> None:
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         relaunch_under_torchrun(nproc, start)
     ctx = start_distributed()
-    seconds = {"start": round(time.time() - start, 1)}  # wall seconds per phase of this run, rank 0's clock
+    # wall seconds per part of this run (rank 0's clock), and epochs per phase (a resumed phase: in all)
+    cost = {"seconds_by_phase": {"start": round(time.time() - start, 1)}, "epochs_by_phase": {}}
     if args.model == "prompt_bart":
-        train_prompt_bart(params, ctx, args.resume, seconds)
+        train_prompt_bart(params, ctx, args.resume, cost)
     else:
-        train_model(args.model, params, ctx, args.resume, seconds)
+        train_model(args.model, params, ctx, args.resume, cost)
     if ctx.is_main:
         write_json(paths.train_metrics(args.model), {
-            "stage": f"train@{args.model}", "seconds": round(time.time() - start, 1), "seconds_by_phase": seconds,
+            "stage": f"train@{args.model}", "seconds": round(time.time() - start, 1), **cost,
             "nproc": ctx.world_size, "device": ctx.device.type, "resumed": args.resume})
-        log.info("%s trained in %.0f s (%s)", args.model, time.time() - start, seconds)
+        log.info("%s trained in %.0f s (%s)", args.model, time.time() - start, cost)
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -92,7 +93,7 @@ def relaunch_under_torchrun(nproc: int, start: float) -> None:
     os.execv(sys.executable, command)
 
 
-def train_model(name: str, params: dict, ctx: Distributed, resume: bool, seconds: dict) -> None:
+def train_model(name: str, params: dict, ctx: Distributed, resume: bool, cost: dict) -> None:
     start, device = time.time(), ctx.device
     data = load_model_data(name, ("train", "val"), max_events=params.get("max_events"))
     model_config = {**data.model_inputs, **params["model"]}
@@ -128,7 +129,7 @@ def train_model(name: str, params: dict, ctx: Distributed, resume: bool, seconds
     # (phase, task, sampling weights): pretraining reads every stay once an epoch.
     phases = [("pretrain", NextTokenTask(), None)] if "pretrain" in params else []
     phases.append(("finetune", finetune_task, weights))
-    seconds["load"] = round(time.time() - start, 1)
+    cost["seconds_by_phase"]["load"] = round(time.time() - start, 1)
     for phase, task, phase_weights in phases:
         if params[phase]["epochs"] == 0:  # pretraining is optional; fine-tuning is not (fit refuses 0 epochs)
             log.info("%s: skipped (0 epochs)", phase)
@@ -141,12 +142,13 @@ def train_model(name: str, params: dict, ctx: Distributed, resume: bool, seconds
             live_dir=paths.train_reports(name) / phase,
             resume=resume, device=device, metadata=metadata, on_step=on_step, compile=params.get("compile", False),
         )
-        seconds[phase] = round(time.time() - start, 1)
+        cost["seconds_by_phase"][phase] = round(time.time() - start, 1)
+        cost["epochs_by_phase"][phase] = result.epochs_run
         log.info("%s: best val %s %.4f at epoch %d of %d%s", phase, task.monitor, result.best_metric,
                  result.best_epoch + 1, result.epochs_run, " (stopped early)" if result.stopped_early else "")
 
 
-def train_prompt_bart(params: dict, ctx: Distributed, resume: bool, seconds: dict) -> None:
+def train_prompt_bart(params: dict, ctx: Distributed, resume: bool, cost: dict) -> None:
     from ehrseq.data import token_loader
     from ehrseq.patient_visits import (
         Corruption,
@@ -182,7 +184,7 @@ def train_prompt_bart(params: dict, ctx: Distributed, resume: bool, seconds: dic
                                pool_batches=params["bucket_pool_batches"], collate_fn=collate_patients,
                                rank=ctx.rank, world_size=ctx.world_size)
                for s, ds in datasets.items()}
-    seconds["load"] = round(time.time() - start, 1)
+    cost["seconds_by_phase"]["load"] = round(time.time() - start, 1)
     start = time.time()
     result = fit(
         model, PromptBartTask(), loaders["train"], loaders["val"],
@@ -193,7 +195,8 @@ def train_prompt_bart(params: dict, ctx: Distributed, resume: bool, seconds: dic
         metadata={"model": "prompt_bart", "model_config": model_config, "vocab": vocab.to_dict(),
                   "demographics": demo.to_dict(), "corruption": params["corruption"], "data": stats},
     )
-    seconds["denoise"] = round(time.time() - start, 1)
+    cost["seconds_by_phase"]["denoise"] = round(time.time() - start, 1)
+    cost["epochs_by_phase"]["denoise"] = result.epochs_run
     log.info("prompt_bart: best val loss %.4f at epoch %d of %d%s", result.best_metric, result.best_epoch + 1,
              result.epochs_run, " (stopped early)" if result.stopped_early else "")
 

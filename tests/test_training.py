@@ -374,6 +374,8 @@ def test_train_and_evaluate_stages_write_their_outputs(tmp_path):
     cost = json.loads((tmp_path / "reports/metrics/train_lstm.json").read_text())
     assert (cost["nproc"], cost["device"]) == (1, "cpu")
     assert set(cost["seconds_by_phase"]) == {"start", "load", "pretrain", "finetune"}
+    assert cost["epochs_by_phase"] == {"pretrain": 1, "finetune": load_checkpoint(
+        tmp_path / "models/lstm/finetune/last.pt")["result"]["epochs_run"]}
     assert cost["seconds"] >= sum(cost["seconds_by_phase"].values()) - 0.3  # rounding of the parts
     assert "already finished" in stage("train.py", "lstm", "--resume")
 

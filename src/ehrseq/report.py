@@ -246,8 +246,9 @@ def _inline(value: Any) -> str:
 def cost_row(name: str, m: Any) -> list[str] | None:
     """[stage, wall seconds, their parts] of one metrics file, None if it records no seconds.
 
-    A file gives `seconds` as a number (with its parts in `seconds_by_phase`, and `stage`
-    and `nproc` in the train stages' files) or as a mapping of parts with a `total`."""
+    A file gives `seconds` as a number (with its parts in `seconds_by_phase`, and `stage`,
+    `nproc` and `epochs_by_phase` in the train stages' files) or as a mapping of parts
+    with a `total`."""
     if not isinstance(m, Mapping):
         return None
     seconds = m.get("seconds")
@@ -256,7 +257,9 @@ def cost_row(name: str, m: Any) -> list[str] | None:
         seconds, parts = seconds.get("total"), {k: v for k, v in seconds.items() if k != "total"}
     if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
         return None
-    detail = ", ".join(f"{k} {v:.0f}" for k, v in parts.items() if isinstance(v, (int, float)))
+    epochs = m.get("epochs_by_phase", {})
+    detail = ", ".join(f"{k} {v:.0f}" + (f" ({epochs[k]} epochs)" if k in epochs else "")
+                       for k, v in parts.items() if isinstance(v, (int, float)))
     if m.get("nproc", 1) > 1:
         detail += f" ({m['nproc']} processes)"
     return [m.get("stage", name), f"{seconds:.0f}", detail]
