@@ -20,7 +20,7 @@ from ehrseq.paths import COHORT, FIGURES, METRICS, STAY_RISK, SUMMARY, explain_d
 log = logging.getLogger("ehrseq.stages.report")
 
 MORTALITY_MODELS = ["lstm", "transformer", "gpt2", "clinical_lf", "logreg"]
-EXPLAINED_MODELS = ["lstm", "transformer", "gpt2", "clinical_lf"]
+EXPLAINED_MODELS = ["lstm", "transformer", "gpt2", "clinical_lf", "survival_lstm"]
 
 
 def read_csv(path) -> pd.DataFrame | None:

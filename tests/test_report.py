@@ -180,3 +180,12 @@ def test_exp_wrapper_sees_outputs_a_fresh_clone_lacks(tmp_path):
     cached.mkdir(parents=True)
     (cached / "a5c711ef7d5fe1c3d8d66e730d89fd.dir").write_text("[]")
     assert missing_outputs(tmp_path) == []
+
+
+def test_shuffled_label_cell_shows_the_seed_mean_each_seed_and_the_verdict():
+    from ehrseq.report import NOT_RUN, shuffled_label_cell
+
+    label = {"mean": 0.5419, "test_auroc_per_seed": [0.4719, 0.6418, 0.5123], "passes": True}
+    assert shuffled_label_cell(label) == "0.542 [0.472, 0.642, 0.512] pass"
+    assert shuffled_label_cell({**label, "passes": False}).endswith("FAIL")
+    assert shuffled_label_cell({"test_auroc": {"value": 0.6}}) == NOT_RUN  # an old file without the seeds' verdict

@@ -194,13 +194,22 @@ def explain_row(m: Metrics, k: int = 5) -> list[str]:
         best(strict) if strict else fmt(m.get("precision")), fmt(dig(strict, "random")),
         best(aware) if aware else fmt(m.get("companion_aware")),
         f"{len(passing)} of {len(randomised)}" if randomised else NOT_RUN,
-        fmt(dig(m, "sanity.label_randomisation.test_auroc")),
+        shuffled_label_cell(dig(m, "sanity.label_randomisation")),
     ]
+
+
+def shuffled_label_cell(label: Metrics | None) -> str:
+    """Mean over seeds of the shuffled-label models' test AUROC within event-count strata,
+    each seed's value, and the verdict (sanity.label_randomisation_verdict)."""
+    if not isinstance(label, Mapping) or label.get("mean") is None:
+        return NOT_RUN
+    seeds = ", ".join(f"{a:.3f}" for a in label.get("test_auroc_per_seed", []))
+    return f"{label['mean']:.3f} [{seeds}] {'pass' if label.get('passes') else 'FAIL'}"
 
 
 EXPLAIN_HEADER = ["model", "best deletion AOPC", "random AOPC", "strict recall-precision@5 (best)", "random",
                   "companion-aware recall-precision@5", "methods passing parameter randomisation",
-                  "shuffled-label test AUROC"]
+                  "shuffled-label test AUROC within event strata: mean [per seed] verdict"]
 
 
 def explain_section(metrics: Mapping[str, dict], models: list[str]) -> str:
