@@ -13,8 +13,21 @@ stays 30-150 tokens, a few up to 512).
 loss over every at-risk state), reporting real visits per second; without --sequences it
 draws 8 pre-cutoff visits plus 0-27 post-cutoff ones (most stays survive the 28-bin
 horizon), 1-60 codes per visit.
+
+    python benchmarks/train.py --processes 1 2 [--models lstm transformer] [--batches 40]
+
+instead times training steps as `training.fit` runs them with `train.MODEL.nproc` 1 and
+2: the same length-bucketed global batches, each process its share (DistributedDataParallel,
+gloo on CPU, nccl on CUDA with one GPU per process), `--threads` per process. It prints
+real tokens/s, the ratio to 1 process, and the CPU seconds per 1,000 tokens (on a busy
+machine wall time measures the scheduler's share; CPU time does not). On CUDA it adds
+model FLOPs utilisation: 6 FLOPs per weight (not the embedding tables) per token for
+forward and backward, plus attention's 12 x layers x width x mean length, against
+`--peak-tflops` (default 312: A100 bf16).
 """
 import argparse
+import os
+import socket
 import time
 
 import numpy as np
@@ -26,8 +39,8 @@ from ehrseq.models import build_model
 from ehrseq.schema import BOS_ID, EOS_ID, SPECIAL_TOKENS
 from ehrseq.survival_data import SurvivalDataset, collate_visits, load_survival
 from ehrseq.tasks import MortalityTask, NextTokenTask, SurvivalTask
-from ehrseq.torch_utils import to_device
-from ehrseq.training import make_optimizer
+from ehrseq.torch_utils import autocast, to_device
+from ehrseq.training import TaskLoss, make_optimizer
 
 MODELS = {
     "lstm": dict(embedding_dim=64, hidden_size=128, num_layers=1, dropout=0.1, bidirectional=False),
@@ -114,6 +127,93 @@ def steps_per_second(model, task, batches, count) -> float:
     return sum(count(b) for b in batches) / (time.perf_counter() - start)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def flops_per_token(model: torch.nn.Module, config: dict, mean_length: float) -> float:
+    """Forward + backward FLOPs per real token: 6 per weight used in a matmul (embedding
+    tables are lookups), plus attention scores and values (12 x layers x width x length)."""
+    embeddings = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    weights = sum(p.numel() for p in model.parameters()) - embeddings
+    layers = config.get("n_layers", config.get("n_layer", 0))
+    width = config.get("d_model", config.get("n_embd", 0))
+    return 6 * weights + 12 * layers * width * mean_length
+
+
+def _rank_worker(rank: int, world_size: int, port: int, name: str, dataset, vocab_size: int, args, out) -> None:
+    """One process of the processes comparison: time its share of the same global batches."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(args.threads)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", rank) if cuda else torch.device("cpu")
+    if world_size > 1:
+        torch.distributed.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world_size)
+    loader = token_loader(dataset, args.batch_size, device=device, seed=0, pool_batches=50, rank=rank,
+                          world_size=world_size)
+    batches = [to_device(b, device) for _, b in zip(range(args.batches + 1), loader)]
+    torch.manual_seed(0)
+    registry_name = "lstm" if name.startswith("lstm") else name
+    model = build_model(registry_name, vocab_size=vocab_size, **MODELS[name]).to(device)
+    task = MortalityTask() if args.task == "mortality" else NextTokenTask()
+    step_model = TaskLoss(model, task)
+    if world_size > 1:
+        step_model = torch.nn.parallel.DistributedDataParallel(
+            step_model, device_ids=[device] if cuda else None, find_unused_parameters=True)
+    optimizer = make_optimizer(model, 1e-3, 0.01)
+
+    def step(batch):
+        with autocast(device):
+            loss, _ = step_model(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step(batches[0])  # warm-up: allocations, lazy initialisation, DDP's first-iteration setup
+    if cuda:
+        torch.cuda.synchronize(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for batch in batches[1:]:
+        step(batch)
+    if cuda:
+        torch.cuda.synchronize(device)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches[1:])
+    totals = torch.tensor([tokens, cpu, wall], dtype=torch.float64, device=device)
+    if world_size > 1:  # tokens and CPU seconds summed over ranks; wall: the slowest rank
+        summed = totals.clone()
+        torch.distributed.all_reduce(summed)
+        slowest = totals.clone()
+        torch.distributed.all_reduce(slowest, op=torch.distributed.ReduceOp.MAX)
+        totals = torch.stack([summed[0], summed[1], slowest[2]])
+        torch.distributed.destroy_process_group()
+    if rank == 0:
+        mean_length = tokens / sum(len(b["attention_mask"]) for b in batches[1:])
+        out.put((*totals.tolist(), flops_per_token(model, MODELS[name], mean_length)))
+
+
+def processes_benchmark(args, dataset, vocab_size: int) -> None:
+    import torch.multiprocessing as mp
+
+    cuda = torch.cuda.is_available()
+    print(f"\n{'model':<20}{'processes':<11}{'tokens/s':>10}{'vs 1':>7}{'CPU s / 1k tokens':>20}"
+          + ("   MFU" if cuda else ""))
+    context = mp.get_context("spawn")
+    for name in args.models:
+        baseline = None
+        for world_size in args.processes:
+            out = context.SimpleQueue()
+            mp.spawn(_rank_worker, args=(world_size, _free_port(), name, dataset, vocab_size, args, out),
+                     nprocs=world_size, join=True)
+            tokens, cpu, wall, flops = out.get()
+            speed = tokens / wall
+            baseline = baseline or speed
+            mfu = f"   {100 * flops * speed / (world_size * args.peak_tflops * 1e12):.1f}%" if cuda else ""
+            print(f"{name:<20}{world_size:<11}{speed:10.0f}{speed / baseline:6.2f}x{1000 * cpu / tokens:20.3f}{mfu}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sequences", help="a sequences parquet; default: synthetic long-tailed lengths")
@@ -125,6 +225,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=[m for m in MODELS if m != "survival_lstm"],
                         choices=list(MODELS))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--processes", type=int, nargs="+",
+                        help="compare training steps in this many processes (e.g. 1 2) instead")
+    parser.add_argument("--peak-tflops", type=float, default=312.0, help="per GPU, for MFU (CUDA only)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")  # the comparison is about CPU work skipped; GPUs hide it differently
@@ -140,6 +243,11 @@ def main() -> None:
     else:
         frame, vocab_size = skewed_sequences(args.stays, args.vocab_size, seed=0), args.vocab_size
     dataset = TokenSequenceDataset(frame)
+    if args.processes:
+        print(f"{len(dataset)} stays, median {np.median(dataset.lengths):.0f} tokens; task {args.task}, global "
+              f"batch {args.batch_size}, {args.batches} timed batches, {args.threads} thread(s) per process, "
+              f"{'CUDA (nccl, bf16 autocast)' if torch.cuda.is_available() else 'CPU (gloo)'}")
+        return processes_benchmark(args, dataset, vocab_size)
     task = MortalityTask() if args.task == "mortality" else NextTokenTask()
     lengths = dataset.lengths
     print(f"{len(dataset)} stays, tokens per stay: median {np.median(lengths):.0f}, "

@@ -23,6 +23,7 @@ import pandas as pd
 from ehrseq import metrics, paths
 from ehrseq.io import atomic_path, setup_logging, write_json
 from ehrseq.model_data import SURVIVAL_MODELS, checkpoint_encoder, load_model_data, task_class
+from ehrseq.oracle import oracle_metrics
 from ehrseq.params import load_params
 from ehrseq.survival_data import load_survival
 from ehrseq.survival_eval import evaluate_curves, plot_tertiles, tertile_table
@@ -32,27 +33,7 @@ from ehrseq.training import load_trained_model, predict
 
 log = logging.getLogger("ehrseq.stages.evaluate")
 
-TRUTH = paths.STAY_RISK
 COHORT = paths.COHORT  # subject_id of each stay: the bootstrap's unit
-
-
-def oracle_metrics(stay_ids, y, prob, clusters, n_resamples: int, seed: int) -> dict:
-    """AUROC of the true risk on the same stays, and the model's share of it (paired bootstrap)."""
-    if not TRUTH.exists():
-        reason = f"{TRUTH} not found (only the synthetic source records true risks)"
-        return {"oracle_auroc": {"value": None, "reason": reason}, "auroc_vs_oracle": {"value": None, "reason": reason}}
-    truth = pd.read_parquet(TRUTH, columns=["stay_id", "true_risk"]).set_index("stay_id")["true_risk"]
-    missing = pd.Index(stay_ids).difference(truth.index)
-    if len(missing):
-        raise ValueError(f"{TRUTH}: column 'stay_id' lacks {len(missing)} test stays, e.g. {missing[0]}")
-    risk = truth.loc[stay_ids].to_numpy()
-
-    def ratio(y_, model, oracle):
-        return metrics.auroc(y_, model) / metrics.auroc(y_, oracle)
-
-    kw = {"clusters": clusters, "n_resamples": n_resamples, "seed": seed}
-    return {"oracle_auroc": metrics.bootstrap(metrics.auroc, (y, risk), **kw),
-            "auroc_vs_oracle": metrics.bootstrap(ratio, (y, prob, risk), **kw)}
 
 
 def pretrain_metrics(path: Path, loader, device, n_resamples: int, seed: int) -> dict:
@@ -130,7 +111,7 @@ def main() -> None:
         "model": args.model, "split": "test", "stays": len(y), "deaths": int(y.sum()),
         "patients": len(set(patients)), "resample_unit": "patient", "best_epoch": checkpoint["epoch"],
         **metrics.binary_classification_metrics(y, prob, n_bins=n_bins, **kw),
-        **oracle_metrics(p["stay_id"], y, prob, **kw),
+        **oracle_metrics(paths.STAY_RISK, p["stay_id"], y, prob, **kw),
     }
     pretrained = paths.checkpoint(args.model, "pretrain")
     if pretrained.exists():

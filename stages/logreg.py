@@ -13,8 +13,9 @@ from ehrseq import metrics
 from ehrseq.baseline import bag_of_codes, fit_logreg
 from ehrseq.data import load_sequences, read_vocab_size
 from ehrseq.io import atomic_path, setup_logging, write_json
+from ehrseq.oracle import oracle_metrics
 from ehrseq.params import load_params
-from ehrseq.paths import COHORT, SEQUENCES, VOCAB, metrics_json, plots_dir
+from ehrseq.paths import COHORT, SEQUENCES, STAY_RISK, VOCAB, metrics_json, plots_dir
 
 log = logging.getLogger("ehrseq.stages.logreg")
 
@@ -29,12 +30,13 @@ def main() -> None:
     y = {s: f["mortality"].to_numpy(int) for s, f in splits.items()}
     model, tuning = fit_logreg(x["train"], y["train"], x["val"], y["val"], p["c_grid"], p["seed"])
     prob = model.predict_proba(x["test"])[:, 1]
+    kw = {"clusters": metrics.patient_ids(splits["test"]["stay_id"], COHORT), "n_resamples": e["n_bootstrap"],
+          "seed": e["seed"]}
     report = {
         "model": "logreg", "split": "test", "stays": len(prob), "deaths": int(y["test"].sum()), **tuning,
         "resample_unit": "patient",
-        **metrics.binary_classification_metrics(y["test"], prob, n_bins=e["calibration_bins"],
-                                                clusters=metrics.patient_ids(splits["test"]["stay_id"], COHORT),
-                                                n_resamples=e["n_bootstrap"], seed=e["seed"]),
+        **metrics.binary_classification_metrics(y["test"], prob, n_bins=e["calibration_bins"], **kw),
+        **oracle_metrics(STAY_RISK, splits["test"]["stay_id"].to_numpy(), y["test"], prob, **kw),
         "seconds": time.time() - start,
     }
     write_json(metrics_json("logreg"), report)

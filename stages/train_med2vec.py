@@ -44,6 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resume", action="store_true", help="continue from models/med2vec/checkpoints/*/last.pt")
     args = parser.parse_args()
+    stage_start = time.time()
     setup_logging()
     params = load_params("train.med2vec")["train"]["med2vec"]
     seed, vp, mp, pp = params["seed"], params["vocab"], params["model"], params["pairs"]
@@ -105,7 +106,9 @@ def main() -> None:
     with atomic_path(OUT / "vocab.csv") as tmp:
         vocab.to_frame().to_csv(tmp, index=False)
     write_json(OUT / "config.json", config)
-    write_json(paths.metrics_json("train_med2vec"), {**report, "config": config})
+    write_json(paths.metrics_json("train_med2vec"), {  # seconds: the report's run-cost table
+        **report, "config": config, "seconds": round(time.time() - stage_start, 1),
+        "seconds_by_phase": {name: run["seconds"] for name, run in report["runs"].items()}})
     log.info("wrote %s", OUT)
 
 

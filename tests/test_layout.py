@@ -176,7 +176,7 @@ def named_paths() -> set[Path]:
         per_model |= {paths.model_dir(model), paths.train_reports(model), paths.metrics_json(model)}
         per_model |= {paths.plots_dir(model)} | {paths.plots_dir(model) / f"{name}.csv" for name in curves}
         per_model |= {paths.train_reports(model) / phase / "plots" / "metrics" for phase in PHASES}
-        per_model |= {paths.explain_dir(model), paths.explain_metrics(model)}
+        per_model |= {paths.explain_dir(model), paths.explain_metrics(model), paths.train_metrics(model)}
     per_model |= {paths.tertile_plot(model, suffix) for model in SURVIVAL_MODELS for suffix in ("csv", "png")}
     per_stage = {paths.metrics_json(name) for name in DVC["stages"]}
     return constants | per_model | per_stage

@@ -176,3 +176,24 @@ def test_curves_span_the_unit_square(scores):
     assert (roc["fpr"].iloc[0], roc["tpr"].iloc[0], roc["fpr"].iloc[-1], roc["tpr"].iloc[-1]) == (0, 0, 1, 1)
     assert pr["recall"].max() == 1 and pr["precision"].between(0, 1).all()
     assert np.trapezoid(roc["tpr"], roc["fpr"]) == pytest.approx(roc_auc_score(y, p))
+
+
+def test_oracle_scores_the_true_risk_of_the_same_stays_in_their_order(tmp_path, scores):
+    from ehrseq.oracle import oracle_metrics
+
+    y, p = scores
+    stay_ids = np.arange(1000, 1000 + len(y))
+    risk = np.clip(0.3 * y + np.random.default_rng(1).normal(0, 0.2, len(y)), 0, 1)
+    truth = tmp_path / "stay_risk.parquet"
+    # Stored in another order, with a stay the test split does not have: looked up by id.
+    pd.DataFrame({"stay_id": np.r_[stay_ids[::-1], 5], "true_risk": np.r_[risk[::-1], 0.5]}).to_parquet(truth)
+    out = oracle_metrics(truth, stay_ids, y, p, clusters=stay_ids, n_resamples=50, seed=0)
+    assert out["oracle_auroc"]["value"] == pytest.approx(roc_auc_score(y, risk))
+    assert out["auroc_vs_oracle"]["value"] == pytest.approx(roc_auc_score(y, p) / roc_auc_score(y, risk))
+    assert out["auroc_vs_oracle"]["ci_low"] <= out["auroc_vs_oracle"]["value"] <= out["auroc_vs_oracle"]["ci_high"]
+
+    with pytest.raises(ValueError, match=r"stay_risk.parquet: column 'stay_id' lacks 1 test stays, e.g. 7"):
+        oracle_metrics(truth, np.r_[stay_ids, 7], np.r_[y, 0], np.r_[p, 0.1], clusters=np.r_[stay_ids, 7],
+                       n_resamples=10, seed=0)
+    real = oracle_metrics(tmp_path / "absent.parquet", stay_ids, y, p, clusters=stay_ids, n_resamples=10, seed=0)
+    assert real["oracle_auroc"]["value"] is None and "only the synthetic source" in real["oracle_auroc"]["reason"]

@@ -184,3 +184,13 @@ def test_schema_choices_are_the_ones_the_code_accepts():
     for model, section in sections["train"].spec.fields.items():
         if "imbalance" in section.spec.fields:  # mortality models (prompt_bart has no labels)
             assert set(section.spec.fields["imbalance"].options) == set(IMBALANCE_STRATEGIES), model
+
+
+def test_nproc_and_compile_are_checked_and_may_be_absent():
+    message = problems_of(planted(lambda p: p["train"]["gpt2"].update(nproc=0, compile="yes")))
+    assert "train.gpt2.nproc = 0: expected an integer >= 1" in message
+    assert "train.gpt2.compile = 'yes' (str): expected a bool" in message
+    absent = planted(lambda p: [p["train"]["lstm"].pop(k) for k in ("nproc", "compile")])
+    assert validate_params(absent, "params.yaml", ("train.lstm",)) is absent  # the stage reads 1 and false
+    assert all(PARAMS["train"][m]["nproc"] == 1 for m in ("lstm", "transformer", "gpt2", "clinical_lf",
+                                                           "survival_lstm", "prompt_bart"))

@@ -67,6 +67,21 @@ def test_report_stage_draws_figures_from_plot_tables(tmp_path):
     assert "0.750 [0.500, 1.000]" in summary and "| lstm | 12 |" in summary
 
 
+def test_cost_section_lists_every_stage_with_seconds_and_their_parts():
+    metrics = {
+        "extract": {"seconds": 5.2},
+        "train_lstm": {"stage": "train@lstm", "seconds": 130.4, "nproc": 2,
+                       "seconds_by_phase": {"load": 3.1, "pretrain": 40.0, "finetune": 87.0},
+                       "epochs_by_phase": {"pretrain": 2, "finetune": 9}},
+        "explain_lstm": {"seconds": {"explain": 12.0, "total": 40.2}},
+        "lstm": {"auroc": 0.8},  # evaluate records no seconds: not a row
+    }
+    section = report.cost_section(metrics)
+    assert "| train@lstm | 130 | load 3, pretrain 40 (2 epochs), finetune 87 (9 epochs) (2 processes) |" in section
+    assert "| extract | 5 |  |" in section and "| explain_lstm | 40 | explain 12 |" in section
+    assert "| total | 175 |  |" in section and "lstm | 0" not in section  # 5 + 130 + 40, as shown
+
+
 def test_readme_results_are_the_committed_summary_headline():
     summary = ROOT / "reports" / "summary.md"
     if not summary.exists():

@@ -4,7 +4,11 @@ Toy stays (`toy_sequences`, a planted risk token) come from conftest.py.
 """
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -325,15 +329,12 @@ evaluate: {batch_size: 64, n_bootstrap: 50, calibration_bins: 5, seed: 0}
 """
 
 
-@pytest.mark.slow
-def test_train_and_evaluate_stages_write_their_outputs(tmp_path):
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
+REPO = Path(__file__).resolve().parents[1]
 
-    repo = Path(__file__).resolve().parents[1]
-    (tmp_path / "params.yaml").write_text(STAGE_PARAMS)
+
+def toy_workspace(tmp_path: Path, params: str) -> dict[str, pd.DataFrame]:
+    """params.yaml, vocab, token splits, truth and cohort of a toy pipeline in `tmp_path`."""
+    (tmp_path / "params.yaml").write_text(params)
     (tmp_path / "data/processed/sequences").mkdir(parents=True)
     (tmp_path / "data/interim/truth").mkdir(parents=True)
     strings = [*SPECIAL_TOKENS, *(f"TOK//{i}" for i in range(len(SPECIAL_TOKENS), TOY_VOCAB))]
@@ -347,18 +348,35 @@ def test_train_and_evaluate_stages_write_their_outputs(tmp_path):
     # Two test stays per patient: the evaluate stage's bootstrap resamples these 40 patients.
     cohort = pd.DataFrame({"stay_id": splits["test"]["stay_id"], "subject_id": np.arange(80) // 2})
     cohort.to_parquet(tmp_path / "data/interim/cohort.parquet")
+    return splits
+
+
+def run_stage(workdir: Path, *args: str) -> str:
+    # -P: the stages/ folder must not shadow standard modules (stages/tokenize.py)
+    done = subprocess.run([sys.executable, "-P", str(REPO / "stages" / args[0]), *args[1:]], cwd=workdir,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_stages_write_their_outputs(tmp_path):
+    splits = toy_workspace(tmp_path, STAGE_PARAMS)
+    cohort = pd.read_parquet(tmp_path / "data/interim/cohort.parquet")
 
     def stage(*args):
-        # -P: the stages/ folder must not shadow standard modules (stages/tokenize.py)
-        done = subprocess.run([sys.executable, "-P", str(repo / "stages" / args[0]), *args[1:]], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
-        return done.stderr
+        return run_stage(tmp_path, *args)
 
     stage("train.py", "lstm")
     for phase in ("pretrain", "finetune"):
         assert {p.name for p in (tmp_path / "models/lstm" / phase).iterdir()} == {"best.pt", "last.pt"}
         assert (tmp_path / "reports/train/lstm" / phase / "metrics.json").exists()
+    cost = json.loads((tmp_path / "reports/metrics/train_lstm.json").read_text())
+    assert (cost["nproc"], cost["device"]) == (1, "cpu")
+    assert set(cost["seconds_by_phase"]) == {"start", "load", "pretrain", "finetune"}
+    assert cost["epochs_by_phase"] == {"pretrain": 1, "finetune": load_checkpoint(
+        tmp_path / "models/lstm/finetune/last.pt")["result"]["epochs_run"]}
+    assert cost["seconds"] >= sum(cost["seconds_by_phase"].values()) - 0.3  # rounding of the parts
     assert "already finished" in stage("train.py", "lstm", "--resume")
 
     stage("evaluate.py", "lstm")
@@ -378,3 +396,24 @@ def test_train_and_evaluate_stages_write_their_outputs(tmp_path):
     assert 1 < report["pretrain"]["perplexity"]["value"] < TOY_VOCAB
     for name in ("roc", "pr", "calibration"):
         assert len(pd.read_csv(tmp_path / f"reports/plots/lstm/{name}.csv")) > 0
+
+
+@pytest.mark.slow
+def test_train_stage_with_nproc_2_runs_under_torchrun(tmp_path):
+    """`nproc: 2` in params.yaml: the same command re-executes itself under torchrun; rank 0
+    writes the checkpoints and the cost file, and the model is a complete one."""
+    toy_workspace(tmp_path, STAGE_PARAMS.replace("    seed: 0\n", "    seed: 0\n    nproc: 2\n", 1))
+    log = run_stage(tmp_path, "train.py", "lstm")
+    assert "re-executing under torchrun" in log
+    cost = json.loads((tmp_path / "reports/metrics/train_lstm.json").read_text())
+    assert (cost["nproc"], set(cost["seconds_by_phase"])) == (2, {"start", "load", "pretrain", "finetune"})
+    last = load_checkpoint(tmp_path / "models/lstm/finetune/last.pt")
+    assert last["world_size"] == 2 and len(last["rank_rng"]) == 2 and last["finished"]
+    assert last["step"] == last["epoch"] * 13  # 200 train stays in global batches of 16: 13 steps per epoch
+    model, _ = load_trained_model(tmp_path / "models/lstm/finetune/best.pt", CPU)
+    assert model.lm_head.out_features == TOY_VOCAB
+    (tmp_path / "params.yaml").write_text(STAGE_PARAMS.replace("    seed: 0\n", "    seed: 0\n    nproc: 3\n", 1))
+    done = subprocess.run([sys.executable, "-P", str(REPO / "stages/train.py"), "lstm"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "train.lstm.batch_size = 16 is not a multiple of train.lstm.nproc = 3" in done.stderr

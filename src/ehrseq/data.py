@@ -176,6 +176,49 @@ class LengthBucketSampler(Sampler[list[int]]):
             yield batches[b]
 
 
+class ShardedBatches(Sampler[list[int]]):
+    """This rank's share of every batch of `batches` (multi-process training, one process
+    per rank): the same global batches as one process, each split across the ranks.
+
+    Every rank draws the same global batches (the inner sampler is seeded by (seed,
+    epoch), not by rank), pads each to a multiple of `world_size` by repeating its first
+    examples, and takes every `world_size`-th example from position `rank`. A
+    length-sorted batch thus gives every rank a similar length profile (bucketing kept),
+    and every rank gets the same number of batches of equal size, which
+    DistributedDataParallel needs (one gradient all-reduce per step, an average of equal
+    per-rank means = the global batch's mean). The trap: padding repeats up to
+    `world_size - 1` examples of a batch whose size is not a multiple of `world_size`
+    (training counts them twice; `rank_indices` lets evaluation drop them again).
+    """
+
+    def __init__(self, batches: Sampler[list[int]], rank: int, world_size: int):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
+        self.batches, self.rank, self.world_size = batches, rank, world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def shard(self, batch: list[int]) -> list[int]:
+        padded = (batch * self.world_size)[: len(batch) + (-len(batch)) % self.world_size]
+        return padded[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (self.shard(batch) for batch in self.batches)
+
+    def rank_indices(self) -> np.ndarray:
+        """The dataset index of each example this rank reads in one pass, in order (an
+        evaluation sampler's: it must yield the same batches every time)."""
+        return np.array([i for batch in self for i in batch], dtype=np.int64)
+
+    def global_indices(self) -> np.ndarray:
+        """The dataset index of each example one process would read, in its order (no padding)."""
+        return np.array([i for batch in self.batches for i in batch], dtype=np.int64)
+
+
 def class_balance_weights(labels: Sequence[int]) -> np.ndarray:
     """Per-example sampling weights that make both classes equally likely to be drawn."""
     labels = np.asarray(labels).astype(int)
@@ -195,11 +238,16 @@ def token_loader(
     pool_batches: int = 50,
     weights: Sequence[float] | None = None,
     collate_fn=collate_tokens,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
     """A DataLoader of length-bucketed batches (the dataset has `lengths`); pinned memory
     only when feeding a GPU. `collate_fn` defaults to token batches; clinical_lf passes
-    `features.collate`."""
+    `features.collate`. With `world_size` > 1, `batch_size` is the global batch and this
+    rank reads its share of each (`ShardedBatches`)."""
     sampler = LengthBucketSampler(
         dataset.lengths, batch_size, seed=seed, shuffle=shuffle, pool_batches=pool_batches, weights=weights
     )
+    if world_size > 1:
+        sampler = ShardedBatches(sampler, rank, world_size)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, pin_memory=device.type == "cuda")

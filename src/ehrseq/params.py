@@ -202,6 +202,8 @@ TRAIN_COMMON = {
     "imbalance": Choice(("pos_weight", "sampler", "none")),
     "model": AnyMapping(),  # the constructor's keyword arguments: check_model_kwargs
     **OPTIMIZER,
+    "nproc": Omittable(POSITIVE),  # > 1: torchrun with that many processes (DDP); absent: 1
+    "compile": Omittable(BOOL),  # torch.compile the training steps; absent: false
 }
 TOKEN_MODEL = Section({**TRAIN_COMMON, "pretrain": Omittable(PHASE), "finetune": PHASE})
 # TemporalMed2Vec code embeddings (stages train_med2vec / evaluate_med2vec; not a mortality model)

@@ -77,6 +77,11 @@ def train_reports(model: str) -> Path:
     return REPORTS / "train" / model
 
 
+def train_metrics(model: str) -> Path:
+    """reports/metrics/train_MODEL.json: the train stage's cost (seconds per phase, processes)."""
+    return metrics_json(f"train_{model}")
+
+
 def explain_dir(model: str) -> Path:
     """reports/explain/MODEL: the explanation of one model (tables, plots, attention npz)."""
     return EXPLAIN / model

@@ -243,14 +243,36 @@ def _inline(value: Any) -> str:
     return fmt(value)
 
 
+def cost_row(name: str, m: Any) -> list[str] | None:
+    """[stage, wall seconds, their parts] of one metrics file, None if it records no seconds.
+
+    A file gives `seconds` as a number (with its parts in `seconds_by_phase`, and `stage`,
+    `nproc` and `epochs_by_phase` in the train stages' files) or as a mapping of parts
+    with a `total`."""
+    if not isinstance(m, Mapping):
+        return None
+    seconds = m.get("seconds")
+    parts = m.get("seconds_by_phase", {})
+    if isinstance(seconds, Mapping):
+        seconds, parts = seconds.get("total"), {k: v for k, v in seconds.items() if k != "total"}
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+        return None
+    epochs = m.get("epochs_by_phase", {})
+    detail = ", ".join(f"{k} {v:.0f}" + (f" ({epochs[k]} epochs)" if k in epochs else "")
+                       for k, v in parts.items() if isinstance(v, (int, float)))
+    if m.get("nproc", 1) > 1:
+        detail += f" ({m['nproc']} processes)"
+    return [m.get("stage", name), f"{seconds:.0f}", detail]
+
+
 def cost_section(metrics: Mapping[str, dict]) -> str:
-    """Seconds per stage, from every metrics file that records them."""
-    rows = [[name, f"{m['seconds']:.0f}"] for name, m in metrics.items()
-            if isinstance(m, Mapping) and isinstance(m.get("seconds"), (int, float))]
+    """Wall seconds per stage, and per phase where recorded, from every metrics file that records them."""
+    rows = [row for name, m in metrics.items() if (row := cost_row(name, m)) is not None]
     if not rows:
         return f"## Run cost\n\n{NOT_RUN}.\n"
     total = sum(float(r[1]) for r in rows)
-    return "## Run cost\n\n" + markdown_table(["stage", "seconds"], rows + [["total", f"{total:.0f}"]]) + "\n"
+    table = markdown_table(["stage", "seconds", "of which"], rows + [["total", f"{total:.0f}", ""]])
+    return "## Run cost\n\n" + table + "\n"
 
 
 def headline(mortality_rows: list[list[str]]) -> str:

@@ -10,9 +10,15 @@ The loop never looks inside a batch (a dict of tensors). A *task* (`ehrseq.tasks
 
 so a new model plugs in with its own task and the loop stays as it is. The loop owns
 the rest: device, seeds, AdamW with warmup then cosine/linear decay, gradient clipping,
-bf16 autocast on CUDA, early stopping, checkpoints (best and last), resume, DVCLive logs
-and a progress bar. Anything else done during training (attention snapshots) is an
-`on_step` callback; the loop imports no explanation code.
+bf16 autocast on CUDA, optional `torch.compile`, early stopping, checkpoints (best and
+last), resume, DVCLive logs and a progress bar. Anything else done during training
+(attention snapshots) is an `on_step` callback; the loop imports no explanation code.
+
+Multi-process (under torchrun, after `torch_utils.start_distributed`): the same loop, the
+few lines marked `if ddp:` -- DistributedDataParallel averages gradients, every rank
+reads its share of each global batch (`data.ShardedBatches`), validation rows are
+gathered from every rank (padding dropped), and only rank 0 writes checkpoints, DVCLive
+logs and the progress bar.
 """
 from __future__ import annotations
 
@@ -27,14 +33,16 @@ from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from dvclive import Live
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ehrseq import metrics
 from ehrseq.io import atomic_path
 from ehrseq.models import build_model
-from ehrseq.torch_utils import Batch, autocast, pick_device, seed_everything, to_device
+from ehrseq.torch_utils import Batch, autocast, gather_rows, is_distributed, pick_device, seed_everything, to_device
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +176,34 @@ def predict(model: nn.Module, task: Task, loader: Iterable[Batch], device: torch
     return {key: torch.cat(values).numpy() for key, values in parts.items()}
 
 
+class TaskLoss(nn.Module):
+    """`task.loss(model, batch)` as one module's forward: DistributedDataParallel then sees
+    every parameter the loss uses (a task may call a model's method besides `forward`,
+    e.g. `next_token_logits`), and the ones it leaves unused (the other phase's head)."""
+
+    def __init__(self, model: nn.Module, task: Task):
+        super().__init__()
+        self.model, self.task = model, task
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.task.loss(self.model, batch)
+
+
+def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """The mean of each value over the ranks (every rank must call it with the same keys)."""
+    keys = sorted(values)
+    totals = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(totals)
+    return dict(zip(keys, (totals / dist.get_world_size()).tolist()))
+
+
+def all_ranks(value: Any) -> list[Any]:
+    """`value` of every rank, in rank order, on every rank."""
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 # ------------------------------------------------------------------------ the loop
 
 
@@ -206,6 +242,7 @@ def fit(
     device: torch.device | None = None,
     metadata: dict[str, Any] | None = None,
     on_step: StepCallback | None = None,
+    compile: bool = False,
 ) -> FitResult:
     """Train `model` on `task`; leaves it holding the best validation weights.
 
@@ -215,23 +252,38 @@ def fit(
     `last.pt` is picked up at the start of the epoch after it, so a killed run ends
     exactly where an uninterrupted one would; a finished run returns at once.
     `metadata` (e.g. the model name and config) is stored in both checkpoints.
-    `on_step` (see `StepCallback`) runs before every training step.
+    `on_step` (see `StepCallback`) runs before every training step, on rank 0 only.
+    `compile`: training steps run through `torch.compile(model)` (checkpoints hold the
+    plain model's weights).
+
+    Under torchrun (a process group of more than one rank), call it on every rank with
+    loaders from `data.token_loader(..., rank=, world_size=)`; a resumed run must have the
+    same number of ranks (each rank's RNG state is in `last.pt`). Dropout masks come from
+    per-rank RNG streams, so only a model without randomness (dropout 0) follows the
+    one-process run step for step; then the difference is float reduction order.
     """
     if config.epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {config.epochs}")
     device = device or pick_device()
+    ddp = is_distributed()
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+    main = rank == 0  # the one process that writes files
     checkpoint_dir = Path(checkpoint_dir)
     best_path, last_path = checkpoint_dir / "best.pt", checkpoint_dir / "last.pt"
     state = load_checkpoint(last_path) if resume and last_path.exists() else None
     if state is not None:
-        _check_resumable(state, task, config, last_path)
+        _check_resumable(state, task, config, last_path, world_size)
         if state["finished"]:
             log.info("%s: %s already finished; loading its best weights", task.name, last_path)
             model.load_state_dict(load_checkpoint(best_path)["model"])
             return FitResult(**state["result"])
 
-    seed_everything(config.seed)
+    seed_everything(config.seed + rank)  # rank 0 draws as one process does; the others their own dropout
     model.to(device)
+    step_model = TaskLoss(torch.compile(model) if compile else model, task)
+    if ddp:
+        step_model = DistributedDataParallel(step_model, device_ids=[device] if device.type == "cuda" else None,
+                                             find_unused_parameters=True)
     optimizer = make_optimizer(model, config.lr, config.weight_decay)
     total_steps = config.epochs * len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
@@ -246,11 +298,12 @@ def fit(
         scheduler.load_state_dict(state["scheduler"])
         stopper = EarlyStopping(**state["early_stopping"])
         history, start_epoch, step = state["result"]["history"], state["epoch"], state["step"]
-        set_rng_state(state["rng"])
+        set_rng_state(state["rank_rng"][rank] if ddp else state["rng"])
         log.info("%s: resuming from %s at epoch %d (step %d)", task.name, last_path, start_epoch + 1, step)
 
-    live = Live(str(live_dir), resume=state is not None, dvcyaml=False, save_dvc_exp=False)
-    live.step = start_epoch
+    if main:
+        live = Live(str(live_dir), resume=state is not None, dvcyaml=False, save_dvc_exp=False)
+        live.step = start_epoch
     sampler = getattr(train_loader, "batch_sampler", None)
     result = None
     for epoch in range(start_epoch, config.epochs):
@@ -260,13 +313,14 @@ def fit(
         train_logs: dict[str, float] = defaultdict(float)
         n_batches = 0
         # disable=None: a live bar on a terminal, no carriage-return spam in CI logs
-        bar = tqdm(train_loader, desc=f"{task.name} epoch {epoch + 1}/{config.epochs}", leave=False, disable=None)
+        bar = tqdm(train_loader, desc=f"{task.name} epoch {epoch + 1}/{config.epochs}", leave=False,
+                   disable=None if main else True)
         for batch in bar:
             batch = to_device(batch, device)
             with autocast(device):
-                if on_step is not None:
+                if on_step is not None and main:
                     on_step(step, model, batch)
-                loss, logged = task.loss(model, batch)
+                loss, logged = step_model(batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{task.name}: loss is {loss.item()} at epoch {epoch + 1}, step {step}")
             optimizer.zero_grad(set_to_none=True)
@@ -281,9 +335,15 @@ def fit(
             for key, value in logged.items():
                 train_logs[key] += value
             bar.set_postfix(loss=f"{train_logs['loss'] / n_batches:.4f}")
+        if ddp:  # the global batches' mean: every rank's share is the same size
+            train_logs = mean_over_ranks(train_logs, device)
 
+        predictions = predict(model, task, val_loader, device)
+        if ddp:  # every rank predicted its share of val: all rows, padding dropped, on every rank
+            shards = val_loader.batch_sampler
+            predictions = gather_rows(predictions, shards.rank_indices(), shards.global_indices())
         try:
-            val = task.metrics(predict(model, task, val_loader, device))
+            val = task.metrics(predictions)
         except metrics.UndefinedMetricError as err:
             raise ValueError(f"{task.name}: validation metric undefined ({err}); early stopping needs it") from err
         if task.monitor not in val:
@@ -296,32 +356,42 @@ def fit(
         })
         log.info("%s epoch %d/%d: %s", task.name, epoch + 1, config.epochs,
                  ", ".join(f"{k}={v:.4g}" for k, v in history[-1].items() if "/" in k))
-        checkpoint = {"model": model.state_dict(), "epoch": epoch + 1, "step": step, "task": task.name,
-                      "task_config": task.config(), "metadata": metadata or {}, "val": val}
-        if improved:
-            save_checkpoint(best_path, checkpoint)
         finished = stopper.should_stop or epoch + 1 == config.epochs
         result = FitResult(stopper.best_epoch, stopper.best, epoch + 1, stopper.should_stop, history)
-        save_checkpoint(last_path, {
-            **checkpoint, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "early_stopping": asdict(stopper), "rng": rng_state(), "config": asdict(config),
-            "finished": finished, "result": asdict(result),
-        })
-        for key, value in history[-1].items():
-            if key not in ("epoch", "step"):
-                live.log_metric(key, value)
-        live.next_step()
+        rng = {"rng": rng_state(), "world_size": world_size}
+        if ddp:  # each rank continues its own dropout stream on resume
+            rng["rank_rng"] = all_ranks(rng["rng"])
+        if main:
+            checkpoint = {"model": model.state_dict(), "epoch": epoch + 1, "step": step, "task": task.name,
+                          "task_config": task.config(), "metadata": metadata or {}, "val": val}
+            if improved:
+                save_checkpoint(best_path, checkpoint)
+            save_checkpoint(last_path, {
+                **checkpoint, **rng, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "early_stopping": asdict(stopper), "config": asdict(config), "finished": finished,
+                "result": asdict(result),
+            })
+            for key, value in history[-1].items():
+                if key not in ("epoch", "step"):
+                    live.log_metric(key, value)
+            live.next_step()
         if stopper.should_stop:
             log.info("%s: no improvement in %s for %d epochs; stopping", task.name, task.monitor, stopper.bad_epochs)
             break
-    live.end()
+    if main:
+        live.end()
+    if ddp:  # rank 0 has written best.pt
+        dist.barrier()
     model.load_state_dict(load_checkpoint(best_path)["model"])
     return result
 
 
-def _check_resumable(state: dict[str, Any], task: Task, config: FitConfig, path: Path) -> None:
+def _check_resumable(state: dict[str, Any], task: Task, config: FitConfig, path: Path, world_size: int) -> None:
     if state["task"] != task.name:
         raise ValueError(f"{path} is a {state['task']!r} checkpoint; cannot resume task {task.name!r} from it")
+    if state.get("world_size", 1) != world_size:
+        raise ValueError(f"{path} was written by {state.get('world_size', 1)} process(es), this run has {world_size}: "
+                         "each rank's batches and RNG state depend on it; resume with the same nproc")
     changed = {k: (v, getattr(config, k)) for k, v in state["config"].items() if getattr(config, k) != v}
     if changed:
         raise ValueError(f"{path} was written with other settings {changed} (saved, now); "

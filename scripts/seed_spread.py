@@ -1,0 +1,90 @@
+"""How much do the headline numbers move with the training seed alone?
+
+    python scripts/seed_spread.py [--seeds 0 1 2 3] [--models lstm transformer gpt2 clinical_lf]
+
+Retrains each model once per seed (`train.MODEL.seed`; data, split and vocabulary fixed)
+and evaluates it on the test split, in a temporary directory: the workspace's params,
+models and metrics are never touched. It needs the data of a finished `dvc repro`
+(`bash scripts/run.sh`), which it reads in place. Writes reports/seed_spread.json (per
+model: the value of every seed, mean, sample standard deviation, min, max) and prints a
+table; README quotes it beside the results.
+
+Seed 0 is the committed one, so its row doubles as a reproducibility check: it is
+compared with reports/metrics/MODEL.json and any difference is printed.
+Costs one `train@MODEL` + `evaluate@MODEL` per model and seed (about an hour on 2 cores
+for 4 models x 3 new seeds).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+# (metrics-file key, label): the headline of reports/summary.md, and AUPRC
+METRICS = (("auroc", "test AUROC"), ("auroc_vs_oracle", "model / oracle AUROC"), ("auprc", "test AUPRC"))
+
+
+def lookup(data: dict, dotted: str):
+    for key in dotted.split("."):
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data.get("value") if isinstance(data, dict) else data
+
+
+def run_seed(work: Path, model: str, seed: int) -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"][model]["seed"] = seed
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    for stage in ("train", "evaluate"):
+        subprocess.run([sys.executable, "-P", str(REPO / "stages" / f"{stage}.py"), model],
+                       cwd=work, env=env, check=True)
+    return json.loads((work / "reports" / "metrics" / f"{model}.json").read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--models", nargs="+", default=["lstm", "transformer", "gpt2", "clinical_lf"])
+    parser.add_argument("--out", default=str(REPO / "reports" / "seed_spread.json"))
+    args = parser.parse_args()
+    if not (REPO / "data" / "processed" / "sequences").exists():
+        raise SystemExit(f"{REPO / 'data/processed/sequences'} is missing: run `bash scripts/run.sh` first")
+
+    result = {"seeds": args.seeds, "models": {}}
+    with tempfile.TemporaryDirectory(prefix="ehrseq-seeds-") as tmp:
+        work = Path(tmp)
+        (work / "data").symlink_to(REPO / "data")  # read only: train and evaluate write models/, reports/
+        for model in args.models:
+            values = {label: [] for _, label in METRICS}
+            for seed in args.seeds:
+                metrics = run_seed(work, model, seed)
+                for key, label in METRICS:
+                    values[label].append(lookup(metrics, key))
+                if seed == 0:
+                    committed = REPO / "reports" / "metrics" / f"{model}.json"
+                    same = committed.exists() and json.loads(committed.read_text()) == metrics
+                    print(f"{model} seed 0: {'identical to' if same else 'DIFFERS from'} {committed}")
+            result["models"][model] = {
+                label: {"per_seed": v, "mean": statistics.fmean(v), "sd": statistics.stdev(v),
+                        "min": min(v), "max": max(v)}
+                for label, v in values.items() if None not in v and len(v) > 1}
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nseeds {args.seeds}; wrote {args.out}")
+    print("| model | metric | mean | sd | min | max |\n|---|---|---|---|---|---|")
+    for model, rows in result["models"].items():
+        for label, s in rows.items():
+            print(f"| {model} | {label} | {s['mean']:.3f} | {s['sd']:.3f} | {s['min']:.3f} | {s['max']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
