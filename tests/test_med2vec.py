@@ -166,6 +166,27 @@ def test_forward_is_the_einsum_with_time_decay_and_masked_padding():
         TemporalMed2Vec(5, 4, -0.1)
 
 
+def test_score_all_gathered_equals_score_values_and_gradients():
+    """The task reads negatives from the [B, V] matrix; it must be the per-row `score` exactly."""
+    torch.manual_seed(0)
+    codes = torch.randint(0, 9, (6, 7))  # [B, N], repeated codes included
+    target = torch.tensor([0, 1, 2, 2, 8, 5])
+    grads, values = [], []
+    for way in ("rows", "matrix"):
+        model = TemporalMed2Vec(vocab_size=9, embedding_dim=4, time_decay=0.1)
+        torch.manual_seed(1)
+        nn.init.normal_(model.code_embeddings.weight)
+        nn.init.normal_(model.context_embeddings.weight)
+        scores = model.score(target, codes) if way == "rows" else model.score_all(target).gather(1, codes)
+        F.logsigmoid(-scores).sum().backward()
+        values.append(scores.detach())
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert values[1].shape == (6, 7)
+    torch.testing.assert_close(values[0], values[1])
+    for rows, matrix in zip(*grads):
+        torch.testing.assert_close(rows, matrix)
+
+
 def test_negative_sampling_loss_by_hand():
     scores = torch.tensor([[2.0, -1.0]])
     negative = torch.tensor([[[0.5, -0.5], [1.0, 0.0]]])
