@@ -50,8 +50,8 @@ class TemporalMed2Vec(nn.Module):
         alone carries a large component shared by every code (all must score about
         -log K against frequent codes they do not particularly co-occur with), which
         dominates cosines; adding the context table (as GloVe does; Levy et al. 2015)
-        brings out which codes keep company. On the default data this lifted planted-problem
-        precision@10 from 0.10 to 0.19 with the same weights."""
+        brings out which codes keep company. On the default data (seed 0) it lifts
+        planted-problem precision@10 from 0.145 to 0.214 with the same weights."""
         return self.code_embeddings.weight + self.context_embeddings.weight
 
     def score(self, target: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
