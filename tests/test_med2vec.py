@@ -185,6 +185,13 @@ def test_score_all_gathered_equals_score_values_and_gradients():
     torch.testing.assert_close(values[0], values[1])
     for rows, matrix in zip(*grads):
         torch.testing.assert_close(rows, matrix)
+    # the task takes either way by vocabulary size, with the same loss
+    batch = {"target": target, "context": codes[:, :3], "dt": torch.rand(6, 3),
+             "context_mask": torch.ones(6, 3, dtype=torch.bool),
+             "negatives": codes[:, 3:].reshape(6, 1, 4).expand(6, 3, 4)}  # [B, C, K]
+    by_rows = SkipGramTask()
+    by_rows.score_all_max_vocab = 0
+    assert SkipGramTask().loss(model, batch)[0].item() == pytest.approx(by_rows.loss(model, batch)[0].item(), rel=1e-6)
 
 
 def test_negative_sampling_loss_by_hand():

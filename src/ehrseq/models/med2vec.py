@@ -62,9 +62,10 @@ class TemporalMed2Vec(nn.Module):
 
     def score_all(self, target: torch.Tensor) -> torch.Tensor:
         """Every code as a context of each target: target [B] -> [B, V]. One matmul; a batch's
-        negatives are read from it with `gather`. With a vocabulary of hundreds to thousands
-        of codes this is several times faster than gathering B x C x K context rows (whose
-        backward scatters as many rows into the table) and gives the same numbers."""
+        negatives are read from it with `gather`. For a vocabulary of up to a few thousand
+        codes this is faster than gathering B x C x K context rows with `score` (whose
+        backward scatters as many rows into the table), with the same numbers; for larger
+        ones it is slower (`tasks.SkipGramTask` picks)."""
         return self.code_embeddings(target) @ self.context_embeddings.weight.T  # [B, E] @ [E, V]
 
     def forward(
