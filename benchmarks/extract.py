@@ -11,7 +11,7 @@ times, attach labs/microbiology to stays by subject and time window, the others 
 or admission, keep cohort stays, drop duplicates), without the bad-input checks, the
 withholding of late values and the cohort/diagnoses outputs. Wall time on a shared
 machine depends on the load; CPU seconds (all threads) are printed beside it. Scratch
-disk is the peak size of DuckDB's scratch database and spill files, polled every 0.2 s.
+disk is the peak size of the outputs and DuckDB's spill files, polled every 0.2 s.
 """
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def measure(impl: str, src: str, memory_limit: str) -> dict:
         peak = [0]
         done = threading.Event()
 
-        def poll() -> None:  # outputs + scratch database + spill files all live under `out`
+        def poll() -> None:  # outputs and spill files all live under `out`
             while not done.wait(0.2):
                 peak[0] = max(peak[0], _tree_bytes(Path(out)))
 

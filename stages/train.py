@@ -30,6 +30,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import torch
 import torch.distributed as dist
 
 from ehrseq import paths
@@ -76,7 +77,9 @@ def main() -> None:
     if ctx.is_main:
         write_json(paths.train_metrics(args.model), {
             "stage": f"train@{args.model}", "seconds": round(time.time() - start, 1), **cost,
-            "nproc": ctx.world_size, "device": ctx.device.type, "resumed": args.resume})
+            "nproc": ctx.world_size, "device": ctx.device.type, "resumed": args.resume,
+            # CPU kernels split reductions by thread: a run repeats bit for bit only with as many threads
+            "torch_threads": torch.get_num_threads()})
         log.info("%s trained in %.0f s (%s)", args.model, time.time() - start, cost)
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -166,6 +166,34 @@ def test_forward_is_the_einsum_with_time_decay_and_masked_padding():
         TemporalMed2Vec(5, 4, -0.1)
 
 
+def test_score_all_gathered_equals_score_values_and_gradients():
+    """The task reads negatives from the [B, V] matrix; it must be the per-row `score` exactly."""
+    torch.manual_seed(0)
+    codes = torch.randint(0, 9, (6, 7))  # [B, N], repeated codes included
+    target = torch.tensor([0, 1, 2, 2, 8, 5])
+    grads, values = [], []
+    for way in ("rows", "matrix"):
+        model = TemporalMed2Vec(vocab_size=9, embedding_dim=4, time_decay=0.1)
+        torch.manual_seed(1)
+        nn.init.normal_(model.code_embeddings.weight)
+        nn.init.normal_(model.context_embeddings.weight)
+        scores = model.score(target, codes) if way == "rows" else model.score_all(target).gather(1, codes)
+        F.logsigmoid(-scores).sum().backward()
+        values.append(scores.detach())
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert values[1].shape == (6, 7)
+    torch.testing.assert_close(values[0], values[1])
+    for rows, matrix in zip(*grads):
+        torch.testing.assert_close(rows, matrix)
+    # the task takes either way by vocabulary size, with the same loss
+    batch = {"target": target, "context": codes[:, :3], "dt": torch.rand(6, 3),
+             "context_mask": torch.ones(6, 3, dtype=torch.bool),
+             "negatives": codes[:, 3:].reshape(6, 1, 4).expand(6, 3, 4)}  # [B, C, K]
+    by_rows = SkipGramTask()
+    by_rows.score_all_max_vocab = 0
+    assert SkipGramTask().loss(model, batch)[0].item() == pytest.approx(by_rows.loss(model, batch)[0].item(), rel=1e-6)
+
+
 def test_negative_sampling_loss_by_hand():
     scores = torch.tensor([[2.0, -1.0]])
     negative = torch.tensor([[[0.5, -0.5], [1.0, 0.0]]])
@@ -366,6 +394,52 @@ def test_temporal_med2vec_recovers_planted_problems_and_beats_chance(toy, tmp_pa
         "precision_at_k"]["value"] < 0.5
     undefined = planted_metrics(cv, None, "no truth here", icd_grouping=False, k=4, seed=0)
     assert undefined["precision_at_k"] == {"value": None, "reason": "no truth here"}
+
+
+def paired_population(n_patients: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """One stay per patient with a pair of problems (P0, P1), (P2, P3) or (P4, P5): 4-5 codes
+    of one of them within 3 hours, then, 2 days later, 4-5 codes of its partner within 3
+    hours (which comes first at random). A problem's codes meet their partner's exactly as
+    often as their own: only the time between codes tells the two problems apart."""
+    rng = np.random.default_rng(seed)
+    events, cohort = [], []
+    t0 = pd.Timestamp("2150-01-01")
+    for s in range(n_patients):
+        subject = 1000 + s
+        pair = 2 * int(rng.integers(len(PROBLEMS) // 2)) + np.array([0, 1])
+        for block, problem in enumerate(rng.permutation(pair)):
+            for code in rng.choice(PROBLEMS[f"P{problem}"], int(rng.integers(4, 6)), replace=False):
+                events.append({"subject_id": subject, "hadm_id": subject, "stay_id": subject, "code": code,
+                               "time": t0 + pd.Timedelta(hours=48 * block + float(rng.uniform(0, 3)))})
+        cohort.append({"subject_id": subject, "stay_id": subject, "split": ("train", "val")[s % 5 == 0]})
+    diagnoses = pd.DataFrame(columns=["subject_id", "hadm_id", "dischtime", "code"])
+    return pd.DataFrame(events), diagnoses.astype({"dischtime": "datetime64[ns]"}), pd.DataFrame(cohort)
+
+
+def test_time_decay_separates_problems_that_only_time_tells_apart(tmp_path):
+    """The oracle for lambda: on `paired_population`, with a 3-day horizon, lambda = 0 sees
+    a problem's codes beside its partner's as often as beside its own (4 own among 9
+    equally close codes: precision@4 about 4/9); lambda = 4 per day (a context 2 days away
+    weighs e^-8) sees only its own problem."""
+    events, diagnoses, cohort = paired_population(400, seed=0)
+    tables = {split: code_table(events, diagnoses, cohort, (split,))[0] for split in ("train", "val")}
+    vocab, _ = fit_code_vocab(tables["train"]["code"], min_frequency=3)
+    noise = noise_distribution(vocab.counts)
+    precision = {}
+    for decay in (4.0, 0.0):
+        batches = {split: SkipGramBatches(sequence_arrays(table, vocab), noise, n_contexts=6, horizon_days=3.0,
+                                          n_negatives=5, batch_size=64, shuffle=split == "train", seed=0)
+                   for split, table in tables.items()}
+        torch.manual_seed(0)
+        model = TemporalMed2Vec(len(vocab), 16, decay)
+        fit(model, SkipGramTask(), batches["train"], batches["val"], FitConfig(epochs=4, **FIT),
+            checkpoint_dir=tmp_path / f"ckpt{decay}", live_dir=tmp_path / f"live{decay}", device=CPU)
+        cv = CodeVectors(vectors_of(model, vocab))
+        p = planted_metrics(cv, problem_codes(), "", icd_grouping=False, k=4, seed=0)["precision_at_k"]
+        assert p["codes"] == 30 and p["max_achievable"] == 1.0
+        precision[decay] = p["value"]
+    assert precision[4.0] > 0.9  # measured 1.0
+    assert precision[0.0] < 0.6  # measured 0.44, the 4/9 of a ranking blind to time
 
 
 def test_gensim_baseline_is_reproducible_and_learns_the_same_problems(toy):

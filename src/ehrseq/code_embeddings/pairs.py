@@ -4,9 +4,11 @@ Contexts of a target are codes of the same patient within `horizon_days` of it (
 side, the target itself excluded). When a target has at most `n_contexts` of them, all
 are used (the rest of the C slots are padding); otherwise `n_contexts` are drawn
 uniformly with replacement, afresh every epoch. Each pair's `dt` is the time between the
-two codes in days, which the model turns into the weight exp(-lambda |dt|). So lambda,
-not a position window, decides how much a code of another admission counts; with
-lambda = 0 every code within the horizon counts the same.
+two codes in days, which the model turns into the weight exp(-lambda |dt|). So time, not
+a position window, decides how much a context counts; with lambda = 0 every code within
+the horizon counts the same. Slots are drawn uniformly, so a horizon far beyond 1/lambda
+fills most of them with contexts that weigh almost nothing (the defaults, 1 day and
+4 per day, put the horizon's weight at 0.018).
 
 Negatives: K codes per (target, context) pair from the train unigram distribution raised
 to 0.75 (word2vec's noise distribution), drawn with the batch.

@@ -50,8 +50,8 @@ class TemporalMed2Vec(nn.Module):
         alone carries a large component shared by every code (all must score about
         -log K against frequent codes they do not particularly co-occur with), which
         dominates cosines; adding the context table (as GloVe does; Levy et al. 2015)
-        brings out which codes keep company. On the default data this lifted planted-problem
-        precision@10 from 0.10 to 0.19 with the same weights."""
+        brings out which codes keep company. On the default data (seed 0) it lifts
+        planted-problem precision@10 from 0.145 to 0.214 with the same weights."""
         return self.code_embeddings.weight + self.context_embeddings.weight
 
     def score(self, target: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -59,6 +59,14 @@ class TemporalMed2Vec(nn.Module):
         target_vec = self.code_embeddings(target)  # [B, E]
         code_vec = self.context_embeddings(codes)  # [B, N, E]
         return torch.einsum("be,bne->bn", target_vec, code_vec)
+
+    def score_all(self, target: torch.Tensor) -> torch.Tensor:
+        """Every code as a context of each target: target [B] -> [B, V]. One matmul; a batch's
+        negatives are read from it with `gather`. For a vocabulary of up to a few thousand
+        codes this is faster than gathering B x C x K context rows with `score` (whose
+        backward scatters as many rows into the table), with the same numbers; for larger
+        ones it is slower (`tasks.SkipGramTask` picks)."""
+        return self.code_embeddings(target) @ self.context_embeddings.weight.T  # [B, E] @ [E, V]
 
     def forward(
         self, target: torch.Tensor, context: torch.Tensor, dt: torch.Tensor, context_mask: torch.Tensor

@@ -181,8 +181,8 @@ def _load_table(con, spec: TableSpec, path: Path, reader: str, actual: dict) -> 
 
     A view over a gzipped CSV would be decompressed and parsed again by every query
     that touches it (validation, row count, each join). The connection's database is a
-    scratch file (see `extract`), so the table is stored compressed on disk and memory
-    stays under DuckDB's `memory_limit`. Each typed column that is not VARCHAR gets a
+    scratch database (see `extract`) that spills to disk beyond DuckDB's `memory_limit`,
+    so memory stays under it. Each typed column that is not VARCHAR gets a
     `__bad_<column>` twin holding the raw text wherever parsing failed; the twins are
     checked and dropped before anyone reads the table.
     """

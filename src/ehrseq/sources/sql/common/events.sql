@@ -5,8 +5,8 @@
 -- event shows only what was known by the cutoff (`withheld` below).
 --
 -- Speed (issue 15): no window function and no wide sort or aggregate runs over all
--- events. Overlapping stays are found once on the (small) stay table, so only events
--- inside overlapping stays need a ranking; a 64-bit hash of the shown content finds the
+-- events. Overlapping stays are found once on the (small) stay table, and the stay that
+-- takes an event inside them once per (subject, admission, time); a 64-bit hash of the shown content finds the
 -- few events that may collapse, and only those are grouped on their full content.
 
 -- Stays events attach to. `shared_window`: another stay of the same subject shares part of
@@ -26,6 +26,25 @@ SELECT s.*,
                  AND o.day_start <= s.outtime AND s.day_start <= o.outtime) AS shared_window
 FROM s;
 
+-- Inside overlapping stays (rare) the earliest stay takes an event. Which stays an event
+-- matches depends only on its subject, admission, time and date_only, so the winner is
+-- found once per such key, for the subjects that have overlapping stays: a small table,
+-- instead of a ranking of every matched event (and identical copies of an event all go
+-- to the same stay, counted as duplicates below, whatever order they arrive in).
+CREATE OR REPLACE TEMP TABLE overlap_winners AS
+SELECT e.subject_id, e.hadm_id, e.time, e.date_only,
+       first(s.stay_id ORDER BY s.intime, s.stay_id) AS stay_id
+FROM (SELECT DISTINCT subject_id, hadm_id, time, date_only FROM src_events
+      WHERE stay_id IS NULL
+        AND subject_id IN (SELECT subject_id FROM event_stays WHERE shared_window)) e
+JOIN event_stays s
+  ON s.shared_window
+ AND s.subject_id = e.subject_id
+ AND (e.hadm_id IS NULL OR s.hadm_id = e.hadm_id)
+ AND e.time >= CASE WHEN e.date_only THEN s.day_start ELSE s.intime END
+ AND e.time <= s.outtime
+GROUP BY ALL;
+
 -- One row per source event: its reason to be dropped (NULL: kept), and for kept events
 -- what is shown. The stay's ids and times are joined back when the events are written.
 CREATE OR REPLACE TEMP TABLE event_rows AS
@@ -39,27 +58,19 @@ WITH linked AS (  -- events that name their stay
     FROM src_events e LEFT JOIN event_stays s ON s.stay_id = e.stay_id
     WHERE e.stay_id IS NOT NULL
 ),
-matched AS (  -- events found by subject, admission and time
-    SELECT e.*, s.stay_id AS stay, s.hadm_id AS stay_hadm, s.intime, s.cutoff, s.exclusion, s.shared_window
+unlinked AS (  -- events found by subject, admission and time: at most one stay each
+    SELECT e.*, s.stay_id AS stay, s.hadm_id AS stay_hadm, s.intime, s.cutoff, s.exclusion
     FROM src_events e
+    LEFT JOIN overlap_winners w
+      ON w.subject_id = e.subject_id AND w.hadm_id IS NOT DISTINCT FROM e.hadm_id
+     AND w.time = e.time AND w.date_only = e.date_only
     LEFT JOIN event_stays s
       ON s.subject_id = e.subject_id
      AND (e.hadm_id IS NULL OR s.hadm_id = e.hadm_id)
      AND e.time >= CASE WHEN e.date_only THEN s.day_start ELSE s.intime END
      AND e.time <= s.outtime
+     AND (NOT s.shared_window OR s.stay_id = w.stay_id)
     WHERE e.stay_id IS NULL
-),
-unlinked AS (
-    SELECT * EXCLUDE (shared_window) FROM matched WHERE shared_window IS NOT TRUE
-    UNION ALL
-    -- inside overlapping stays (rare) the earliest stay takes the event. rank, not
-    -- row_number: identical copies of an event all go to that stay (and are counted as
-    -- duplicates below), whatever order they arrive in.
-    SELECT * EXCLUDE (shared_window) FROM matched WHERE shared_window
-    QUALIFY rank() OVER (
-        PARTITION BY event_type, subject_id, hadm_id, time, date_only, code, text, value, unit, flag,
-                     known_time, start_code, start_text, start_value, start_flag, system
-        ORDER BY intime, stay) = 1
 ),
 unlinked_classified AS (
     SELECT *,
@@ -127,33 +138,3 @@ SELECT event_type, drop_reason AS reason, stay AS stay_id, time, placed_time, mo
        CASE WHEN withheld THEN code END AS full_code, CASE WHEN withheld THEN text END AS full_text,
        CASE WHEN withheld THEN value END AS full_value, CASE WHEN withheld THEN flag END AS full_flag
 FROM content;
-
--- Kept events, one row per distinct shown event. Two kinds of rows collapse here:
---   duplicate:            exact copies (same stay, time, kind, content, withheld or not)
---   merged_when_withheld: source rows that differ only in what is withheld look identical
---                         before the cutoff (e.g. one culture that grew two organisms):
---                         one pending event is kept, so the number of events does not
---                         reveal the result either.
--- Rows whose content hash is unique cannot collapse and pass through; the others (a hash
--- shared by copies, look-alikes or, very rarely, by different contents) are grouped on
--- their full content, so a hash collision never merges two different events.
--- Grouping on the raw `time` (not placed_time) keeps a date-only event and a timed one
--- placed at the same instant apart. `withheld` is false when any copy is shown in full.
--- `has_plain` marks groups with a copy shown in full; with the distinct withheld
--- contents (extract.py) it splits the collapsed rows into the two reasons.
-CREATE OR REPLACE TEMP TABLE collapsing AS
-SELECT content_hash FROM event_rows WHERE reason IS NULL GROUP BY content_hash HAVING count(*) > 1;
-
-CREATE OR REPLACE TEMP TABLE events_kept AS
-SELECT stay_id, time, event_type, code, text, value, unit, flag, placed_time, moved_to_cutoff,
-       1 AS source_rows, withheld, NOT withheld AS has_plain
-FROM event_rows ANTI JOIN collapsing USING (content_hash)
-WHERE reason IS NULL
-UNION ALL
-SELECT stay_id, time, event_type, code, text, value, unit, flag,
-       -- a timed copy at the same instant is known then: the group is placed there
-       min(placed_time), bool_and(moved_to_cutoff),
-       count(*), bool_and(withheld), bool_or(NOT withheld)
-FROM event_rows SEMI JOIN collapsing USING (content_hash)
-WHERE reason IS NULL
-GROUP BY stay_id, time, event_type, code, text, value, unit, flag;

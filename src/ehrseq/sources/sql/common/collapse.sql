@@ -1,0 +1,32 @@
+-- De-duplication of the kept events. Reads only event_rows (events.sql): the source
+-- tables may be gone by now (extract.py frees them before this runs).
+--
+-- Kept events, one row per distinct shown event. Two kinds of rows collapse here:
+--   duplicate:            exact copies (same stay, time, kind, content, withheld or not)
+--   merged_when_withheld: source rows that differ only in what is withheld look identical
+--                         before the cutoff (e.g. one culture that grew two organisms):
+--                         one pending event is kept, so the number of events does not
+--                         reveal the result either.
+-- Rows whose content hash is unique cannot collapse and pass through; the others (a hash
+-- shared by copies, look-alikes or, very rarely, by different contents) are grouped on
+-- their full content, so a hash collision never merges two different events.
+-- Grouping on the raw `time` (not placed_time) keeps a date-only event and a timed one
+-- placed at the same instant apart. `withheld` is false when any copy is shown in full.
+-- `has_plain` marks groups with a copy shown in full; with the distinct withheld
+-- contents (extract.py) it splits the collapsed rows into the two reasons.
+CREATE OR REPLACE TEMP TABLE collapsing AS
+SELECT content_hash FROM event_rows WHERE reason IS NULL GROUP BY content_hash HAVING count(*) > 1;
+
+CREATE OR REPLACE TEMP TABLE events_kept AS
+SELECT stay_id, time, event_type, code, text, value, unit, flag, placed_time, moved_to_cutoff,
+       1 AS source_rows, withheld, NOT withheld AS has_plain
+FROM event_rows ANTI JOIN collapsing USING (content_hash)
+WHERE reason IS NULL
+UNION ALL
+SELECT stay_id, time, event_type, code, text, value, unit, flag,
+       -- a timed copy at the same instant is known then: the group is placed there
+       min(placed_time), bool_and(moved_to_cutoff),
+       count(*), bool_and(withheld), bool_or(NOT withheld)
+FROM event_rows SEMI JOIN collapsing USING (content_hash)
+WHERE reason IS NULL
+GROUP BY stay_id, time, event_type, code, text, value, unit, flag;
