@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from ehrseq.features import collate
 from ehrseq.models.clinical_lf import ClinicalLF, clinical_lf_loss
 from ehrseq.schema import BOS_ID, EOS_ID, EVENT_COLUMNS, EVENT_TYPES
+from ehrseq.tasks import MortalityTask
 
 DEMO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mimic-iii-demo-1.4"
 
@@ -317,3 +318,21 @@ def sampling(**overrides):
 
     return SamplingConfig(**{"temperature": 1.0, "top_k": 0, "top_p": 1.0, "max_visits": 8, "batch_size": 64,
                              **overrides})
+
+
+class Killed(Exception):
+    """What `KilledAfter` raises: the test expects it, so an unrelated error still fails."""
+
+
+class KilledAfter(MortalityTask):
+    """Dies like a killed process after `steps` training steps (resume tests)."""
+
+    def __init__(self, steps: int, **kw):
+        super().__init__(**kw)
+        self.steps_left = steps
+
+    def loss(self, model, batch):
+        if self.steps_left == 0:
+            raise Killed(f"killed after the planned number of steps: {batch['stay_id'].tolist()[:3]}...")
+        self.steps_left -= 1
+        return super().loss(model, batch)

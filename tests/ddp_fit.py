@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from conftest import TOY_VOCAB, toy_sequences
+from conftest import TOY_VOCAB, KilledAfter, toy_sequences
 from ehrseq.data import TokenSequenceDataset, token_loader
 from ehrseq.models import build_model
 from ehrseq.tasks import MortalityTask
@@ -24,18 +24,6 @@ from ehrseq.training import FitConfig, fit
 
 BATCH, VAL_BATCH = 16, 32
 TRAIN_STAYS, VAL_STAYS = 160, 61  # 10 full train batches; val batches of 32 and 29 (29 pads one row on 2 ranks)
-
-
-class KilledAfter(MortalityTask):
-    def __init__(self, steps: int, **kw):
-        super().__init__(**kw)
-        self.steps_left = steps
-
-    def loss(self, model, batch):
-        if self.steps_left == 0:
-            raise SystemExit(f"killed after the planned number of steps: {batch['stay_id'].tolist()[:3]}...")
-        self.steps_left -= 1
-        return super().loss(model, batch)
 
 
 def main() -> None:

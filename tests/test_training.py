@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TOY_VOCAB, toy_sequences, write_toy_split
+from conftest import TOY_VOCAB, Killed, KilledAfter, toy_sequences, write_toy_split
 from ehrseq.data import (
     LengthBucketSampler,
     TokenSequenceDataset,
@@ -204,24 +204,6 @@ def test_checkpoints_hold_everything_needed_to_resume(tmp_path, toy_data):
     assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), model.state_dict().values()))
     # the language model learned the walk: far better than guessing uniformly
     assert result.history[-1]["val/perplexity"] < TOY_VOCAB / 3
-
-
-class Killed(Exception):
-    pass
-
-
-class KilledAfter(MortalityTask):
-    """Dies like a killed process after `steps` training steps."""
-
-    def __init__(self, steps: int, **kw):
-        super().__init__(**kw)
-        self.steps_left = steps
-
-    def loss(self, model, batch):
-        if self.steps_left == 0:
-            raise Killed
-        self.steps_left -= 1
-        return super().loss(model, batch)
 
 
 def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path, toy_data):
