@@ -43,7 +43,7 @@ from ehrseq.explain.sanity import (
 )
 from ehrseq.explain.visits import SurvivalEventDataset, collate_survival_events, pre_cutoff_frame, unit_rows, unit_truth
 from ehrseq.io import atomic_path, setup_logging, write_json
-from ehrseq.metrics import patient_ids
+from ehrseq.metrics import UndefinedMetricError, patient_ids
 from ehrseq.model_data import SURVIVAL_MODELS, TOKEN_MODELS, checkpoint_encoder, load_model_data, task_class
 from ehrseq.params import load_params
 from ehrseq.survival_data import SurvivalDataset, load_survival
@@ -155,7 +155,10 @@ def main() -> None:
             summary["test_auroc"] = auroc_with_interval(y, risk, patient_ids(p["stay_id"], paths.COHORT),
                                                         shuffle["n_bootstrap"], seed)
             n_events = [sizes[int(s)] for s in p["stay_id"]]
-            summary["test_auroc_within_event_strata"] = stratified_auroc(y, risk, n_events, shuffle["event_strata"])
+            try:
+                summary["test_auroc_within_event_strata"] = stratified_auroc(y, risk, n_events, shuffle["event_strata"])
+            except UndefinedMetricError as err:
+                summary["test_auroc_within_event_strata"], summary["reason"] = None, str(err)
             summary["spearman_risk_vs_events"] = float(spearmanr(risk, n_events)[0])
             runs.append(summary)
             if first is None:  # the first seed's model is the one whose explanations are checked

@@ -937,3 +937,17 @@ def test_untrained_aurocs_are_fresh_models_of_each_seed(tokens):
         logits = model(batch["input_ids"], batch["attention_mask"])["logits"]
     assert got[1] == pytest.approx(roc_auc_score(batch["label"].numpy(), logits.numpy()))
     assert got[0] != got[1]
+
+
+def test_a_split_too_small_for_strata_leaves_the_shuffled_label_verdict_undefined():
+    from ehrseq.explain.sanity import stratified_auroc
+    from ehrseq.metrics import UndefinedMetricError
+    from ehrseq.report import shuffled_label_cell
+
+    # 9 stays, 3 deaths, each in its own event-count stratum: no (death, survivor) pair to compare
+    labels, events = np.array([1, 0, 0, 1, 0, 0, 1, 0, 0]), np.arange(9)
+    with pytest.raises(UndefinedMetricError, match="3 deaths among 9 stays"):
+        stratified_auroc(labels, np.linspace(0, 1, 9), events, n_strata=9)
+    verdict = label_randomisation_verdict([0.5, None, 0.6], tolerance=0.1)
+    assert verdict["passes"] is None and verdict["mean"] is None
+    assert shuffled_label_cell(verdict).startswith("undefined (")

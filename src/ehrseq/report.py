@@ -201,8 +201,10 @@ def explain_row(m: Metrics, k: int = 5) -> list[str]:
 def shuffled_label_cell(label: Metrics | None) -> str:
     """Mean over seeds of the shuffled-label models' test AUROC within event-count strata,
     each seed's value, and the verdict (sanity.label_randomisation_verdict)."""
-    if not isinstance(label, Mapping) or label.get("mean") is None:
+    if not isinstance(label, Mapping):
         return NOT_RUN
+    if label.get("mean") is None:
+        return f"undefined ({label['reason']})" if label.get("reason") else NOT_RUN
     seeds = ", ".join(f"{a:.3f}" for a in label.get("test_auroc_per_seed", []))
     return f"{label['mean']:.3f} [{seeds}] {'pass' if label.get('passes') else 'FAIL'}"
 

@@ -159,8 +159,10 @@ def stratified_auroc(labels: np.ndarray, scores: np.ndarray, covariate: np.ndarr
         if n:
             total += metrics.auroc(y, rankdata(x) / len(x)) * n
             pairs += n
-    if not pairs:
-        raise ValueError("no stratum holds both a death and a survivor")
+    if not pairs:  # a small test split (the MIMIC-III demo: 9 stays, 3 deaths)
+        raise metrics.UndefinedMetricError(
+            f"no event-count stratum of {n_strata} holds both a death and a survivor "
+            f"({int(labels.sum())} deaths among {len(labels)} stays)")
     return total / pairs
 
 
@@ -179,7 +181,12 @@ def label_randomisation_verdict(aurocs: Sequence[float], tolerance: float) -> di
     Rule: PASS when 0.5 lies in the 95% t-interval of the seeds' mean (no evidence that
     the seeds lean one way: a leak of true labels into training pushes every seed the
     same way) AND |mean - 0.5| <= `tolerance` (a lean that few seeds cannot resolve
-    still fails when it is large). With one seed, only the second condition applies."""
+    still fails when it is large). With one seed, only the second condition applies.
+    A seed whose AUROC is undefined (None: no stratum holds both outcomes) leaves the
+    verdict undefined: `passes` None, with the reason."""
+    if any(a is None for a in aurocs):
+        return {"test_auroc_per_seed": list(aurocs), "mean": None, "passes": None, "tolerance": tolerance,
+                "reason": "the test AUROC within event-count strata is undefined for a seed (see runs)"}
     a = np.asarray(aurocs, dtype=float)
     mean = float(a.mean())
     half = float(scipy_stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else None
