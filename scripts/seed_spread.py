@@ -26,17 +26,11 @@ from pathlib import Path
 
 import yaml
 
+from ehrseq.report import dig
+
 REPO = Path(__file__).resolve().parent.parent
 # (metrics-file key, label): the headline of reports/summary.md, and AUPRC
 METRICS = (("auroc", "test AUROC"), ("auroc_vs_oracle", "model / oracle AUROC"), ("auprc", "test AUPRC"))
-
-
-def lookup(data: dict, dotted: str):
-    for key in dotted.split("."):
-        if not isinstance(data, dict) or key not in data:
-            return None
-        data = data[key]
-    return data.get("value") if isinstance(data, dict) else data
 
 
 def run_seed(work: Path, model: str, seed: int) -> dict:
@@ -76,7 +70,7 @@ def main() -> None:
                 if seed == committed_seed:
                     same = runs[seed] == committed
                     print(f"{model} seed {seed}: {'identical to' if same else 'DIFFERS from'} {committed_path}")
-            values = {label: [lookup(m, key) for m in runs.values()] for key, label in METRICS}
+            values = {label: [dig(m, f"{key}.value") for m in runs.values()] for key, label in METRICS}
             result["models"][model] = {"seeds": list(runs)} | {
                 label: {"per_seed": v, "mean": statistics.fmean(v), "sd": statistics.stdev(v),
                         "min": min(v), "max": max(v)}
