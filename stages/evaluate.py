@@ -15,6 +15,7 @@ prompt_bart is a generative model: its file holds test perplexities instead (see
 """
 import argparse
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,7 @@ def pretrain_metrics(path: Path, loader, device, n_resamples: int, seed: int) ->
             "next_token_accuracy": metrics.bootstrap(metrics.token_accuracy, (p["n_correct"], p["n_tokens"]), **kw)}
 
 
-def evaluate_survival(model_name: str, params: dict, survival: dict, visit_hours: float, device) -> None:
+def evaluate_survival(model_name: str, params: dict, survival: dict, visit_hours: float, device, start: float) -> None:
     """survival_lstm: landmark curves on test beside the oracle, Kaplan-Meier and Cox
     (reports/metrics/MODEL.json), and predicted vs Kaplan-Meier survival by risk tertile
     (reports/plots/MODEL/tertiles.{csv,png})."""
@@ -62,7 +63,8 @@ def evaluate_survival(model_name: str, params: dict, survival: dict, visit_hours
         truth_path=paths.STAY_SURVIVAL, auc_hours=survival["auc_hours"],
         tau_hours=survival["tau_hours"], cox=survival["cox"], n_resamples=survival["n_bootstrap"], seed=params["seed"])
     write_json(paths.metrics_json(model_name),
-               {"model": model_name, "best_epoch": checkpoint["epoch"], **report, "dropped": dropped})
+               {"model": model_name, "best_epoch": checkpoint["epoch"], **report, "dropped": dropped,
+                "stage": f"evaluate@{model_name}", "seconds": round(time.time() - start, 1)})
     table = tertile_table(curves["model"], test["time_hours"].to_numpy(), test["event"].to_numpy(),
                           visit_hours * np.arange(curves["model"].shape[1]))
     with atomic_path(paths.tertile_plot(model_name, "csv")) as tmp:
@@ -87,16 +89,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
     args = parser.parse_args()
+    start = time.time()
     setup_logging()
     params = load_params("evaluate")["evaluate"]
     device = pick_device()
     n_resamples, seed, n_bins = params["n_bootstrap"], params["seed"], params["calibration_bins"]
     if args.model in SURVIVAL_MODELS:
         all_params = load_params("evaluate", "survival", "tokenize")
-        evaluate_survival(args.model, params, all_params["survival"], all_params["tokenize"]["visit_hours"], device)
+        evaluate_survival(args.model, params, all_params["survival"], all_params["tokenize"]["visit_hours"], device,
+                          start)
         return
     if args.model == "prompt_bart":
-        evaluate_prompt_bart(paths.checkpoint(args.model, "denoise"), params, device)
+        evaluate_prompt_bart(paths.checkpoint(args.model, "denoise"), params, device, start)
         return
 
     model, checkpoint = load_trained_model(paths.checkpoint(args.model, "finetune"), device)
@@ -116,6 +120,7 @@ def main() -> None:
     pretrained = paths.checkpoint(args.model, "pretrain")
     if pretrained.exists():
         report["pretrain"] = pretrain_metrics(pretrained, loader, device, n_resamples, seed)
+    report.update(stage=f"evaluate@{args.model}", seconds=round(time.time() - start, 1))
     write_json(paths.metrics_json(args.model), report)
     for name, table in metrics.classification_curves(y, prob, n_bins).items():
         with atomic_path(paths.plots_dir(args.model) / f"{name}.csv") as tmp:
@@ -124,7 +129,7 @@ def main() -> None:
              report["oracle_auroc"]["value"])
 
 
-def evaluate_prompt_bart(path: Path, params: dict, device) -> None:
+def evaluate_prompt_bart(path: Path, params: dict, device, start: float) -> None:
     """Test perplexities of prompt_bart and of the independent-codes baseline on the same targets.
 
     lpl (longitudinal): each visit k >= 1 given visits < k; mpl (cross-type): each code
@@ -190,6 +195,7 @@ def evaluate_prompt_bart(path: Path, params: dict, device) -> None:
                              "median_perplexity": entry[source]["value"]})
             entry["beats_baseline"] = entry["model"]["value"] < entry["baseline"]["value"]
             report[name][code_type] = entry
+    report.update(stage="evaluate@prompt_bart", seconds=round(time.time() - start, 1))
     write_json(paths.metrics_json("prompt_bart"), report)
     with atomic_path(paths.PROMPT_BART_PERPLEXITY) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)

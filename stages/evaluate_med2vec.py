@@ -10,6 +10,7 @@ vector sets, see `ehrseq.code_embeddings.evaluation`) and reports/med2vec/neighb
 (the nearest codes of the most frequent train codes, temporal model).
 """
 import logging
+import time
 
 import pandas as pd
 
@@ -47,6 +48,7 @@ def read_problem_codes() -> tuple[pd.DataFrame | None, str]:
 
 
 def main() -> None:
+    start = time.time()
     setup_logging()
     params = load_params("train.med2vec")["train"]["med2vec"]["evaluation"]
     config = read_json(MODEL / "config.json")
@@ -69,6 +71,7 @@ def main() -> None:
             "next_visit": next_visit_metrics(cv, pairs, train_counts, params["recall_k"]),
         }
         log.info("%s: %s", name, report["models"][name])
+    report.update(stage="evaluate_med2vec", seconds=round(time.time() - start, 1))
     write_json(paths.MED2VEC_METRICS, report)
     table = neighbours_table(CodeVectors(pd.read_parquet(VARIANTS["med2vec"])), train_counts,
                              params["neighbour_codes"], k)

@@ -101,6 +101,7 @@ def main() -> None:
                        {"reason": "no frequent train diagnosis has both classes in train and val visits"})},
     }
     report["targets"] = check_targets(report)
+    report["seconds"] = round(time.time() - start, 1)  # the whole stage; sampling.seconds is its sampling part
     write_json(paths.metrics_json("generate"), report)
     with atomic_path(paths.GENERATE_PREVALENCE) as tmp:
         prevalence_table(test, synthetic, index).to_csv(tmp, index=False)

@@ -1,5 +1,6 @@
 """DVC stage `tokenize`: events + cohort + vocab -> per-split sequence files (three views)."""
 import logging
+import time
 
 import pandas as pd
 
@@ -15,6 +16,7 @@ OUT = paths.SEQUENCES
 
 
 def main() -> None:
+    start = time.time()
     setup_logging()
     params = load_params("tokenize", "vocab", "survival")
     p, v = params["tokenize"], params["vocab"]
@@ -38,6 +40,7 @@ def main() -> None:
         metrics[split] = {"stays": s1, "survival": s2, "patients": s3}
         log.info("%s: %d stays (%d truncated to %d tokens), %d patients with diagnoses",
                  split, s1["stays"], s1["truncated"], p["max_length"], s3["patients"])
+    metrics["seconds"] = round(time.time() - start, 1)
     write_json(paths.metrics_json("tokenize"), metrics)
 
 

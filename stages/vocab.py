@@ -1,5 +1,6 @@
 """DVC stage `vocab`: fit the vocabulary and value bins on the train split only."""
 import logging
+import time
 
 import pandas as pd
 
@@ -12,6 +13,7 @@ log = logging.getLogger("ehrseq.stages.vocab")
 
 
 def main() -> None:
+    start = time.time()
     setup_logging()
     p = load_params("vocab")["vocab"]
     events = pd.read_parquet(paths.EVENTS)
@@ -33,6 +35,7 @@ def main() -> None:
     metrics = {"size": len(vocab), **fit_stats, "train_events": int(train.sum())}
     for split in ("val", "test"):
         metrics[split] = coverage(vocab, vocab.event_tokens(events[events_split == split]))
+    metrics["seconds"] = round(time.time() - start, 1)
     write_json(paths.metrics_json("vocab"), metrics)
     log.info("vocabulary of %d tokens from %d train events; %d codes below min_frequency=%d; val <unk> rate %s",
              len(vocab), metrics["train_events"], fit_stats["dropped_below_min_frequency"], p["min_frequency"],

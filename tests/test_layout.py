@@ -242,3 +242,19 @@ def test_dvc_lock_names_only_stages_of_dvc_yaml():
         stages |= {f"{name}@{key}" for key in keys}
     locked = set(yaml.safe_load((REPO / "dvc.lock").read_text())["stages"])
     assert locked <= stages, f"dvc.lock has stages dvc.yaml lacks: {sorted(locked - stages)}"
+
+
+def test_every_stage_records_its_wall_seconds_in_the_smoke_baseline():
+    """Each stage's metrics file carries `seconds`, so the report's run-cost table covers the
+    whole pipeline (#15: "measure where the time goes first"). Read from the committed smoke
+    baseline, which a real run of every stage wrote."""
+    from ehrseq.report import cost_row
+
+    missing = []
+    for name, stage in STAGES.items():
+        for entry in _entries(stage, "metrics"):
+            baseline = REPO / "reports" / "smoke" / Path(entry).name
+            assert baseline.exists(), f"{name}: {baseline} is not in the smoke baseline"
+            if cost_row(baseline.stem, yaml.safe_load(baseline.read_text())) is None:
+                missing.append(f"{name} ({baseline.name})")
+    assert not missing, f"stages whose metrics record no seconds: {missing}"

@@ -74,7 +74,7 @@ def test_cost_section_lists_every_stage_with_seconds_and_their_parts():
                        "seconds_by_phase": {"load": 3.1, "pretrain": 40.0, "finetune": 87.0},
                        "epochs_by_phase": {"pretrain": 2, "finetune": 9}},
         "explain_lstm": {"seconds": {"explain": 12.0, "total": 40.2}},
-        "lstm": {"auroc": 0.8},  # evaluate records no seconds: not a row
+        "lstm": {"auroc": 0.8},  # a file without seconds (an older run) is not a row
     }
     section = report.cost_section(metrics)
     assert "| train@lstm | 130 | load 3, pretrain 40 (2 epochs), finetune 87 (9 epochs) (2 processes) |" in section
