@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -33,11 +34,11 @@ class ParamsError(ValueError):
 # --------------------------------------------------------------------------- specs
 
 
-class Spec:
+class Spec(ABC):
     """What one value may be. `check` returns problems ("expected ..."); empty means valid."""
 
-    def check(self, value: Any, key: str) -> list[str]:
-        raise NotImplementedError
+    @abstractmethod
+    def check(self, value: Any, key: str) -> list[str]: ...
 
 
 def _show(value: Any) -> str:
