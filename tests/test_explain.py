@@ -42,6 +42,7 @@ from ehrseq.explain.faithfulness import (
     curves_to_risk,
     deletion_curve,
     deletion_curves,
+    greedy_deletion_curve,
     random_scores,
     deletion_table,
     head_specialisation,
@@ -363,6 +364,24 @@ def test_deletion_curve_and_aopc_by_hand():
     assert torch.allclose(curve, expected)
     assert torch.allclose(aopc(curve), (expected[:, :1] - expected[:, 1:]).mean(dim=1))
     assert aopc(torch.tensor([[0.9, 0.5, 0.3]])).item() == pytest.approx(0.5)
+
+
+def test_greedy_deletion_curve_by_hand():
+    """Greedy deletion removes, step by step, the event whose removal lowers the logit
+    most; with logit = sum of the kept events' values that is the largest value left,
+    even when every choice left raises the logit."""
+    steps = torch.tensor([[[1.0], [2.0], [-1.0], [0.0]], [[0.5], [0.0], [0.0], [0.0]]])
+    padding = torch.tensor([[False, False, False, True], [False, True, True, True]])
+    model = SumOfFirstFeature()
+
+    def logits_without(removed, n):  # n = copies x 2 stays, copy-major
+        copies = n // 2
+        return model(steps.repeat(copies, 1, 1), torch.zeros(n, 0), padding.repeat(copies, 1) | removed)["logits"]
+
+    curve = greedy_deletion_curve(logits_without, padding, k_max=4, copies_per_forward=3)
+    # stay 0: 2 -> remove 2.0 -> 0 -> remove 1.0 -> -1 -> remove -1.0 -> 0 -> nothing left: 0
+    # stay 1: 0.5 -> remove 0.5 -> 0, then nothing left
+    assert curve.tolist() == [[2.0, 0.0, -1.0, 0.0, 0.0], [0.5, 0.0, 0.0, 0.0, 0.0]]
 
 
 def test_precision_at_k_by_hand():

@@ -62,6 +62,29 @@ def deletion_curve(logits_without: LogitsWithout, scores: torch.Tensor, padding:
     return stacked_logits(logits_without, deletion_masks(scores, padding, k_max), copies_per_forward).T
 
 
+@torch.no_grad()
+def greedy_deletion_curve(logits_without: LogitsWithout, padding: torch.Tensor, k_max: int,
+                          copies_per_forward: int = 1) -> torch.Tensor:
+    """[B, K+1] logits along GREEDY deletion: step k removes, of the events still there,
+    the one whose removal gives the lowest logit (a stay out of events keeps its last
+    value). No ranking fixed in advance follows the best subset of each size; this path
+    is the reference an explanation's deletion curve is read against
+    (scripts/aopc_ceiling.py). Costs K x E batch copies."""
+    B, E = padding.shape
+    removed = torch.zeros_like(padding)
+    curve = [stacked_logits(logits_without, removed[None], 1)[0]]
+    eye = torch.eye(E, dtype=torch.bool, device=padding.device)
+    for _ in range(k_max):
+        candidates = removed[None] | eye[:, None, :]  # [E, B, E]: one more event removed
+        logits = stacked_logits(logits_without, candidates, copies_per_forward).T  # [B, E]
+        logits = logits.masked_fill(padding | removed, float("inf"))
+        best = logits.argmin(dim=1)  # [B]
+        done = torch.isinf(logits.min(dim=1).values)  # nothing left to remove
+        removed = removed | (eye[best] & ~done[:, None])
+        curve.append(torch.where(done, curve[-1], logits.gather(1, best[:, None]).squeeze(1)))
+    return torch.stack(curve, dim=1)
+
+
 def aopc(curve: torch.Tensor) -> torch.Tensor:
     """[B] area over the perturbation curve: mean over k >= 1 of curve[:, 0] - curve[:, k]."""
     return (curve[:, :1] - curve[:, 1:]).mean(dim=1)
