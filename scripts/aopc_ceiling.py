@@ -49,7 +49,8 @@ def main() -> None:
         encoder = checkpoint_encoder(checkpoint)
         explainer = make_explainer(name, model, encoder)
         if name in TOKEN_MODELS:
-            test = load_token_events(paths.SEQUENCES / "test.parquet", checkpoint["metadata"]["model_config"]["vocab_size"])
+            vocab_size = checkpoint["metadata"]["model_config"]["vocab_size"]
+            test = load_token_events(paths.SEQUENCES / "test.parquet", vocab_size)
             collate_fn = collate_token_events
         elif name == "clinical_lf":
             data = load_model_data(name, ("test",), encoder=encoder)
@@ -62,7 +63,8 @@ def main() -> None:
                              disable=None):
             events = explainer.events(batch)
             without = explainer.logits_without(batch, events)
-            curves.append(greedy_deletion_curve(without, events.padding, config["k_max"], config["perturbations_per_eval"]))
+            curves.append(greedy_deletion_curve(without, events.padding, config["k_max"],
+                                                config["perturbations_per_eval"]))
             empty.append(stacked_logits(without, (~events.padding)[None], 1)[0])
         risk = torch.sigmoid(torch.cat(curves))  # [N, K+1]
         aopc = (risk[:, :1] - risk[:, 1:]).mean()

@@ -42,11 +42,11 @@ from ehrseq.explain.faithfulness import (
     curves_to_risk,
     deletion_curve,
     deletion_curves,
-    greedy_deletion_curve,
-    random_scores,
     deletion_table,
+    greedy_deletion_curve,
     head_specialisation,
     precision_at_k,
+    random_scores,
 )
 from ehrseq.explain.inputs import (
     TokenEventDataset,
