@@ -43,8 +43,10 @@ from ehrseq.explain.faithfulness import (
     deletion_curve,
     deletion_curves,
     deletion_table,
+    greedy_deletion_curve,
     head_specialisation,
     precision_at_k,
+    random_scores,
 )
 from ehrseq.explain.inputs import (
     TokenEventDataset,
@@ -57,6 +59,7 @@ from ehrseq.explain.plots import head_heatmap, importance_bars, stay_timeline
 from ehrseq.explain.run import ExplainConfig, explain_split, sanity_checks, scores_frame
 from ehrseq.explain.sanity import (
     RelabelledDataset,
+    SanityBatch,
     label_randomisation_verdict,
     parameter_randomisation,
     shuffled_label_model,
@@ -76,7 +79,7 @@ def _config(**overrides) -> ExplainConfig:
     """An ExplainConfig (it has no defaults: params.yaml holds them) sized for toy data."""
     base = {"batch_size": 16, "ig_steps": 32, "internal_batch_size": None, "k_max": 3, "precision_k": (1, 3, 5),
             "n_random": 3, "n_permutations": 20, "plot_stays": 1, "attention_batches": 1, "max_stays": None,
-            "perturbations_per_eval": 4, "sanity_stays": 8, "seed": 0,
+            "perturbations_per_eval": 4, "sanity_stays": 8, "sanity_ig_steps": 16, "seed": 0,
             "label_shuffle": {"stays": 100, "epochs": 1, "seeds": 2, "tolerance": 0.05, "event_strata": 4,
                               "n_bootstrap": 10, "untrained_models": 1}}
     return ExplainConfig(**{**base, **overrides})
@@ -363,6 +366,24 @@ def test_deletion_curve_and_aopc_by_hand():
     assert aopc(torch.tensor([[0.9, 0.5, 0.3]])).item() == pytest.approx(0.5)
 
 
+def test_greedy_deletion_curve_by_hand():
+    """Greedy deletion removes, step by step, the event whose removal lowers the logit
+    most; with logit = sum of the kept events' values that is the largest value left,
+    even when every choice left raises the logit."""
+    steps = torch.tensor([[[1.0], [2.0], [-1.0], [0.0]], [[0.5], [0.0], [0.0], [0.0]]])
+    padding = torch.tensor([[False, False, False, True], [False, True, True, True]])
+    model = SumOfFirstFeature()
+
+    def logits_without(removed, n):  # n = copies x 2 stays, copy-major
+        copies = n // 2
+        return model(steps.repeat(copies, 1, 1), torch.zeros(n, 0), padding.repeat(copies, 1) | removed)["logits"]
+
+    curve = greedy_deletion_curve(logits_without, padding, k_max=4, copies_per_forward=3)
+    # stay 0: 2 -> remove 2.0 -> 0 -> remove 1.0 -> -1 -> remove -1.0 -> 0 -> nothing left: 0
+    # stay 1: 0.5 -> remove 0.5 -> 0, then nothing left
+    assert curve.tolist() == [[2.0, 0.0, -1.0, 0.0, 0.0], [0.5, 0.0, 0.0, 0.0, 0.0]]
+
+
 def test_precision_at_k_by_hand():
     padding = torch.tensor([[False, False, False, False], [False, False, True, True], [False, True, True, True]])
     rows = torch.tensor([[10, 11, 12, 13], [20, 21, -1, -1], [30, -1, -1, -1]])
@@ -498,8 +519,8 @@ def test_explain_split_writes_every_artifact(setup, tmp_path):
     heads = pd.read_csv(tmp_path / "attention_heads.csv")  # 2 layers x 4 heads + 4 pooling heads
     assert len(heads) == 2 * 4 + 4 and set(heads["k_requested"]) == {3}
     # the sanity stays: planted-event stays first
-    assert sum(len(ev.padding) for _, ev in sanity) == 8
-    assert all(bool(np.isin(ev.rows.numpy(), planted).any(1).all()) for _, ev in sanity)
+    assert sum(len(b.events.padding) for b in sanity) == 8
+    assert all(bool(np.isin(b.events.rows.numpy(), planted).any(1).all()) for b in sanity)
     sample, _ = explain_split(setup["explainer"], test, collate, event_descriptions(events, cohort),
                               tmp_path / "sample", dataclasses.replace(config, ig_steps=16, k_max=2, n_random=2,
                                                                        n_permutations=10, plot_stays=1, max_stays=10))
@@ -747,6 +768,92 @@ def test_token_explain_split_finds_the_planted_events(tokens, name, tmp_path):
     assert len(list((tmp_path / "stays").glob("timeline_*.png"))) == 1
 
 
+@pytest.mark.parametrize("name", list(TOKEN_TINY))
+def test_stacked_deletion_curves_equal_one_removal_set_per_forward(tokens, name):
+    """deletion_curves runs every ranking's k = 1..K removals through a few large forwards
+    and k = 0 once; each curve must equal removing that ranking's top k, one forward per k."""
+    explainer = TokenExplainer(tokens["models"][name], name)
+    batch = tokens["batch"]
+    events = explainer.events(batch)
+    without = explainer.logits_without(batch, events)
+    scores = {"ablation": event_ablation(without, events), "position": -events.index.new_tensor(
+        range(events.rows.shape[1])).float().expand(events.rows.shape)}
+    stacked = deletion_curves(without, scores, events.padding, k_max=4, n_random=3,
+                              generator=torch.Generator().manual_seed(5), copies_per_forward=7)
+    generator = torch.Generator().manual_seed(5)  # the same random rankings, drawn in the same order
+    oracle = {n: deletion_curve(without, s, events.padding, k_max=4) for n, s in scores.items()}
+    oracle["random"] = torch.stack([deletion_curve(without, random_scores(events.padding, generator),
+                                                   events.padding, k_max=4) for _ in range(3)])
+    assert stacked.keys() == oracle.keys() and stacked["random"].shape == (3, 16, 5)
+    for n in oracle:
+        assert torch.allclose(stacked[n], oracle[n], atol=1e-5), n
+    # and by hand: "position" removes each stay's first events, i.e. the stay rebuilt without them
+    for b in (0, 3):
+        ids = batch["input_ids"][b, : int(batch["lengths"][b])].tolist()
+        rows = batch["event_row"][b, : int(batch["lengths"][b])].tolist()
+        first_two = set(events.rows[b, :2].tolist())
+        kept = [t for t, r in zip(ids, rows) if r not in first_two]
+        assert stacked["position"][b, 2].item() == pytest.approx(_logit(explainer.model, kept), abs=1e-4)
+
+
+def test_sanity_stays_carry_the_scores_explain_split_gave_them(tokens, tmp_path):
+    """The randomisation checks compare against the trained model's scores from
+    explain_split instead of explaining the stays again: re-collated in other batches,
+    each stay's scores must be the ones its events get when explained afresh."""
+    explainer = TokenExplainer(tokens["models"]["gpt2"], "gpt2")
+    rows = np.concatenate([r.numpy() for r in tokens["test"].event_rows])
+    rows = rows[rows >= 0]
+    descriptions = pd.DataFrame({"event_type": "lab", "code": "TOK//1", "text": "event", "hours_before_cutoff": 1.0},
+                                index=pd.Index(rows, name="event_row"))
+    config = _config(precision_k=(1,), batch_size=5, sanity_stays=12)
+    _, sanity = explain_split(explainer, tokens["test"], collate_token_events, descriptions, tmp_path, config,
+                              Truth(tokens["planted"], None, "none"))
+    assert sum(len(b.events.padding) for b in sanity) == 12
+    for b in sanity:
+        fresh = explainer.explain(b.batch, b.events, config).scores
+        assert b.scores.keys() == fresh.keys()
+        for m in fresh:
+            assert torch.allclose(b.scores[m], fresh[m], atol=1e-4), m
+            assert (b.scores[m][b.events.padding] == 0).all()
+
+
+class StepRecorder(TokenExplainer):
+    """Records the IG steps of every explain call (a shared list survives `randomised`)."""
+
+    def __init__(self, model, name, calls=None):
+        super().__init__(model, name)
+        self.calls = [] if calls is None else calls
+
+    def _init_kwargs(self):
+        return {"calls": self.calls}
+
+    def explain(self, batch, events, config):
+        self.calls.append(config.ig_steps)
+        return super().explain(batch, events, config)
+
+
+def test_sanity_checks_explain_only_the_changed_models_at_sanity_ig_steps(tokens):
+    """With the trained model's scores carried in, the cascade explains each randomised
+    model once and the label check the shuffled one once, all at `sanity_ig_steps`;
+    the trained model is not explained again."""
+    model = tokens["models"]["lstm"]
+    explainer = StepRecorder(model, "lstm")
+    batch = tokens["batch"]
+    events = explainer.events(batch)
+    config = _config(precision_k=(1,), ig_steps=32, sanity_ig_steps=8)
+    trained = TokenExplainer(model, "lstm").explain(batch, events, config).scores
+    report = sanity_checks(explainer, [SanityBatch(batch, events, trained)], config,
+                           Truth(tokens["planted"], None, "none"), explainer.with_model(model), {})
+    assert explainer.calls == [8] * (len(explainer.cascade()) + 1)
+    assert report["ig_steps"] == 8
+    label = report["label_randomisation"]["recall_precision_at_k"]["k=1"]["layer_integrated_gradients"]
+    assert label["trained"] >= 0.7  # the carried scores find the planted events
+    # without carried scores the trained model is explained once more
+    explainer.calls.clear()
+    parameter_randomisation(explainer, [SanityBatch(batch, events)], dataclasses.replace(config, ig_steps=8))
+    assert explainer.calls == [8] * (len(explainer.cascade()) + 1)
+
+
 # ===================================================================== sanity checks
 
 
@@ -775,7 +882,7 @@ class PositionExplainer(TokenExplainer):
 def test_parameter_randomisation_passes_gradients_and_fails_a_model_blind_method(tokens):
     model, batch = tokens["models"]["lstm"], tokens["batch"]
     explainer = TokenExplainer(model, "lstm")
-    sanity = [(batch, explainer.events(batch))]
+    sanity = [SanityBatch(batch, explainer.events(batch))]
     config = _config(n_random=2)
     report = parameter_randomisation(explainer, sanity, config)
     assert [s["randomised_down_to"] for s in report["methods"]["layer_integrated_gradients"]["stages"]] == [
@@ -841,7 +948,7 @@ def test_label_randomisation_trains_by_the_shared_loop_and_learns_nothing(tokens
     p = predict(model, task, loader(tokens["test"], False), torch.device("cpu"))
     assert abs(auroc(p["label"], p["prob"]) - 0.5) < 0.25  # the trained toy model reaches 1.0
     explainer = TokenExplainer(tokens["models"]["lstm"], "lstm")
-    sanity = [(tokens["batch"], explainer.events(tokens["batch"]))]
+    sanity = [SanityBatch(tokens["batch"], explainer.events(tokens["batch"]))]
     config = _config(precision_k=(1,), n_random=2)
     report = sanity_checks(explainer, sanity, config, Truth(tokens["planted"], None, "none"),
                            explainer.with_model(model), {"passes": True})

@@ -311,6 +311,7 @@ SCHEMA = Section({name: Omittable(spec) for name, spec in {
         "max_stays": Nullable(POSITIVE),
         "perturbations_per_eval": POSITIVE,
         "sanity_stays": POSITIVE,
+        "sanity_ig_steps": POSITIVE,
         "label_shuffle": Section({"stays": POSITIVE, "epochs": POSITIVE, "seeds": POSITIVE,
                                   "tolerance": Num(min=0, max=0.5), "event_strata": POSITIVE, "n_bootstrap": POSITIVE,
                                   "untrained_models": POSITIVE}),

@@ -28,25 +28,61 @@ def _rank(scores: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
     return scores.masked_fill(padding, float("-inf")).argsort(dim=1, descending=True, stable=True)
 
 
-LogitsWithout = Callable[[torch.Tensor, int], torch.Tensor]  # (removed [B, E] bool, B) -> logits [B]
+LogitsWithout = Callable[[torch.Tensor, int], torch.Tensor]  # (removed [N, E] bool, N) -> logits [N]
+
+
+def deletion_masks(scores: torch.Tensor, padding: torch.Tensor, k_max: int) -> torch.Tensor:
+    """[K+1, B, E] True on the events removed at step k = 0..K: each stay's top-k by
+    `scores` (all its events when it has fewer than k)."""
+    order = _rank(scores, padding)  # [B, E]
+    n_real = (~padding).sum(dim=1)  # [B]
+    positions = torch.arange(padding.shape[1], device=padding.device)[None, :]  # [1, E]
+    return torch.stack([
+        torch.zeros_like(padding).scatter(1, order, positions < torch.clamp(n_real, max=k)[:, None])
+        for k in range(k_max + 1)])
+
+
+@torch.no_grad()
+def stacked_logits(logits_without: LogitsWithout, removed: torch.Tensor, copies_per_forward: int) -> torch.Tensor:
+    """removed [N, B, E] -> logits [N, B]: `copies_per_forward` copies of the batch (each
+    with its own removals, copy-major as `logits_without` repeats the batch) per call.
+    Speed only: every row is the same stay with its own events removed."""
+    out = [logits_without(chunk.flatten(0, 1), chunk.shape[0] * chunk.shape[1]).view(chunk.shape[:2])
+           for chunk in removed.split(max(1, copies_per_forward))]
+    return torch.cat(out)
 
 
 @torch.no_grad()
 def deletion_curve(logits_without: LogitsWithout, scores: torch.Tensor, padding: torch.Tensor,
-                   k_max: int) -> torch.Tensor:
+                   k_max: int, copies_per_forward: int = 1) -> torch.Tensor:
     """[B, K+1] mortality LOGITS after removing the top-k events, k = 0..K (a stay with
     fewer than k events has all of them removed). `scores` and `padding` are per event
     [B, E]; `logits_without` removes events the model's own way (explainers.py).
     `curves_to_risk` turns logits into the risk scale the AOPC is reported on."""
-    order = _rank(scores, padding)  # [B, E]
-    n_real = (~padding).sum(dim=1)  # [B]
-    positions = torch.arange(padding.shape[1], device=padding.device)[None, :]  # [1, E]
-    logits = []
-    for k in range(k_max + 1):
-        take = positions < torch.clamp(n_real, max=k)[:, None]  # [B, E] the first k ranks
-        removed = torch.zeros_like(padding).scatter(1, order, take)  # [B, E] True = removed
-        logits.append(logits_without(removed, padding.shape[0]))
-    return torch.stack(logits, dim=1)
+    return stacked_logits(logits_without, deletion_masks(scores, padding, k_max), copies_per_forward).T
+
+
+@torch.no_grad()
+def greedy_deletion_curve(logits_without: LogitsWithout, padding: torch.Tensor, k_max: int,
+                          copies_per_forward: int = 1) -> torch.Tensor:
+    """[B, K+1] logits along GREEDY deletion: step k removes, of the events still there,
+    the one whose removal gives the lowest logit (a stay out of events keeps its last
+    value). No ranking fixed in advance follows the best subset of each size; this path
+    is the reference an explanation's deletion curve is read against
+    (scripts/aopc_ceiling.py). Costs K x E batch copies."""
+    B, E = padding.shape
+    removed = torch.zeros_like(padding)
+    curve = [stacked_logits(logits_without, removed[None], 1)[0]]
+    eye = torch.eye(E, dtype=torch.bool, device=padding.device)
+    for _ in range(k_max):
+        candidates = removed[None] | eye[:, None, :]  # [E, B, E]: one more event removed
+        logits = stacked_logits(logits_without, candidates, copies_per_forward).T  # [B, E]
+        logits = logits.masked_fill(padding | removed, float("inf"))
+        best = logits.argmin(dim=1)  # [B]
+        done = torch.isinf(logits.min(dim=1).values)  # nothing left to remove
+        removed = removed | (eye[best] & ~done[:, None])
+        curve.append(torch.where(done, curve[-1], logits.gather(1, best[:, None]).squeeze(1)))
+    return torch.stack(curve, dim=1)
 
 
 def aopc(curve: torch.Tensor) -> torch.Tensor:
@@ -59,18 +95,26 @@ def random_scores(padding: torch.Tensor, generator: torch.Generator) -> torch.Te
     return torch.rand(padding.shape, generator=generator, device=padding.device)
 
 
+@torch.no_grad()
 def deletion_curves(
     logits_without: LogitsWithout, method_scores: dict[str, torch.Tensor], padding: torch.Tensor, k_max: int,
-    n_random: int = 10, generator: torch.Generator | None = None,
+    n_random: int = 10, generator: torch.Generator | None = None, copies_per_forward: int = 1,
 ) -> dict[str, torch.Tensor]:
     """Each method's deletion curve in logits ([B, K+1]) and, under "random", the curves
-    of `n_random` random rankings ([R, B, K+1]): the bar a ranking must beat."""
-    curves = {name: deletion_curve(logits_without, s, padding, k_max) for name, s in method_scores.items()}
+    of `n_random` random rankings ([R, B, K+1]): the bar a ranking must beat.
+
+    Every ranking's removals for k = 1..K go through `logits_without` together,
+    `copies_per_forward` batch copies per call; k = 0 (nothing removed) runs once and is
+    shared. The same logits as `deletion_curve` per ranking, in fewer, larger forwards."""
     generator = generator or torch.Generator(device=padding.device).manual_seed(0)
-    curves["random"] = torch.stack([
-        deletion_curve(logits_without, random_scores(padding, generator), padding, k_max) for _ in range(n_random)
-    ])
-    return curves
+    rankings = [*method_scores.values(), *(random_scores(padding, generator) for _ in range(n_random))]
+    removed = torch.cat([deletion_masks(s, padding, k_max)[1:] for s in rankings])  # [(M+R) K, B, E]
+    full = stacked_logits(logits_without, torch.zeros_like(padding)[None], 1)  # [1, B]
+    logits = stacked_logits(logits_without, removed, copies_per_forward).view(len(rankings), k_max, -1)
+    curves = torch.cat([full.expand(len(rankings), 1, -1), logits], dim=1).transpose(1, 2).contiguous()  # [M+R, B, K+1]
+    out = dict(zip(method_scores, curves[: len(method_scores)]))
+    out["random"] = curves[len(method_scores):]
+    return out
 
 
 def curves_to_risk(curves: dict[str, torch.Tensor], logit_shift: float = 0.0) -> dict[str, torch.Tensor]:
@@ -80,7 +124,8 @@ def curves_to_risk(curves: dict[str, torch.Tensor], logit_shift: float = 0.0) ->
     shift gives the calibrated risk it reports."""
     out = {name: torch.sigmoid(c - logit_shift) for name, c in curves.items()}
     if out.get("random") is not None and out["random"].dim() == 3:
-        out["random"] = out["random"].mean(dim=0)
+        # in float64: the mean of R equal float32 values (k = 0) is then that value exactly
+        out["random"] = out["random"].double().mean(dim=0).to(out["random"].dtype)
     return out
 
 

@@ -20,6 +20,7 @@ adds the model-parameter randomisation cascade and the shuffled-label model's ve
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -52,7 +53,7 @@ from ehrseq.explain.plots import (
     stay_timeline,
     write_csv,
 )
-from ehrseq.explain.sanity import parameter_randomisation
+from ehrseq.explain.sanity import SanityBatch, parameter_randomisation, trained_scores
 from ehrseq.io import atomic_path, write_parquet
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,9 @@ class ExplainConfig:
     plot_stays: int
     attention_batches: int
     max_stays: int | None  # explain a seeded sample: event ablation costs E forwards per batch
-    perturbations_per_eval: int  # event-ablation perturbations stacked into one forward
+    perturbations_per_eval: int  # batch copies (event ablations, deletion steps) stacked into one forward
     sanity_stays: int  # stays for the randomisation checks (with planted events first)
+    sanity_ig_steps: int  # IG steps on the randomised and shuffled-label models (rank checks)
     label_shuffle: dict  # shuffled-label models: stays, epochs, seeds, tolerance, n_bootstrap, untrained_models
     seed: int
 
@@ -200,9 +202,11 @@ def explain_split(
     curves: dict[str, list[torch.Tensor]] = defaultdict(list)
     convergence: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
     pooling, kinds, paddings, with_planted = [], [], [], []
+    per_stay: dict[int, dict[str, torch.Tensor]] = {}  # stay_id -> method -> [n events], for the sanity stays
     for i, (_, batch) in enumerate(tqdm(batches, desc=f"explain {explainer.name}", disable=None)):
         events = explainer.events(batch)
         result = explainer.explain(batch, events, config)
+        per_stay.update(_split_by_stay(result.scores, events, batch["stay_id"]))
         frames["events"].append(scores_frame(result.scores, events, batch["stay_id"]))
         for name, frame in result.frames.items():
             frames[name].append(frame)
@@ -211,7 +215,7 @@ def explain_split(
             "logit": result.logits.detach().cpu().numpy(),
             "risk": torch.sigmoid(result.logits.detach() - logit_shift).cpu().numpy()}))
         batch_curves = deletion_curves(explainer.logits_without(batch, events), result.scores, events.padding,
-                                       config.k_max, config.n_random, generator)
+                                       config.k_max, config.n_random, generator, config.perturbations_per_eval)
         for name, c in batch_curves.items():
             curves[name].append(c.cpu())
         for name, pair in result.convergence.items():
@@ -305,37 +309,61 @@ def explain_split(
     metrics["seconds"] = {"explain": round(time.time() - start, 2)}
     log.info("%s: explained %d stays in %.1fs: AOPC %s", explainer.name, metrics["stays"],
              metrics["seconds"]["explain"], {k: round(v, 4) for k, v in metrics["aopc"].items()})
-    return metrics, _sanity_batches(dataset, collate_fn, batches, with_planted, explainer, config, device)
+    return metrics, _sanity_batches(dataset, collate_fn, batches, with_planted, explainer, config, device, per_stay)
 
 
-def _sanity_batches(dataset, collate_fn, batches, with_planted, explainer: Explainer, config: ExplainConfig, device):
+def _split_by_stay(scores: dict[str, torch.Tensor], events: EventIndex,
+                   stay_ids: torch.Tensor) -> dict[int, dict[str, torch.Tensor]]:
+    """stay_id -> method -> its events' scores [n events] (a stay's events keep their
+    order in any batch: `index_events` numbers them by first appearance in the stay)."""
+    n = events.n_events.tolist()
+    return {int(s): {m: v[b, : n[b]].detach().clone() for m, v in scores.items()}
+            for b, s in enumerate(stay_ids.tolist())}
+
+
+def _sanity_batches(dataset, collate_fn, batches, with_planted, explainer: Explainer, config: ExplainConfig, device,
+                    per_stay: dict[int, dict[str, torch.Tensor]]) -> list[SanityBatch]:
     """Up to `sanity_stays` of the explained stays, those with a planted event first,
-    collated afresh and paired with their event index."""
+    collated afresh, with their event index and the scores `explain_split` gave them
+    (the randomisation checks compare against these instead of explaining them again)."""
     indices = np.concatenate([chunk for chunk, _ in batches])
     if with_planted:
         indices = indices[np.argsort(~torch.cat(with_planted).numpy(), kind="stable")]
     chosen = _batches(dataset, indices[: config.sanity_stays], collate_fn, config.batch_size, device)
-    return [(batch, explainer.events(batch)) for _, batch in chosen]
+    out = []
+    for _, batch in chosen:
+        events = explainer.events(batch)
+        scores = {m: torch.zeros(events.rows.shape, dtype=v.dtype, device=v.device)
+                  for m, v in per_stay[int(batch["stay_id"][0])].items()}  # [B, E] each
+        for b, stay in enumerate(batch["stay_id"].tolist()):
+            for m, v in per_stay[int(stay)].items():
+                scores[m][b, : len(v)] = v
+        out.append(SanityBatch(batch, events, scores))
+    return out
 
 
-def sanity_checks(explainer: Explainer, sanity: list[tuple[dict, EventIndex]], config: ExplainConfig,
+def sanity_checks(explainer: Explainer, sanity: list[SanityBatch], config: ExplainConfig,
                   truth: Truth | None, shuffled: Explainer | None, label_summary: dict | None) -> dict:
     """Parameter randomisation on `sanity` stays; with a shuffled-label model, its
     methods' strict precision@k on the same stays next to the trained model's and the
     random ranking's, added to `label_summary` (the test AUROC verdict over seeds,
     `sanity.label_randomisation_verdict`)."""
     start = time.time()
-    report = {"stays": int(sum(len(ev.padding) for _, ev in sanity)),
-              "parameter_randomisation": parameter_randomisation(explainer, sanity, config, config.seed)}
+    # the trained model's scores come from explain_split (ig_steps); the randomised and
+    # shuffled-label models' only enter rank correlations and top-k sets (sanity_ig_steps)
+    rank_config = dataclasses.replace(config, ig_steps=config.sanity_ig_steps)
+    report = {"stays": int(sum(len(b.events.padding) for b in sanity)), "ig_steps": config.sanity_ig_steps,
+              "parameter_randomisation": parameter_randomisation(explainer, sanity, rank_config, config.seed)}
     report["seconds_parameter_randomisation"] = round(time.time() - start, 2)
     if shuffled is not None:
         label = dict(label_summary or {})
         if truth is not None:
             frames: dict[str, list[pd.DataFrame]] = defaultdict(list)
-            for model_name, ex in (("shuffled", shuffled), ("trained", explainer)):
-                for batch, events in sanity:
-                    scores = ex.explain(batch, events, config).scores
-                    frames[model_name] += _precision_frames(scores, events, batch["stay_id"], truth,
+            scores = {"shuffled": [shuffled.explain(b.batch, b.events, rank_config).scores for b in sanity],
+                      "trained": trained_scores(explainer, sanity, config)}
+            for model_name, per_batch in scores.items():
+                for (batch, events, _), s in zip(sanity, per_batch):
+                    frames[model_name] += _precision_frames(s, events, batch["stay_id"], truth,
                                                             config.precision_k)["strict"]
             label["recall_precision_at_k"] = _label_verdict(frames)
         report["label_randomisation"] = label

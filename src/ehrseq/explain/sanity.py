@@ -24,6 +24,7 @@ import logging
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -56,13 +57,28 @@ def spearman_per_stay(a: torch.Tensor, b: torch.Tensor, padding: torch.Tensor) -
     return out
 
 
-def _scores(explainer, batches: list[tuple[dict, EventIndex]], config) -> list[dict[str, torch.Tensor]]:
-    return [explainer.explain(batch, events, config).scores for batch, events in batches]
+class SanityBatch(NamedTuple):
+    """Stays of the randomisation checks, collated, with their event index and, when
+    already computed (`explain_split` explained these stays), the trained model's
+    per-event scores by method ([B, E] each); None: computed where needed."""
+    batch: dict
+    events: EventIndex
+    scores: dict[str, torch.Tensor] | None = None
 
 
-def parameter_randomisation(explainer, batches: list[tuple[dict, EventIndex]], config, seed: int = 0) -> dict:
-    """Cascading randomisation of `explainer`'s model on prepared (batch, events) pairs."""
-    trained = _scores(explainer, batches, config)
+def _scores(explainer, batches: Sequence[SanityBatch], config) -> list[dict[str, torch.Tensor]]:
+    return [explainer.explain(batch, events, config).scores for batch, events, _ in batches]
+
+
+def trained_scores(explainer, batches: Sequence[SanityBatch], config) -> list[dict[str, torch.Tensor]]:
+    """The trained model's scores of every batch: the ones it carries, else computed."""
+    return [b.scores if b.scores is not None else explainer.explain(b.batch, b.events, config).scores
+            for b in batches]
+
+
+def parameter_randomisation(explainer, batches: Sequence[SanityBatch], config, seed: int = 0) -> dict:
+    """Cascading randomisation of `explainer`'s model on prepared stays."""
+    trained = trained_scores(explainer, batches, config)
     report = {m: {"stages": []} for m in explainer.methods}
     prefixes: tuple[str, ...] = ()
     for stage, group in explainer.cascade():
@@ -70,9 +86,9 @@ def parameter_randomisation(explainer, batches: list[tuple[dict, EventIndex]], c
         randomised = _scores(explainer.randomised(prefixes, seed), batches, config)
         for m in explainer.methods:
             signed = np.concatenate([spearman_per_stay(t[m], r[m], ev.padding)
-                                     for t, r, (_, ev) in zip(trained, randomised, batches)])
+                                     for t, r, (_, ev, _) in zip(trained, randomised, batches)])
             absolute = np.concatenate([spearman_per_stay(t[m].abs(), r[m].abs(), ev.padding)
-                                       for t, r, (_, ev) in zip(trained, randomised, batches)])
+                                       for t, r, (_, ev, _) in zip(trained, randomised, batches)])
             report[m]["stages"].append({
                 "randomised_down_to": stage, "spearman": _nanmean(signed), "spearman_abs": _nanmean(absolute),
                 "stays": int(np.isfinite(signed).sum()), "stays_undefined": int((~np.isfinite(signed)).sum()),
