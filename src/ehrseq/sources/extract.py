@@ -120,7 +120,7 @@ def extract(
         cohort = cohort[COHORT_COLUMNS]
         write_parquet(cohort_path, cohort)
         metrics = _metrics(con, source, observation_hours, tables, cohort, source_counts)
-        _drop_tables(con, ["overlap_winners"])
+        _drop_tables(con, ["shared_stays"])
 
         kind_order = " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(EVENT_TYPES))
         with atomic_path(events_path) as tmp:

@@ -29,24 +29,18 @@ SELECT s.*,
                  AND o.day_start <= s.outtime AND s.day_start <= o.outtime) AS shared_window
 FROM s;
 
--- Inside overlapping stays (rare) the earliest stay takes an event. Which stays an event
--- matches depends only on its subject, admission, time and date_only, so the winner is
--- found once per such key, for the subjects that have overlapping stays: a small table,
--- instead of a ranking of every matched event (and identical copies of an event all go
--- to the same stay, counted as duplicates below, whatever order they arrive in).
-CREATE OR REPLACE TEMP TABLE overlap_winners AS
-SELECT e.subject_id, e.hadm_id, e.time, e.date_only,
-       first(s.stay_id ORDER BY s.intime, s.stay_id) AS stay_id
-FROM (SELECT DISTINCT subject_id, hadm_id, time, date_only FROM src_event_parts
-      WHERE stay_id IS NULL
-        AND subject_id IN (SELECT subject_id FROM event_stays WHERE shared_window)) e
-JOIN event_stays s
-  ON s.shared_window
- AND s.subject_id = e.subject_id
- AND (e.hadm_id IS NULL OR s.hadm_id = e.hadm_id)
- AND e.time >= CASE WHEN e.date_only THEN s.day_start ELSE s.intime END
- AND e.time <= s.outtime
-GROUP BY ALL;
+-- Inside overlapping stays (rare) the earliest stay takes an event. Per subject with
+-- overlapping stays, its shared stays in that order (a small table): an event of such a
+-- subject that matches no other stay takes the first of them that matches it. Found per
+-- event from its own subject, admission and time, without reading the events first (the
+-- largest tables stream from their files, extract.py), and identical copies of an event
+-- all go to the same stay, counted as duplicates below.
+CREATE OR REPLACE TEMP TABLE shared_stays AS
+SELECT subject_id,
+       list(struct_pack(stay_id, hadm_id, day_start, intime, outtime, cutoff, exclusion)
+            ORDER BY intime, stay_id) AS stays
+FROM event_stays WHERE shared_window
+GROUP BY subject_id;
 
 -- One row per source event: its reason to be dropped (NULL: kept), and for kept events
 -- what is shown. The stay's ids and times are joined back when the events are written.
@@ -61,19 +55,33 @@ WITH linked AS (  -- events that name their stay
     FROM src_event_parts e LEFT JOIN event_stays s ON s.stay_id = e.stay_id
     WHERE e.stay_id IS NOT NULL
 ),
-unlinked AS (  -- events found by subject, admission and time: at most one stay each
-    SELECT e.*, s.stay_id AS stay, s.hadm_id AS stay_hadm, s.intime, s.cutoff, s.exclusion
+matched AS (  -- events found by subject, admission and time: a stay without overlap (at most one) ...
+    SELECT e.*, s.stay_id AS plain_stay, s.hadm_id AS plain_hadm, s.intime AS plain_intime,
+           s.cutoff AS plain_cutoff, s.exclusion AS plain_exclusion,
+           -- ... or the first shared stay that matches (lazily: only for subjects with overlaps)
+           CASE WHEN s.stay_id IS NULL AND o.stays IS NOT NULL THEN
+               list_filter(o.stays, lambda x: (e.hadm_id IS NULL OR x.hadm_id = e.hadm_id)
+                                         AND e.time >= CASE WHEN e.date_only THEN x.day_start ELSE x.intime END
+                                         AND e.time <= x.outtime)[1]
+           END AS shared
     FROM src_event_parts e
-    LEFT JOIN overlap_winners w
-      ON w.subject_id = e.subject_id AND w.hadm_id IS NOT DISTINCT FROM e.hadm_id
-     AND w.time = e.time AND w.date_only = e.date_only
     LEFT JOIN event_stays s
-      ON s.subject_id = e.subject_id
+      ON NOT s.shared_window
+     AND s.subject_id = e.subject_id
      AND (e.hadm_id IS NULL OR s.hadm_id = e.hadm_id)
      AND e.time >= CASE WHEN e.date_only THEN s.day_start ELSE s.intime END
      AND e.time <= s.outtime
-     AND (NOT s.shared_window OR s.stay_id = w.stay_id)
+    LEFT JOIN shared_stays o ON o.subject_id = e.subject_id
     WHERE e.stay_id IS NULL
+),
+unlinked AS (
+    SELECT * EXCLUDE (plain_stay, plain_hadm, plain_intime, plain_cutoff, plain_exclusion, shared),
+           coalesce(plain_stay, shared.stay_id) AS stay,
+           CASE WHEN plain_stay IS NOT NULL THEN plain_hadm ELSE shared.hadm_id END AS stay_hadm,
+           CASE WHEN plain_stay IS NOT NULL THEN plain_intime ELSE shared.intime END AS intime,
+           CASE WHEN plain_stay IS NOT NULL THEN plain_cutoff ELSE shared.cutoff END AS cutoff,
+           CASE WHEN plain_stay IS NOT NULL THEN plain_exclusion ELSE shared.exclusion END AS exclusion
+    FROM matched
 ),
 unlinked_classified AS (
     SELECT *,
