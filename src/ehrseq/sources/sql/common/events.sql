@@ -130,7 +130,8 @@ shown AS (
                         event_code(event_type, false, itemid, itemid2, s1, s2)
                             IS DISTINCT FROM event_code(event_type, true, itemid, itemid2, s1, s2)
                         OR event_text(event_type, false, itemid, label, s1, s2, s3, s4, num, unit, flag)
-                            IS DISTINCT FROM event_text(event_type, true, itemid, label, s1, s2, s3, s4, num, unit, flag)
+                            IS DISTINCT FROM
+                           event_text(event_type, true, itemid, label, s1, s2, s3, s4, num, unit, flag)
                         OR event_value(false, num) IS DISTINCT FROM event_value(true, num)
                         OR event_flag(event_type, false, itemid2, flag)
                             IS DISTINCT FROM event_flag(event_type, true, itemid2, flag)

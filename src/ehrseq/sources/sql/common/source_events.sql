@@ -62,7 +62,8 @@ CREATE OR REPLACE TEMP MACRO event_text(kind, pending, itemid, label, s1, s2, s3
                                 coalesce(s1, CAST(num AS VARCHAR)), unit,
                                 CASE WHEN flag IS NOT NULL THEN '(' || lower(flag) || ')' END) END
         WHEN 'microbiology' THEN
-            concat_ws(' ', 'Microbiology:', s1, '-', CASE WHEN pending THEN 'pending' ELSE coalesce(s2, 'no growth') END)
+            concat_ws(' ', 'Microbiology:', s1, '-',
+                      CASE WHEN pending THEN 'pending' ELSE coalesce(s2, 'no growth') END)
         ELSE  -- procedure, ingredient
             concat_ws(' ', CASE kind WHEN 'procedure' THEN 'Procedure:' ELSE 'Ingredient:' END,
                       coalesce(label, 'item ' || itemid),
