@@ -4,6 +4,7 @@
     python benchmarks/extract.py --patients 2000
     python benchmarks/extract.py --data-dir /tmp/bench     # keep the generated data for the next run
     python benchmarks/extract.py --memory-limit 4GB        # DuckDB's memory_limit (data.memory_limit)
+    python benchmarks/extract.py --patients 300000 --impl duckdb --keep OUT   # DuckDB's outputs kept in OUT
 
 Each measurement runs in a fresh subprocess so its peak RSS and CPU time are its own.
 The pandas version does the same work the SQL does for the event tables (read, parse
@@ -16,6 +17,7 @@ disk is the peak size of the outputs and DuckDB's spill files, polled every 0.2 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import subprocess
@@ -97,9 +99,12 @@ def _tree_bytes(root: Path) -> int:
     return total
 
 
-def measure(impl: str, src: str, memory_limit: str) -> dict:
-    """Run one implementation in this process (called in a subprocess by main)."""
-    with tempfile.TemporaryDirectory(dir=Path(src).parent) as out:
+def measure(impl: str, src: str, memory_limit: str, keep: str = "") -> dict:
+    """Run one implementation in this process (called in a subprocess by main); `keep`: write
+    the outputs there and leave them (for the later stages), else into a temporary folder."""
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+    with (contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory(dir=Path(src).parent)) as out:
         peak = [0]
         done = threading.Event()
 
@@ -128,7 +133,9 @@ def main() -> None:
                         help="generate into (and reuse from) DIR/synthetic_<n> instead of a temp dir")
     parser.add_argument("--memory-limit", default="8GB", help="DuckDB memory_limit (default: params.yaml's 8GB)")
     parser.add_argument("--impl", nargs="+", default=["duckdb", "pandas"], choices=["duckdb", "pandas"])
-    parser.add_argument("--measure", nargs=3, metavar=("IMPL", "SRC", "MEMORY_LIMIT"), help=argparse.SUPPRESS)
+    parser.add_argument("--keep", type=Path,
+                        help="DuckDB writes events/cohort/diagnoses.parquet into KEEP/<n> and leaves them there")
+    parser.add_argument("--measure", nargs=4, metavar=("IMPL", "SRC", "MEMORY_LIMIT", "KEEP"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure(*args.measure)))
@@ -146,7 +153,8 @@ def main() -> None:
             input_mb = sum(p.stat().st_size for p in src.rglob("*.csv.gz") if "truth" not in p.parts) / 2**20
             results = {}
             for impl in args.impl:
-                proc = subprocess.run([sys.executable, __file__, "--measure", impl, str(src), args.memory_limit],
+                keep = str(args.keep / str(n)) if args.keep and impl == "duckdb" else ""
+                proc = subprocess.run([sys.executable, __file__, "--measure", impl, str(src), args.memory_limit, keep],
                                       capture_output=True, text=True, check=True)
                 results[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
                 print(f"{n:,} patients, {impl}: {json.dumps(results[impl])}", flush=True)

@@ -25,7 +25,9 @@ def main() -> None:
         pd.read_csv(paths.VALUE_BINS),
         v["binned_event_types"], v["icd_grouping"],
     )
-    events = pd.read_parquet(paths.EVENTS)
+    # only what the sequences read (all rows, in order: row index = event_row); at 300k
+    # synthetic patients (56M events) every column took more than 17 GB (issue 15)
+    events = pd.read_parquet(paths.EVENTS, columns=["stay_id", "hours", "event_type", "code", "value", "after_cutoff"])
     cohort = pd.read_parquet(paths.COHORT)
     diagnoses = pd.read_parquet(paths.DIAGNOSES)
     metrics = {}

@@ -103,6 +103,7 @@ def extract(
         tables = load_source(con, source, path, observation_hours, min_age, workers=threads or 1)
         _run_sql_file(con, "common/events.sql")
         source_counts = _source_counts(con)
+        _store_event_rows(con)
         # Past the attachment nothing reads the per-source-row tables (only the stay, patient
         # and diagnosis tables): free them for the de-duplication and the sort, which then
         # spill less (issue 15).
@@ -120,8 +121,7 @@ def extract(
         cohort = cohort[COHORT_COLUMNS]
         write_parquet(cohort_path, cohort)
         metrics = _metrics(con, source, observation_hours, tables, cohort, source_counts)
-        # The sort reads only events_kept and the stays: free the per-row tables before it.
-        _drop_tables(con, ["event_rows", "collapsing", "overlap_winners"])
+        _drop_tables(con, ["shared_stays"])
 
         kind_order = " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(EVENT_TYPES))
         with atomic_path(events_path) as tmp:
@@ -148,6 +148,18 @@ def extract(
         return metrics
 
 
+def _store_event_rows(con) -> None:
+    """event_rows = classified_events (events.sql): labs first, then labevents is emptied
+    (it stays a table, so the views over it still bind) before the other kinds are attached.
+    Storing event_rows while every source table is held is the extraction's peak memory;
+    this lowers it by the size of labevents, so less spills to disk (issue 15). Each query
+    reads only its kinds' tables: the planner drops the union's other sources."""
+    con.execute("CREATE OR REPLACE TEMP TABLE event_rows AS FROM classified_events WHERE event_type = 'lab'").fetchall()
+    if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'labevents'").fetchall()[0][0]:
+        con.execute("CREATE OR REPLACE TABLE labevents AS FROM labevents LIMIT 0").fetchall()
+    con.execute("INSERT INTO event_rows FROM classified_events WHERE event_type <> 'lab'").fetchall()
+
+
 def _drop_tables(con, names) -> None:
     """Drop those of `names` that are tables (a missing optional source table is an empty view)."""
     existing = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
@@ -171,8 +183,9 @@ def _write_diagnoses(con, cohort: pd.DataFrame, path) -> pd.DataFrame:
     return diagnoses
 
 
-def _event_counts(con) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
-    """Kept events per kind, and dropped source rows per reason and kind.
+def _event_counts(con) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]], dict[str, int]]:
+    """Per kind: kept events and how many of them are withheld, moved to the cutoff or
+    after it; dropped source rows per reason; kept source rows per charting system.
 
     Of the kept source rows that collapse into one event (collapse.sql), a row is a
     `duplicate` when an identical copy (same content, shown in full or withheld alike)
@@ -180,12 +193,16 @@ def _event_counts(con) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
     is withheld. Per kind: distinct copies = groups with a copy shown in full + distinct
     withheld contents; duplicates = rows - distinct copies; merged = distinct copies - events.
     """
-    kept = {k: 0 for k in EVENT_TYPES}
+    kept = {name: {k: 0 for k in EVENT_TYPES} for name in ("events", "withheld", "moved", "after_cutoff")}
     dropped: dict[str, dict[str, int]] = {}
-    for kind, reason, n in con.execute(
-        "SELECT event_type, reason, count(*) FROM event_rows WHERE reason IS NOT NULL GROUP BY ALL ORDER BY ALL"
+    systems: dict[str, int] = {}
+    for kind, reason, system, n in con.execute(  # one pass over every source row
+        "SELECT event_type, reason, system, count(*) FROM event_rows GROUP BY ALL ORDER BY ALL"
     ).fetchall():
-        dropped.setdefault(reason, {k: 0 for k in EVENT_TYPES})[kind] = n
+        if reason is not None:
+            dropped.setdefault(reason, {k: 0 for k in EVENT_TYPES})[kind] += n
+        elif kind == "ingredient":
+            systems[system] = systems.get(system, 0) + n
     withheld_copies = dict(con.execute(
         """SELECT event_type, count(*) FROM (
                SELECT DISTINCT stay_id, time, event_type, code, text, value, unit, flag,
@@ -193,15 +210,19 @@ def _event_counts(con) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
                FROM event_rows WHERE reason IS NULL AND withheld)
            GROUP BY ALL"""
     ).fetchall())
-    for kind, events, rows, plain in con.execute(
-        "SELECT event_type, count(*), sum(source_rows), count(*) FILTER (WHERE has_plain) FROM events_kept GROUP BY ALL"
+    for kind, events, rows, plain, withheld, moved, after in con.execute(
+        """SELECT event_type, count(*), sum(source_rows), count(*) FILTER (WHERE has_plain),
+                  count(*) FILTER (WHERE withheld), count(*) FILTER (WHERE moved_to_cutoff),
+                  count(*) FILTER (WHERE after_cutoff)
+           FROM events_kept GROUP BY ALL"""
     ).fetchall():
-        kept[kind] = events
+        for name, n in (("events", events), ("withheld", withheld), ("moved", moved), ("after_cutoff", after)):
+            kept[name][kind] = n
         copies = plain + withheld_copies.get(kind, 0)
         for reason, n in (("duplicate", rows - copies), ("merged_when_withheld", copies - events)):
             if n:
                 dropped.setdefault(reason, {k: 0 for k in EVENT_TYPES})[kind] = n
-    return kept, dropped
+    return kept, dropped, systems
 
 
 def _source_counts(con) -> dict:
@@ -215,26 +236,15 @@ def _source_counts(con) -> dict:
 
 def _metrics(con, source: str, observation_hours: float, tables: dict, cohort: pd.DataFrame,
              source_counts: dict) -> dict:
-    kept, dropped = _event_counts(con)
+    kept_counts, dropped, kept_by_system = _event_counts(con)
+    kept, withheld, moved = kept_counts["events"], kept_counts["withheld"], kept_counts["moved"]
     micro_results = source_counts["micro_results"]
     micro_table = next((n for n in ("microbiologyevents",) if n in tables), None)
-    after_cutoff = con.execute(
-        "SELECT count(*) FROM events_kept JOIN event_stays USING (stay_id) WHERE placed_time >= cutoff"
-    ).fetchall()[0][0]
-    withheld = {k: 0 for k in EVENT_TYPES}
-    withheld.update(dict(con.execute(
-        "SELECT event_type, count(*) FROM events_kept WHERE withheld GROUP BY ALL"
-    ).fetchall()))
-    moved = {k: 0 for k in EVENT_TYPES}
-    moved.update(dict(con.execute(
-        "SELECT event_type, count(*) FROM events_kept WHERE moved_to_cutoff GROUP BY ALL"
-    ).fetchall()))
+    after_cutoff = sum(kept_counts["after_cutoff"].values())
     systems = {system: {"read": 0, "kept": 0} for system in SOURCES[source].INGREDIENT_SYSTEMS}
     for system, n in source_counts["ingredient_rows"].items():
         systems[system]["read"] = n
-    for system, n in con.execute(
-        "SELECT system, count(*) FROM event_rows WHERE event_type = 'ingredient' AND reason IS NULL GROUP BY ALL"
-    ).fetchall():
+    for system, n in kept_by_system.items():
         systems[system]["kept"] = n
     stays = dict(con.execute(
         "SELECT coalesce(exclusion, 'kept'), count(*) FROM cohort_all GROUP BY ALL"
