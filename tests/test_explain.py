@@ -834,8 +834,9 @@ class StepRecorder(TokenExplainer):
 
 def test_sanity_checks_explain_only_the_changed_models_at_sanity_ig_steps(tokens):
     """With the trained model's scores carried in, the cascade explains each randomised
-    model once and the label check the shuffled one once, all at `sanity_ig_steps`;
-    the trained model is not explained again."""
+    model once and the label check the shuffled one once, all at `sanity_ig_steps`; the
+    trained model is explained once more, at `sanity_ig_steps`, only for the steps control:
+    its Spearman with the carried scores, recomputed here by hand."""
     model = tokens["models"]["lstm"]
     explainer = StepRecorder(model, "lstm")
     batch = tokens["batch"]
@@ -844,8 +845,14 @@ def test_sanity_checks_explain_only_the_changed_models_at_sanity_ig_steps(tokens
     trained = TokenExplainer(model, "lstm").explain(batch, events, config).scores
     report = sanity_checks(explainer, [SanityBatch(batch, events, trained)], config,
                            Truth(tokens["planted"], None, "none"), explainer.with_model(model), {})
-    assert explainer.calls == [8] * (len(explainer.cascade()) + 1)
+    assert explainer.calls == [8] * (len(explainer.cascade()) + 2)
     assert report["ig_steps"] == 8
+    at_8 = TokenExplainer(model, "lstm").explain(batch, events, dataclasses.replace(config, ig_steps=8)).scores
+    for m, r in report["parameter_randomisation"]["methods"].items():
+        by_hand = np.nanmean(spearman_per_stay(trained[m], at_8[m], events.padding))
+        assert r["spearman_trained_at_check_steps"] == pytest.approx(by_hand)
+    lig = report["parameter_randomisation"]["methods"]["layer_integrated_gradients"]
+    assert lig["spearman_trained_at_check_steps"] > 0.9  # 8 steps rank events as 32 do: the check sees weights
     label = report["label_randomisation"]["recall_precision_at_k"]["k=1"]["layer_integrated_gradients"]
     assert label["trained"] >= 0.7  # the carried scores find the planted events
     # without carried scores the trained model is explained once more
