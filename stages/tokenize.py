@@ -33,8 +33,9 @@ def main() -> None:
     metrics = {}
     for split in SPLITS:
         part = cohort[cohort["split"] == split].sort_values("stay_id").reset_index(drop=True)
-        stays, s1 = stay_sequences(events, part, vocab, p["max_length"], v["time_gap_tokens"])
-        survival, s2 = survival_sequences(events, part, vocab, p["visit_hours"], params["survival"]["horizon_hours"])
+        mine = events.loc[events["stay_id"].isin(part["stay_id"])]  # index kept: event_row; tokens built once a view
+        stays, s1 = stay_sequences(mine, part, vocab, p["max_length"], v["time_gap_tokens"])
+        survival, s2 = survival_sequences(mine, part, vocab, p["visit_hours"], params["survival"]["horizon_hours"])
         patients, s3 = patient_sequences(diagnoses[diagnoses["split"] == split], vocab)
         write_sequences(OUT / f"{split}.parquet", stays)
         write_sequences(OUT / "survival" / f"{split}.parquet", survival)

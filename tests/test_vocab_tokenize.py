@@ -5,7 +5,7 @@ import pytest
 
 from ehrseq.schema import BOS_ID, EOS_ID, SPECIAL_TOKENS, UNK_ID
 from ehrseq.tokenize import patient_sequences, stay_sequences, write_sequences
-from ehrseq.vocab import GAP_TOKENS, Vocab, coverage, fit_vocab, group_icd
+from ehrseq.vocab import GAP_TOKENS, Vocab, coverage, fit_vocab, gender_token, group_icd
 
 
 def make_data():
@@ -126,6 +126,40 @@ def test_patient_sequences_group_admissions():
     assert [len(v) for v in p10["visits"]] == [2, 1]
     np.testing.assert_allclose(p10["days_since_prev"], [0.0, 60.0])
     assert stats == {"patients": 2, "admissions": 3}
+
+
+def test_patient_sequences_match_a_per_patient_loop_on_shuffled_rows_with_ties_and_gaps():
+    """Oracle: the plain per-patient loop (admissions by time, ties by first appearance,
+    a code once per admission where it first appears, days 0 for the first admission and
+    where a time is missing), on shuffled rows with equal and missing admission times."""
+    rng = np.random.default_rng(0)
+    rows, choices = [], pd.to_datetime(["2150-01-01 00:00", "2150-02-01 00:00", "2150-02-01 06:00", "2150-05-01 00:00"])
+    for subject in rng.permutation(40) + 100:
+        times = rng.choice(choices, size=rng.integers(1, 5))  # equal times in one patient: ties
+        for a, t in enumerate(times):
+            t = pd.NaT if rng.random() < 0.1 else t
+            for code in rng.choice(["ICD9//4019", "ICD9//25000", "ICD10//I109", "ICD9//0389"], size=rng.integers(1, 6)):
+                rows.append(dict(subject_id=subject, hadm_id=subject * 10 + a, admittime=t, age=60.0 + a,
+                                 gender=rng.choice(["F", "M"]), race=rng.choice(["WHITE", "ASIAN"]), code=code))
+    diagnoses = pd.DataFrame(rows).sample(frac=1.0, random_state=1).reset_index(drop=True)
+    events, cohort, _ = make_data()
+    vocab, _ = fit(events, cohort, diagnoses.assign(split="train"))
+    table, stats = patient_sequences(diagnoses, vocab)
+
+    expected = []
+    for subject, g in diagnoses.assign(token=vocab.ids(diagnoses["code"])).groupby("subject_id", sort=True):
+        adm = g.groupby("hadm_id", sort=False).agg(
+            admittime=("admittime", "first"), age=("age", "first"), tokens=("token", lambda t: list(dict.fromkeys(t)))
+        ).sort_values("admittime", kind="stable")
+        days = adm["admittime"].diff().dt.total_seconds().fillna(0).to_numpy() / 86400.0
+        expected.append((subject, vocab.ids(gender_token(g["gender"].iloc[:1]))[0],
+                         [list(t) for t in adm["tokens"]], adm["age"].tolist(), days.astype(np.float32).tolist()))
+    assert stats == {"patients": 40, "admissions": int(diagnoses["hadm_id"].nunique())}
+    assert table["subject_id"].tolist() == [e[0] for e in expected]
+    for row, (subject, gender, visits, ages, days) in zip(table.itertuples(), expected):
+        assert row.gender == gender, subject
+        assert [v.tolist() for v in row.visits] == visits, subject
+        assert row.ages.tolist() == ages and row.days_since_prev.tolist() == days, subject
 
 
 def test_sequences_stream_in_row_groups(tmp_path):

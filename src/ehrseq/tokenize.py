@@ -41,7 +41,8 @@ def _gap_token_ids(vocab: Vocab, hours: np.ndarray) -> np.ndarray:
 def stay_sequences(
     events: pd.DataFrame, cohort: pd.DataFrame, vocab: Vocab, max_length: int, time_gap_tokens: bool
 ) -> tuple[pd.DataFrame, dict]:
-    """Token view. `events` must be the full events.parquet (row order = event_row)."""
+    """Token view. `events`: rows of events.parquet sorted by stay, indexed by their row
+    number (`event_row`); a subset (one split's stays) is fine."""
     observed = events.loc[~events["after_cutoff"]]
     token_ids = vocab.ids(vocab.event_tokens(observed))
     rows = observed.index.to_numpy(dtype=np.int64)
@@ -148,6 +149,7 @@ def survival_sequences(
 
     starts, ends = _offsets(events["stay_id"].to_numpy(), cohort["stay_id"].to_numpy())
     token_ids = vocab.ids(vocab.event_tokens(events))
+    n_ids = len(vocab)  # ids are below it: (visit, id) -> one sortable key, visit * n_ids + id
     # hours relative to the stay's cutoff (NaN for events of stays outside `cohort`)
     cutoff_of_stay = pd.Series(cutoff_hours, index=cohort["stay_id"].to_numpy())
     rel = (events["hours"] - events["stay_id"].map(cutoff_of_stay)).to_numpy(dtype=float)
@@ -168,12 +170,13 @@ def survival_sequences(
         position = b + n_pre  # pre-cutoff bins 0 .. P-1, post-cutoff bin j at P + j - 1
         keep = (position >= 0) & (position < n_pre + n_post)
         ignored_before_window += int((position < 0).sum())
-        per_visit = [[] for _ in range(n_pre + n_post)]
-        for v, t in zip(position[keep], ids[keep]):
-            per_visit[v].append(int(t))
+        # each visit's distinct ids, ascending: one sorted pass over (visit, id) keys
+        key = np.unique(position[keep] * n_ids + ids[keep])  # int64
+        cuts = np.searchsorted(key // n_ids, np.arange(1, n_pre + n_post))
+        per_visit = np.split((key % n_ids).astype(np.int32), cuts) if n_pre + n_post else []
         rows.append({
             "stay_id": cohort["stay_id"].iloc[i], "subject_id": cohort["subject_id"].iloc[i],
-            "visits": [np.array(sorted(set(v)), dtype=np.int32) for v in per_visit],
+            "visits": per_visit,
             "pre_visits": np.int32(n_pre), "event_bin": np.int32(event_bin[i]), "event": np.int8(event[i]),
             "time_hours": np.float32(time[i]), "horizon_bins": np.int32(n_horizon),
         })
@@ -191,28 +194,42 @@ def survival_sequences(
 
 
 def patient_sequences(diagnoses: pd.DataFrame, vocab: Vocab) -> tuple[pd.DataFrame, dict]:
-    """Per patient: admissions (visits) of ICD token ids, ages, days since the previous one."""
+    """Per patient (ascending subject_id): admissions (visits) by admission time, ties in
+    order of first appearance, each the ICD token ids in order of first appearance, once;
+    the age at each admission and the days since the previous one (0 for the first, and
+    where a time is missing). Gender and race come from the patient's first row.
+
+    Vectorised over all rows (a per-patient groupby took 87% of the stage on the default
+    data and does not finish at MIMIC-IV size)."""
     if diagnoses.empty:
         columns = ["subject_id", "gender", "race", "visits", "ages", "days_since_prev"]
         return pd.DataFrame(columns=columns), {"patients": 0}
     codes = group_icd(diagnoses["code"]) if vocab.icd_grouping else diagnoses["code"]
-    diagnoses = diagnoses.assign(token=vocab.ids(codes))
-    rows = []
-    for subject, g in diagnoses.groupby("subject_id", sort=True):
-        adm = g.groupby("hadm_id", sort=False).agg(
-            admittime=("admittime", "first"), age=("age", "first"), tokens=("token", lambda t: list(dict.fromkeys(t)))
-        ).sort_values("admittime")
-        days = adm["admittime"].diff().dt.total_seconds().fillna(0).to_numpy() / 86400.0
-        rows.append({
-            "subject_id": subject,
-            "gender": vocab.ids(gender_token(g["gender"].iloc[:1]))[0],
-            "race": vocab.ids(race_token(g["race"].iloc[:1]))[0],
-            "visits": [np.asarray(t, dtype=np.int32) for t in adm["tokens"]],
-            "ages": adm["age"].to_numpy(np.float32),
-            "days_since_prev": days.astype(np.float32),
-        })
-    table = pd.DataFrame(rows)
-    return table, {"patients": len(table), "admissions": int(sum(len(v) for v in table["visits"]))}
+    rows = diagnoses.reset_index(drop=True).assign(token=vocab.ids(codes))
+    rows = rows.loc[~rows.duplicated(["hadm_id", "token"])]  # a code once per admission, where it first appears
+    admissions = (rows.drop_duplicates("hadm_id")  # an admission's first row: subject, time, age
+                  .sort_values(["subject_id", "admittime"], kind="stable"))
+    rank = pd.Series(np.arange(len(admissions)), index=admissions["hadm_id"].to_numpy())
+    rows = rows.assign(admission=rows["hadm_id"].map(rank).to_numpy()).sort_values("admission", kind="stable")
+    cuts = np.flatnonzero(np.diff(rows["admission"].to_numpy())) + 1
+    visits = np.split(rows["token"].to_numpy(np.int32), cuts)  # [admissions] arrays, in admission order
+
+    subjects = admissions["subject_id"].to_numpy()
+    first = np.flatnonzero(np.r_[True, subjects[1:] != subjects[:-1]])  # each patient's first admission
+    bounds = np.r_[first, len(admissions)]
+    days = admissions["admittime"].diff().dt.total_seconds().to_numpy() / 86400.0
+    days[first] = 0.0
+    days = np.nan_to_num(days, nan=0.0).astype(np.float32)
+    ages = admissions["age"].to_numpy(np.float32)
+    people = diagnoses.drop_duplicates("subject_id").set_index("subject_id").loc[subjects[first]]
+    gender, race = vocab.ids(gender_token(people["gender"])), vocab.ids(race_token(people["race"]))
+    table = pd.DataFrame({
+        "subject_id": subjects[first], "gender": gender, "race": race,
+        "visits": [visits[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
+        "ages": [ages[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
+        "days_since_prev": [days[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
+    })
+    return table, {"patients": len(table), "admissions": len(admissions)}
 
 
 def write_sequences(path, table: pd.DataFrame) -> None:

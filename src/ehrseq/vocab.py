@@ -64,9 +64,12 @@ class Vocab:
         tokens = events["code"].astype(str).copy()
         binnable = events["event_type"].isin(self.binned_types) & events["value"].notna()
         binnable &= events["code"].isin(self.bin_edges.keys())
-        for code, rows in events.loc[binnable].groupby("code").groups.items():
-            bins = np.searchsorted(self.bin_edges[code], events.loc[rows, "value"].to_numpy(), side="right")
-            tokens.loc[rows] = code + "//Q" + pd.Series(bins + 1, index=rows).astype(str)
+        binned = events.loc[binnable, ["code", "value"]]
+        values, bins = binned["value"].to_numpy(), np.empty(len(binned), dtype=np.int64)
+        for code, at in binned.groupby("code").indices.items():  # at: positions within `binned`
+            bins[at] = np.searchsorted(self.bin_edges[code], values[at], side="right")
+        # one assignment: a per-code one rewrote the whole column once per code
+        tokens.loc[binnable] = binned["code"].astype(str) + "//Q" + pd.Series(bins + 1, index=binned.index).astype(str)
         return tokens
 
     def to_frame(self) -> pd.DataFrame:
