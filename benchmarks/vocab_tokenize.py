@@ -1,7 +1,7 @@
 """The vocab and tokenize stages, this tree against an earlier commit, on the same extraction.
 
-    python benchmarks/tokenize.py --interim data/interim                  # the default data, vs main
-    python benchmarks/tokenize.py --interim /tmp/x300k --baseline none    # this tree only (MIMIC-IV size)
+    python benchmarks/vocab_tokenize.py --interim data/interim                  # the default data, vs main
+    python benchmarks/vocab_tokenize.py --interim /tmp/x300k --baseline none    # this tree only (MIMIC-IV size)
 
 `--interim` is a folder with extract's events.parquet, cohort.parquet and diagnoses.parquet.
 Each stage runs as its own process (`python -P stages/STAGE.py`, with the params.yaml of

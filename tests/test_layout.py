@@ -258,3 +258,14 @@ def test_every_stage_records_its_wall_seconds_in_the_smoke_baseline():
             if cost_row(baseline.stem, yaml.safe_load(baseline.read_text())) is None:
                 missing.append(f"{name} ({baseline.name})")
     assert not missing, f"stages whose metrics record no seconds: {missing}"
+
+
+@pytest.mark.parametrize("folder", ["benchmarks", "scripts"])
+def test_no_script_shadows_a_standard_module(folder):
+    """`python benchmarks/x.py` puts benchmarks/ first on sys.path: a benchmarks/tokenize.py
+    replaced the stdlib `tokenize` that pandas imports, and every other benchmark failed.
+    (stages/ run as `python -P`, which leaves the script's folder off the path.)"""
+    import sys
+
+    clashes = [p.name for p in (REPO / folder).glob("*.py") if p.stem in sys.stdlib_module_names]
+    assert not clashes, f"{folder}/ scripts named like standard modules: {clashes}"
