@@ -27,7 +27,6 @@ from ehrseq.model_data import SURVIVAL_MODELS, checkpoint_encoder, load_model_da
 from ehrseq.oracle import oracle_metrics
 from ehrseq.params import load_params
 from ehrseq.survival_data import load_survival
-from ehrseq.survival_eval import evaluate_curves, plot_tertiles, tertile_table
 from ehrseq.tasks import NextTokenTask, SurvivalTask
 from ehrseq.torch_utils import pick_device
 from ehrseq.training import load_trained_model, predict
@@ -49,6 +48,9 @@ def evaluate_survival(model_name: str, params: dict, survival: dict, visit_hours
     """survival_lstm: landmark curves on test beside the oracle, Kaplan-Meier and Cox
     (reports/metrics/MODEL.json), and predicted vs Kaplan-Meier survival by risk tertile
     (reports/plots/MODEL/tertiles.{csv,png})."""
+    # pycox, scikit-survival and matplotlib: seconds of imports the other models' evaluation skips
+    from ehrseq.survival_eval import evaluate_curves, plot_tertiles, tertile_table
+
     model, checkpoint = load_trained_model(paths.checkpoint(model_name, "finetune"), device)
     data = load_model_data(model_name, ("test",))
     loader = data.loader("test", params["batch_size"], device, shuffle=False)

@@ -269,3 +269,22 @@ def test_no_script_shadows_a_standard_module(folder):
 
     clashes = [p.name for p in (REPO / folder).glob("*.py") if p.stem in sys.stdlib_module_names]
     assert not clashes, f"{folder}/ scripts named like standard modules: {clashes}"
+
+
+def test_model_stages_import_no_unused_heavy_library():
+    """Every train/evaluate/explain stage imports the data, task and loop modules. They
+    used to import transformers (through the embeddings package), pycox and
+    scikit-survival (through the survival task) whatever the model: ~2 CPU seconds of
+    imports in each of ~20 stages. Those load now only where used (gpt2, prompt_bart,
+    the embed stage, survival_lstm's metrics)."""
+    import subprocess
+    import sys
+
+    heavy = ("transformers", "pycox", "sksurv")
+    code = ("import sys, ehrseq.model_data, ehrseq.training, ehrseq.tasks, ehrseq.embeddings; "
+            "from ehrseq.models import build_model; build_model('lstm', vocab_size=10, embedding_dim=4, hidden_size=4, num_layers=1, dropout=0.0, "
+            "bidirectional=False); "
+            f"print(' '.join(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"imported without being used: {out.stdout.strip()}"

@@ -24,6 +24,22 @@ def test_point_metrics_match_sklearn(scores):
     assert metrics.brier(y, p) == pytest.approx(brier_score_loss(y, p))
 
 
+@pytest.mark.parametrize("decimals", [None, 2, 1, 0])
+def test_auroc_and_auprc_match_sklearn_on_tied_and_tiny_samples(decimals):
+    """The hand-rolled curve points (tied scores are one threshold) against sklearn's."""
+    rng = np.random.default_rng(decimals or 5)
+    checked = 0
+    for _ in range(300):
+        n = int(rng.integers(2, 60))
+        y, p = rng.integers(0, 2, n), rng.random(n)
+        p = p if decimals is None else np.round(p, decimals)
+        if 0 < y.sum() < n:
+            assert metrics.auroc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+            assert metrics.auprc(y, p) == pytest.approx(average_precision_score(y, p), abs=1e-12)
+            checked += 1
+    assert checked > 250
+
+
 def test_undefined_auroc_is_null_with_a_reason():
     y, p = np.zeros(50, dtype=int), np.linspace(0, 1, 50)
     with pytest.raises(metrics.UndefinedMetricError, match="AUROC needs both classes; all 50 labels are 0"):

@@ -281,18 +281,21 @@ class CodeIndex:
 
     def __init__(self, codes: list[tuple[str, str]]):
         self.codes = codes
-        self._index = {c: i for i, c in enumerate(codes)}
+        self._columns = pd.MultiIndex.from_tuples(codes, names=["code_type", "code"])
 
     def visits(self, patients: Patients) -> tuple[sp.csr_matrix, np.ndarray]:
-        """Visits x codes (csr, 0/1) and each visit's row in `patients.demographics`."""
+        """Visits x codes (csr, 0/1) and each visit's row in `patients.demographics`.
+        Visits are numbered in order of first appearance in `patients.codes`."""
         c = patients.codes.drop_duplicates(["subject_id", "visit", "code_type", "code"])
-        col = np.array([self._index.get(k, -1) for k in zip(c["code_type"], c["code"])])
+        # Vectorised lookups: a Python loop over the (Arrow-backed) string columns and
+        # factorizing a MultiIndex of tuples took most of the generate stage's analysis time.
+        col = self._columns.get_indexer(pd.MultiIndex.from_arrays([c["code_type"], c["code"]]))  # -1: not listed
         keep = col >= 0
-        visit_key = pd.MultiIndex.from_arrays([c["subject_id"], c["visit"]])
-        visit_id, uniques = pd.factorize(visit_key)
-        X = sp.csr_matrix((np.ones(keep.sum()), (visit_id[keep], col[keep])), shape=(len(uniques), len(self.codes)))
+        visit_id = c.groupby(["subject_id", "visit"], sort=False).ngroup().to_numpy()
+        first_row = np.unique(visit_id, return_index=True)[1]  # [n_visits]
+        X = sp.csr_matrix((np.ones(keep.sum()), (visit_id[keep], col[keep])), shape=(len(first_row), len(self.codes)))
         X.data[:] = 1
-        owner = pd.Index(patients.demographics["subject_id"]).get_indexer(uniques.get_level_values(0))
+        owner = pd.Index(patients.demographics["subject_id"]).get_indexer(c["subject_id"].to_numpy()[first_row])
         return X, owner
 
     def patients(self, patients: Patients) -> sp.csr_matrix:
@@ -505,8 +508,9 @@ def visit_features(patients: Patients, index: CodeIndex, target: int) -> tuple[s
     1/100) + gender and race one-hot; label = whether the visit holds code `target`."""
     X, owner = index.visits(patients)
     y = np.asarray(X[:, target].todense()).ravel()
-    X = X.tolil()
-    X[:, target] = 0
+    X = X.tocsc()
+    X.data[X.indptr[target]:X.indptr[target + 1]] = 0  # the target's column is the label, not a feature
+    X.eliminate_zeros()
     demo = patients.demographics.iloc[owner]
     dense = [demo[["age"]].to_numpy(float) / 100.0]
     for name, values in (("gender", ("F", "M", "other")),

@@ -17,12 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (
-    average_precision_score,
-    precision_recall_curve,
-    roc_auc_score,
-    roc_curve,
-)
+from sklearn.metrics import precision_recall_curve, roc_curve
 
 
 class UndefinedMetricError(ValueError):
@@ -50,18 +45,38 @@ def _require_both_classes(y_true: np.ndarray, metric: str) -> None:
         raise UndefinedMetricError(f"{metric} needs both classes; all {len(y_true)} labels are {y_true[0]}")
 
 
+def _counts_at_thresholds(y_true: np.ndarray, y_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """True and false positives when predicting positive at or above each distinct score,
+    from the highest score down: the points of the ROC and precision-recall curves.
+
+    The same points as sklearn's `roc_curve` / `precision_recall_curve` (tied scores form
+    one point), without their input validation, which cost ~15 ms a call: the bootstrap
+    calls these metrics thousands of times per stage."""
+    order = np.argsort(-y_prob, kind="stable")
+    y_sorted = y_true[order]
+    last_of_tie = np.r_[y_prob[order][1:] != y_prob[order][:-1], True]
+    tps = np.cumsum(y_sorted)[last_of_tie]
+    fps = np.flatnonzero(last_of_tie) + 1 - tps
+    return tps, fps
+
+
 def auroc(y_true, y_prob) -> float:
+    """Area under the ROC curve by the trapezoid rule (ties count half), as `roc_auc_score`."""
     y_true, y_prob = _check_binary(y_true, y_prob)
     _require_both_classes(y_true, "AUROC")
-    return float(roc_auc_score(y_true, y_prob))
+    tps, fps = _counts_at_thresholds(y_true, y_prob)
+    tps, fps = np.r_[0, tps], np.r_[0, fps]
+    return float(np.sum(np.diff(fps) * (tps[1:] + tps[:-1])) / (2.0 * tps[-1] * fps[-1]))
 
 
 def auprc(y_true, y_prob) -> float:
-    """Average precision (the step-wise area under the precision-recall curve)."""
+    """Average precision (the step-wise area under the precision-recall curve), as
+    `average_precision_score`: sum over thresholds of recall gained x precision there."""
     y_true, y_prob = _check_binary(y_true, y_prob)
     if y_true.sum() == 0:
         raise UndefinedMetricError(f"AUPRC needs at least one positive; all {len(y_true)} labels are 0")
-    return float(average_precision_score(y_true, y_prob))
+    tps, fps = _counts_at_thresholds(y_true, y_prob)
+    return float(np.sum(np.diff(np.r_[0, tps]) * (tps / (tps + fps))) / tps[-1])
 
 
 def brier(y_true, y_prob) -> float:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ehrseq import metrics, survival_metrics
+from ehrseq import metrics
 from ehrseq.data import class_balance_weights
 from ehrseq.models.clinical_lf import clinical_lf_loss
 from ehrseq.models.med2vec import negative_sampling_loss
@@ -185,9 +185,13 @@ class SurvivalTask:
         n_bins = p["survival"].shape[1]
         curve = np.hstack([np.ones((len(p["survival"]), 1)), p["survival"]])  # S(0) = 1
         out = {"landmark_nll": float(p["landmark_nll"].mean())}
+        # Imported here: pycox and scikit-survival take seconds to import, which every stage
+        # importing this module (all training, evaluation and explanation) would pay.
+        from ehrseq.survival_metrics import antolini_c
+
         try:  # in bin units: enough to watch ranking during training
-            out["c_index"] = survival_metrics.antolini_c(curve, np.arange(n_bins + 1.0), p["event_bin"], p["event"])
-        except survival_metrics.UndefinedMetricError:
+            out["c_index"] = antolini_c(curve, np.arange(n_bins + 1.0), p["event_bin"], p["event"])
+        except metrics.UndefinedMetricError:
             pass
         return out
 

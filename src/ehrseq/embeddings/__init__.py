@@ -5,13 +5,6 @@ cache.py     sharded on-disk store of vectors keyed by (model hash, settings, te
 pipeline.py  distinct texts of the events -> vectors, encoding only cache misses
 """
 from ehrseq.embeddings.cache import EmbeddingCache, default_cache_dir
-from ehrseq.embeddings.encoder import (
-    TextEncoder,
-    fingerprint_model_dir,
-    pool,
-    resolve_model_dir,
-    runtime_identity,
-)
 from ehrseq.embeddings.pipeline import (
     TextEmbeddings,
     distinct_texts,
@@ -19,6 +12,19 @@ from ehrseq.embeddings.pipeline import (
     read_text_embeddings,
     write_text_embeddings,
 )
+
+# encoder.py imports `transformers` (seconds); its names load on first use, so the stages
+# that only read precomputed vectors (every model's data loading) do not pay for it.
+_ENCODER_NAMES = ("TextEncoder", "fingerprint_model_dir", "pool", "resolve_model_dir", "runtime_identity")
+
+
+def __getattr__(name: str):
+    if name in _ENCODER_NAMES:
+        from ehrseq.embeddings import encoder
+
+        return getattr(encoder, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "EmbeddingCache",

@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
@@ -20,8 +21,10 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from ehrseq.embeddings.cache import EmbeddingCache
-from ehrseq.embeddings.encoder import TextEncoder
 from ehrseq.io import atomic_path, read_json, write_json, write_parquet
+
+if TYPE_CHECKING:  # encoder.py imports transformers; reading vectors must not
+    from ehrseq.embeddings.encoder import TextEncoder
 
 log = logging.getLogger(__name__)
 
