@@ -281,9 +281,9 @@ def test_model_stages_import_no_unused_heavy_library():
     import sys
 
     heavy = ("transformers", "pycox", "sksurv")
+    lstm = "vocab_size=10, embedding_dim=4, hidden_size=4, num_layers=1, dropout=0.0, bidirectional=False"
     code = ("import sys, ehrseq.model_data, ehrseq.training, ehrseq.tasks, ehrseq.embeddings; "
-            "from ehrseq.models import build_model; build_model('lstm', vocab_size=10, embedding_dim=4, hidden_size=4, num_layers=1, dropout=0.0, "
-            "bidirectional=False); "
+            f"from ehrseq.models import build_model; build_model('lstm', {lstm}); "
             f"print(' '.join(m for m in {heavy!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
