@@ -92,6 +92,8 @@ def extract(
     with tempfile.TemporaryDirectory(prefix=".extract-", dir=Path(events_path).parent) as scratch, \
             duckdb.connect(":memory:") as con:
         con.execute(f"SET temp_directory = '{scratch}'")
+        con.execute("ATTACH ':memory:' AS work (COMPRESS)")
+        con.execute("USE work")
         # Every output is ordered explicitly (ORDER BY), so DuckDB need not keep the row
         # order of intermediate tables: that lets it build them in parallel, with less memory.
         con.execute("SET preserve_insertion_order = false")
@@ -101,9 +103,10 @@ def extract(
             con.execute(f"SET memory_limit = '{memory_limit}'")
 
         tables = load_source(con, source, path, observation_hours, min_age, workers=threads or 1)
+        con.execute("CHECKPOINT").fetchall()
         _run_sql_file(con, "common/events.sql")
         source_counts = _source_counts(con)
-        _store_event_rows(con)
+        source_counts["rows"] = _store_event_rows(con)
         # Past the attachment nothing reads the per-source-row tables (only the stay, patient
         # and diagnosis tables): free them for the de-duplication and the sort, which then
         # spill less (issue 15).
@@ -148,16 +151,28 @@ def extract(
         return metrics
 
 
-def _store_event_rows(con) -> None:
-    """event_rows = classified_events (events.sql): labs first, then labevents is emptied
-    (it stays a table, so the views over it still bind) before the other kinds are attached.
-    Storing event_rows while every source table is held is the extraction's peak memory;
-    this lowers it by the size of labevents, so less spills to disk (issue 15). Each query
-    reads only its kinds' tables: the planner drops the union's other sources."""
-    con.execute("CREATE OR REPLACE TEMP TABLE event_rows AS FROM classified_events WHERE event_type = 'lab'").fetchall()
+def _store_event_rows(con) -> list[tuple]:
+    """event_rows = the kept rows of classified_events (events.sql); returns the source rows
+    per (kind, drop reason or None, charting system) with their counts.
+
+    Dropped rows are only counted (an aggregate over the attachment, which spells no
+    content), never stored: about half of the source rows fall outside every stay (issue
+    15). Labs are stored first, then labevents is emptied (it stays a table, so the views
+    over it still bind) before the other kinds are attached; each query reads only its
+    kinds' tables (the planner drops the union's other sources). The tables live in the
+    compressed in-memory database (see `extract`): CHECKPOINT compresses what was just
+    written, so the uncompressed form of only one part is held at a time."""
+    counts = con.execute(
+        "SELECT event_type, reason, system, count(*) FROM classified_events GROUP BY ALL ORDER BY ALL"
+    ).fetchall()
+    kept = "SELECT * EXCLUDE (reason, system) FROM classified_events WHERE reason IS NULL"
+    con.execute(f"CREATE OR REPLACE TABLE event_rows AS {kept} AND event_type = 'lab'").fetchall()
+    con.execute("CHECKPOINT").fetchall()
     if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'labevents'").fetchall()[0][0]:
         con.execute("CREATE OR REPLACE TABLE labevents AS FROM labevents LIMIT 0").fetchall()
-    con.execute("INSERT INTO event_rows FROM classified_events WHERE event_type <> 'lab'").fetchall()
+    con.execute(f"INSERT INTO event_rows {kept} AND event_type <> 'lab'").fetchall()
+    con.execute("CHECKPOINT").fetchall()
+    return counts
 
 
 def _drop_tables(con, names) -> None:
@@ -183,7 +198,7 @@ def _write_diagnoses(con, cohort: pd.DataFrame, path) -> pd.DataFrame:
     return diagnoses
 
 
-def _event_counts(con) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]], dict[str, int]]:
+def _event_counts(con, rows: list[tuple]) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]], dict[str, int]]:
     """Per kind: kept events and how many of them are withheld, moved to the cutoff or
     after it; dropped source rows per reason; kept source rows per charting system.
 
@@ -196,9 +211,7 @@ def _event_counts(con) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, i
     kept = {name: {k: 0 for k in EVENT_TYPES} for name in ("events", "withheld", "moved", "after_cutoff")}
     dropped: dict[str, dict[str, int]] = {}
     systems: dict[str, int] = {}
-    for kind, reason, system, n in con.execute(  # one pass over every source row
-        "SELECT event_type, reason, system, count(*) FROM event_rows GROUP BY ALL ORDER BY ALL"
-    ).fetchall():
+    for kind, reason, system, n in rows:  # every source row, counted by _store_event_rows
         if reason is not None:
             dropped.setdefault(reason, {k: 0 for k in EVENT_TYPES})[kind] += n
         elif kind == "ingredient":
@@ -207,7 +220,7 @@ def _event_counts(con) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, i
         """SELECT event_type, count(*) FROM (
                SELECT DISTINCT stay_id, time, event_type, code, text, value, unit, flag,
                       full_code, full_text, full_value, full_flag
-               FROM event_rows WHERE reason IS NULL AND withheld)
+               FROM event_rows WHERE withheld)
            GROUP BY ALL"""
     ).fetchall())
     for kind, events, rows, plain, withheld, moved, after in con.execute(
@@ -236,7 +249,7 @@ def _source_counts(con) -> dict:
 
 def _metrics(con, source: str, observation_hours: float, tables: dict, cohort: pd.DataFrame,
              source_counts: dict) -> dict:
-    kept_counts, dropped, kept_by_system = _event_counts(con)
+    kept_counts, dropped, kept_by_system = _event_counts(con, source_counts["rows"])
     kept, withheld, moved = kept_counts["events"], kept_counts["withheld"], kept_counts["moved"]
     micro_results = source_counts["micro_results"]
     micro_table = next((n for n in ("microbiologyevents",) if n in tables), None)

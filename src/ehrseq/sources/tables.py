@@ -92,6 +92,7 @@ def register_tables(
     csv.gz is sequential, so reading labevents beside the other tables keeps two cores busy.
     """
     root = Path(root)
+    database = con.execute("SELECT current_database()").fetchall()[0][0]  # cursors start in the default one
     if not root.is_dir():
         raise SourceDataError(f"source folder {root} does not exist")
     report: dict[str, dict] = {}
@@ -114,6 +115,7 @@ def register_tables(
         spec, path = item
         cursor = con.cursor()
         try:
+            cursor.execute(f"USE {database}")
             reader = _reader(path)
             described = cursor.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()
             actual = {row[0].lower(): (row[0], row[1]) for row in described}
