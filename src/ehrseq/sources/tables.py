@@ -92,7 +92,9 @@ def register_tables(
     csv.gz is sequential, so reading labevents beside the other tables keeps two cores busy.
     """
     root = Path(root)
-    database = con.execute("SELECT current_database()").fetchall()[0][0]  # cursors start in the default one
+    # a cursor starts in the default database: the tables go where `con` works (extract's
+    # compressed `work` database)
+    database = con.execute("SELECT current_database()").fetchall()[0][0]
     if not root.is_dir():
         raise SourceDataError(f"source folder {root} does not exist")
     report: dict[str, dict] = {}

@@ -1,5 +1,6 @@
--- De-duplication of the kept events. Reads only event_rows (events.sql): the source
--- tables may be gone by now (extract.py frees them before this runs).
+-- De-duplication of the kept events. Reads only event_rows (the kept rows of events.sql's
+-- classified_events): the source tables may be gone by now (extract.py frees them before
+-- this runs).
 --
 -- Kept events, one row per distinct shown event. Two kinds of rows collapse here:
 --   duplicate:            exact copies (same stay, time, kind, content, withheld or not)
