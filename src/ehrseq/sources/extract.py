@@ -111,7 +111,7 @@ def extract(
         con.execute("CHECKPOINT").fetchall()  # compress the source tables (see above)
         _run_sql_file(con, "common/events.sql")
         source_counts = _source_counts(con)
-        source_counts["rows"] = _store_event_rows(con)
+        row_counts = _store_event_rows(con)
         # Past the attachment nothing reads the per-source-row tables (only the stay, patient
         # and diagnosis tables): free them for the de-duplication and the sort, which then
         # spill less (issue 15).
@@ -128,7 +128,7 @@ def extract(
         cohort["split"] = assign_splits(cohort, split_fractions, seed)
         cohort = cohort[COHORT_COLUMNS]
         write_parquet(cohort_path, cohort)
-        metrics = _metrics(con, source, observation_hours, tables, cohort, source_counts)
+        metrics = _metrics(con, source, observation_hours, tables, cohort, source_counts, row_counts)
         _drop_tables(con, ["shared_stays"])
 
         kind_order = " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(EVENT_TYPES))
@@ -203,7 +203,8 @@ def _write_diagnoses(con, cohort: pd.DataFrame, path) -> pd.DataFrame:
     return diagnoses
 
 
-def _event_counts(con, rows: list[tuple]) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]], dict[str, int]]:
+def _event_counts(con, row_counts: list[tuple]) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]],
+                                                      dict[str, int]]:
     """Per kind: kept events and how many of them are withheld, moved to the cutoff or
     after it; dropped source rows per reason; kept source rows per charting system.
 
@@ -216,7 +217,7 @@ def _event_counts(con, rows: list[tuple]) -> tuple[dict[str, dict[str, int]], di
     kept = {name: {k: 0 for k in EVENT_TYPES} for name in ("events", "withheld", "moved", "after_cutoff")}
     dropped: dict[str, dict[str, int]] = {}
     systems: dict[str, int] = {}
-    for kind, reason, system, n in rows:  # every source row, counted by _store_event_rows
+    for kind, reason, system, n in row_counts:  # every source row, counted by _store_event_rows
         if reason is not None:
             dropped.setdefault(reason, {k: 0 for k in EVENT_TYPES})[kind] += n
         elif kind == "ingredient":
@@ -253,8 +254,8 @@ def _source_counts(con) -> dict:
 
 
 def _metrics(con, source: str, observation_hours: float, tables: dict, cohort: pd.DataFrame,
-             source_counts: dict) -> dict:
-    kept_counts, dropped, kept_by_system = _event_counts(con, source_counts["rows"])
+             source_counts: dict, row_counts: list[tuple]) -> dict:
+    kept_counts, dropped, kept_by_system = _event_counts(con, row_counts)
     kept, withheld, moved = kept_counts["events"], kept_counts["withheld"], kept_counts["moved"]
     micro_results = source_counts["micro_results"]
     micro_table = next((n for n in ("microbiologyevents",) if n in tables), None)
