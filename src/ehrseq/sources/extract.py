@@ -132,12 +132,18 @@ def extract(
         _drop_tables(con, ["shared_stays"])
 
         kind_order = " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(EVENT_TYPES))
+        # The file's schema does not depend on the data: code and text stay optional
+        # (nullable) parquet columns, as value, unit and flag are. DuckDB writes a column
+        # as `required` when its statistics show no NULL, which holds for every kept event;
+        # the CASE hides that (the planner does not fold it), so files written before and
+        # after the kept-only event_rows (issue 15) have the same schema and bytes.
         with atomic_path(events_path) as tmp:
             con.execute(
                 f"""COPY (
                       SELECT s.subject_id, s.hadm_id, e.stay_id, e.placed_time AS time,
                              date_diff('microsecond', s.intime, e.placed_time) / 3.6e9 AS hours,
-                             e.event_type, e.code, e.text, e.value, e.unit, e.flag,
+                             e.event_type, CASE WHEN e.stay_id IS NOT NULL THEN e.code END AS code,
+                             CASE WHEN e.stay_id IS NOT NULL THEN e.text END AS text, e.value, e.unit, e.flag,
                              e.placed_time >= s.cutoff AS after_cutoff
                       FROM events_kept e JOIN event_stays s USING (stay_id)
                       ORDER BY e.stay_id, e.placed_time, CASE e.event_type {kind_order} END,
