@@ -87,11 +87,18 @@ def extract(
     # A scratch database in memory, spilling to `scratch` beyond `memory_limit`: every
     # source file is read and parsed once into a table (a view over a csv.gz would be
     # decompressed again by every query). In memory, not in a database file: a file
-    # would compress and write every table, then read it back, which cost 2.2 of 14 CPU
-    # seconds at 10k patients (issue 15). Deleted when the extraction ends, crash or not.
+    # would write every table, then read it back, which cost 2.2 of 14 CPU seconds at 10k
+    # patients (issue 15). A compressed in-memory database (`work`): tables are stored
+    # uncompressed (about 80 bytes a source row, 145 a classified row) until a CHECKPOINT
+    # compresses them, 8x on the synthetic data; without it the tables outgrew the memory
+    # limit at 300k patients and spilled 11 GB (5.4x the csv.gz input). Temporary tables
+    # live in DuckDB's separate, uncompressed `temp` catalog: only small ones are.
+    # Deleted when the extraction ends, crash or not.
     with tempfile.TemporaryDirectory(prefix=".extract-", dir=Path(events_path).parent) as scratch, \
             duckdb.connect(":memory:") as con:
         con.execute(f"SET temp_directory = '{scratch}'")
+        con.execute("ATTACH ':memory:' AS work (COMPRESS)")
+        con.execute("USE work")
         # Every output is ordered explicitly (ORDER BY), so DuckDB need not keep the row
         # order of intermediate tables: that lets it build them in parallel, with less memory.
         con.execute("SET preserve_insertion_order = false")
@@ -101,9 +108,10 @@ def extract(
             con.execute(f"SET memory_limit = '{memory_limit}'")
 
         tables = load_source(con, source, path, observation_hours, min_age, workers=threads or 1)
+        con.execute("CHECKPOINT").fetchall()  # compress the source tables (see above)
         _run_sql_file(con, "common/events.sql")
         source_counts = _source_counts(con)
-        _store_event_rows(con)
+        row_counts = _store_event_rows(con)
         # Past the attachment nothing reads the per-source-row tables (only the stay, patient
         # and diagnosis tables): free them for the de-duplication and the sort, which then
         # spill less (issue 15).
@@ -120,16 +128,22 @@ def extract(
         cohort["split"] = assign_splits(cohort, split_fractions, seed)
         cohort = cohort[COHORT_COLUMNS]
         write_parquet(cohort_path, cohort)
-        metrics = _metrics(con, source, observation_hours, tables, cohort, source_counts)
+        metrics = _metrics(con, source, observation_hours, tables, cohort, source_counts, row_counts)
         _drop_tables(con, ["shared_stays"])
 
         kind_order = " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(EVENT_TYPES))
+        # The file's schema does not depend on the data: code and text stay optional
+        # (nullable) parquet columns, as value, unit and flag are. DuckDB writes a column
+        # as `required` when its statistics show no NULL, which holds for every kept event;
+        # the CASE hides that (the planner does not fold it), so files written before and
+        # after the kept-only event_rows (issue 15) have the same schema and bytes.
         with atomic_path(events_path) as tmp:
             con.execute(
                 f"""COPY (
                       SELECT s.subject_id, s.hadm_id, e.stay_id, e.placed_time AS time,
                              date_diff('microsecond', s.intime, e.placed_time) / 3.6e9 AS hours,
-                             e.event_type, e.code, e.text, e.value, e.unit, e.flag,
+                             e.event_type, CASE WHEN e.stay_id IS NOT NULL THEN e.code END AS code,
+                             CASE WHEN e.stay_id IS NOT NULL THEN e.text END AS text, e.value, e.unit, e.flag,
                              e.placed_time >= s.cutoff AS after_cutoff
                       FROM events_kept e JOIN event_stays s USING (stay_id)
                       ORDER BY e.stay_id, e.placed_time, CASE e.event_type {kind_order} END,
@@ -148,16 +162,28 @@ def extract(
         return metrics
 
 
-def _store_event_rows(con) -> None:
-    """event_rows = classified_events (events.sql): labs first, then labevents is emptied
-    (it stays a table, so the views over it still bind) before the other kinds are attached.
-    Storing event_rows while every source table is held is the extraction's peak memory;
-    this lowers it by the size of labevents, so less spills to disk (issue 15). Each query
-    reads only its kinds' tables: the planner drops the union's other sources."""
-    con.execute("CREATE OR REPLACE TEMP TABLE event_rows AS FROM classified_events WHERE event_type = 'lab'").fetchall()
+def _store_event_rows(con) -> list[tuple]:
+    """event_rows = the kept rows of classified_events (events.sql); returns the source rows
+    per (kind, drop reason or None, charting system) with their counts.
+
+    Dropped rows are only counted (an aggregate over the attachment, which spells no
+    content), never stored: about half of the source rows fall outside every stay (issue
+    15). Labs are stored first, then labevents is emptied (it stays a table, so the views
+    over it still bind) before the other kinds are attached; each query reads only its
+    kinds' tables (the planner drops the union's other sources). The tables live in the
+    compressed in-memory database (see `extract`): CHECKPOINT compresses what was just
+    written, so the uncompressed form of only one part is held at a time."""
+    counts = con.execute(
+        "SELECT event_type, reason, system, count(*) FROM classified_events GROUP BY ALL ORDER BY ALL"
+    ).fetchall()
+    kept = "SELECT * EXCLUDE (reason, system) FROM classified_events WHERE reason IS NULL"
+    con.execute(f"CREATE OR REPLACE TABLE event_rows AS {kept} AND event_type = 'lab'").fetchall()
+    con.execute("CHECKPOINT").fetchall()
     if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'labevents'").fetchall()[0][0]:
         con.execute("CREATE OR REPLACE TABLE labevents AS FROM labevents LIMIT 0").fetchall()
-    con.execute("INSERT INTO event_rows FROM classified_events WHERE event_type <> 'lab'").fetchall()
+    con.execute(f"INSERT INTO event_rows {kept} AND event_type <> 'lab'").fetchall()
+    con.execute("CHECKPOINT").fetchall()
+    return counts
 
 
 def _drop_tables(con, names) -> None:
@@ -183,7 +209,8 @@ def _write_diagnoses(con, cohort: pd.DataFrame, path) -> pd.DataFrame:
     return diagnoses
 
 
-def _event_counts(con) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]], dict[str, int]]:
+def _event_counts(con, row_counts: list[tuple]) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]],
+                                                      dict[str, int]]:
     """Per kind: kept events and how many of them are withheld, moved to the cutoff or
     after it; dropped source rows per reason; kept source rows per charting system.
 
@@ -196,9 +223,7 @@ def _event_counts(con) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, i
     kept = {name: {k: 0 for k in EVENT_TYPES} for name in ("events", "withheld", "moved", "after_cutoff")}
     dropped: dict[str, dict[str, int]] = {}
     systems: dict[str, int] = {}
-    for kind, reason, system, n in con.execute(  # one pass over every source row
-        "SELECT event_type, reason, system, count(*) FROM event_rows GROUP BY ALL ORDER BY ALL"
-    ).fetchall():
+    for kind, reason, system, n in row_counts:  # every source row, counted by _store_event_rows
         if reason is not None:
             dropped.setdefault(reason, {k: 0 for k in EVENT_TYPES})[kind] += n
         elif kind == "ingredient":
@@ -207,7 +232,7 @@ def _event_counts(con) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, i
         """SELECT event_type, count(*) FROM (
                SELECT DISTINCT stay_id, time, event_type, code, text, value, unit, flag,
                       full_code, full_text, full_value, full_flag
-               FROM event_rows WHERE reason IS NULL AND withheld)
+               FROM event_rows WHERE withheld)
            GROUP BY ALL"""
     ).fetchall())
     for kind, events, rows, plain, withheld, moved, after in con.execute(
@@ -235,8 +260,8 @@ def _source_counts(con) -> dict:
 
 
 def _metrics(con, source: str, observation_hours: float, tables: dict, cohort: pd.DataFrame,
-             source_counts: dict) -> dict:
-    kept_counts, dropped, kept_by_system = _event_counts(con)
+             source_counts: dict, row_counts: list[tuple]) -> dict:
+    kept_counts, dropped, kept_by_system = _event_counts(con, row_counts)
     kept, withheld, moved = kept_counts["events"], kept_counts["withheld"], kept_counts["moved"]
     micro_results = source_counts["micro_results"]
     micro_table = next((n for n in ("microbiologyevents",) if n in tables), None)

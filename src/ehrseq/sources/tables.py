@@ -92,6 +92,9 @@ def register_tables(
     csv.gz is sequential, so reading labevents beside the other tables keeps two cores busy.
     """
     root = Path(root)
+    # a cursor starts in the default database: the tables go where `con` works (extract's
+    # compressed `work` database)
+    database = con.execute("SELECT current_database()").fetchall()[0][0]
     if not root.is_dir():
         raise SourceDataError(f"source folder {root} does not exist")
     report: dict[str, dict] = {}
@@ -114,6 +117,7 @@ def register_tables(
         spec, path = item
         cursor = con.cursor()
         try:
+            cursor.execute(f"USE {database}")
             reader = _reader(path)
             described = cursor.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()
             actual = {row[0].lower(): (row[0], row[1]) for row in described}

@@ -1,5 +1,6 @@
--- De-duplication of the kept events. Reads only event_rows (events.sql): the source
--- tables may be gone by now (extract.py frees them before this runs).
+-- De-duplication of the kept events. Reads only event_rows (the kept rows of events.sql's
+-- classified_events): the source tables may be gone by now (extract.py frees them before
+-- this runs).
 --
 -- Kept events, one row per distinct shown event. Two kinds of rows collapse here:
 --   duplicate:            exact copies (same stay, time, kind, content, withheld or not)
@@ -19,7 +20,7 @@
 -- view, so the pass-through rows are read from event_rows by the metrics and the final sort
 -- instead of being copied into another table.
 CREATE OR REPLACE TEMP TABLE collapsing AS
-SELECT content_hash FROM event_rows WHERE reason IS NULL GROUP BY content_hash HAVING count(*) > 1;
+SELECT content_hash FROM event_rows GROUP BY content_hash HAVING count(*) > 1;
 
 CREATE OR REPLACE TEMP TABLE collapsed AS
 SELECT stay_id, time, event_type, code, text, value, unit, flag,
@@ -28,14 +29,12 @@ SELECT stay_id, time, event_type, code, text, value, unit, flag,
        bool_and(after_cutoff) AS after_cutoff,
        count(*) AS source_rows, bool_and(withheld) AS withheld, bool_or(NOT withheld) AS has_plain
 FROM event_rows SEMI JOIN collapsing USING (content_hash)
-WHERE reason IS NULL
 GROUP BY stay_id, time, event_type, code, text, value, unit, flag;
 
 CREATE OR REPLACE TEMP VIEW events_kept AS
 SELECT stay_id, time, event_type, code, text, value, unit, flag, placed_time, moved_to_cutoff, after_cutoff,
        1 AS source_rows, withheld, NOT withheld AS has_plain
 FROM event_rows ANTI JOIN collapsing USING (content_hash)
-WHERE reason IS NULL
 UNION ALL
 SELECT stay_id, time, event_type, code, text, value, unit, flag, placed_time, moved_to_cutoff, after_cutoff,
        source_rows, withheld, has_plain

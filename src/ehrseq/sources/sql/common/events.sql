@@ -44,8 +44,9 @@ GROUP BY subject_id;
 
 -- One row per source event: its reason to be dropped (NULL: kept), and for kept events
 -- what is shown. The stay's ids and times are joined back when the events are written.
--- extract.py stores it as event_rows, labs first, so that labevents (the largest table)
--- is freed before the other kinds are attached.
+-- extract.py counts its rows per kind, reason and system (an aggregate that spells no
+-- content), then stores only the kept rows as event_rows, labs first, so that labevents
+-- (the largest table) is freed before the other kinds are attached.
 CREATE OR REPLACE TEMP VIEW classified_events AS
 WITH linked AS (  -- events that name their stay
     SELECT e.*, s.stay_id AS stay, s.hadm_id AS stay_hadm, s.intime, s.cutoff, s.exclusion,
