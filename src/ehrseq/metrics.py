@@ -50,12 +50,12 @@ def _counts_at_thresholds(y_true: np.ndarray, y_prob: np.ndarray) -> tuple[np.nd
     from the highest score down: the points of the ROC and precision-recall curves.
 
     The same points as sklearn's `roc_curve` / `precision_recall_curve` (tied scores form
-    one point), without their input validation, which cost ~15 ms a call: the bootstrap
-    calls these metrics thousands of times per stage."""
+    one point), without their input validation, which cost 1-2 ms a call (10x these; see
+    benchmarks/stage_overhead.py): the bootstrap calls these metrics thousands of times per stage."""
     order = np.argsort(-y_prob, kind="stable")
-    y_sorted = y_true[order]
-    last_of_tie = np.r_[y_prob[order][1:] != y_prob[order][:-1], True]
-    tps = np.cumsum(y_sorted)[last_of_tie]
+    p_sorted = y_prob[order]
+    last_of_tie = np.r_[p_sorted[1:] != p_sorted[:-1], True]
+    tps = np.cumsum(y_true[order])[last_of_tie]
     fps = np.flatnonzero(last_of_tie) + 1 - tps
     return tps, fps
 
