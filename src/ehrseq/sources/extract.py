@@ -25,6 +25,8 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
+import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from ehrseq.cohort import assign_splits
 from ehrseq.io import atomic_path, write_parquet
@@ -79,8 +81,12 @@ def extract(
     seed: int,
     threads: int | None = None,
     memory_limit: str | None = None,
+    rows_per_part: int | None = None,
 ) -> dict:
-    """Run the extraction and write both outputs atomically; return the metrics dict."""
+    """Run the extraction and write both outputs atomically; return the metrics dict.
+
+    `rows_per_part`: events sorted at once when events.parquet is written (None: sized
+    from DuckDB's memory limit, see `_write_events`); the file is the same for any value."""
     if source not in SOURCES:
         raise ValueError(f"data.source must be one of {sorted(SOURCES)}, got {source!r}")
     Path(events_path).parent.mkdir(parents=True, exist_ok=True)
@@ -131,25 +137,7 @@ def extract(
         metrics = _metrics(con, source, observation_hours, tables, cohort, source_counts, row_counts)
         _drop_tables(con, ["shared_stays"])
 
-        kind_order = " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(EVENT_TYPES))
-        # The file's schema does not depend on the data: code and text stay optional
-        # (nullable) parquet columns, as value, unit and flag are. DuckDB writes a column
-        # as `required` when its statistics show no NULL, which holds for every kept event;
-        # the CASE hides that (the planner does not fold it), so files written before and
-        # after the kept-only event_rows (issue 15) have the same schema and bytes.
-        with atomic_path(events_path) as tmp:
-            con.execute(
-                f"""COPY (
-                      SELECT s.subject_id, s.hadm_id, e.stay_id, e.placed_time AS time,
-                             date_diff('microsecond', s.intime, e.placed_time) / 3.6e9 AS hours,
-                             e.event_type, CASE WHEN e.stay_id IS NOT NULL THEN e.code END AS code,
-                             CASE WHEN e.stay_id IS NOT NULL THEN e.text END AS text, e.value, e.unit, e.flag,
-                             e.placed_time >= s.cutoff AS after_cutoff
-                      FROM events_kept e JOIN event_stays s USING (stay_id)
-                      ORDER BY e.stay_id, e.placed_time, CASE e.event_type {kind_order} END,
-                               e.code, e.text, e.value, e.unit, e.flag
-                   ) TO '{tmp}' (FORMAT parquet)"""
-            ).fetchall()
+        _write_events(con, events_path, scratch, metrics["events"]["kept_total"], rows_per_part)
         diagnoses = _write_diagnoses(con, cohort, diagnoses_path)
         metrics["diagnoses"] = {
             "read": tables["diagnoses_icd"]["rows"],
@@ -160,6 +148,104 @@ def extract(
             },
         }
         return metrics
+
+
+# What sorting one event costs DuckDB in memory (keys and payload, strings included),
+# from the 300k-patient run of issue 15: the one sort of 56M events with about 9 of its
+# 12 GB free spilled 2.2-3.2 GB, i.e. needed about 200 bytes an event.
+SORT_BYTES_PER_EVENT = 200
+EVENT_COLUMNS_SQL = """s.subject_id, s.hadm_id, e.stay_id, e.placed_time AS time,
+       date_diff('microsecond', s.intime, e.placed_time) / 3.6e9 AS hours,
+       e.event_type, CASE WHEN e.stay_id IS NOT NULL THEN e.code END AS code,
+       CASE WHEN e.stay_id IS NOT NULL THEN e.text END AS text, e.value, e.unit, e.flag,
+       e.placed_time >= s.cutoff AS after_cutoff"""
+
+
+def _write_events(con, events_path, scratch, events: int, rows_per_part: int | None) -> None:
+    """events.parquet: every kept event in (stay, placed time, kind, content) order, written
+    atomically; the bytes do not depend on `rows_per_part`.
+
+    One sort of all events outgrew the memory limit at 300k patients and spilled 2.8-3.8
+    GB (issue 15). So when there are more than `rows_per_part` events (None: half of the
+    memory DuckDB has left now, at SORT_BYTES_PER_EVENT), the stays are cut into
+    contiguous stay_id ranges of at most `rows_per_part` events (a larger stay alone), each
+    range is sorted and written to a part file in `scratch`, and one COPY streams the parts
+    in order (UNION ALL keeps the order of its inputs: DuckDB's order preservation, with
+    preserve_insertion_order on) into the one file. That COPY writes the same row groups
+    (DuckDB cuts them by row count) from the same rows as one sort would. The trap: the
+    parquet writer marks a column required when its input's statistics show no NULL, and
+    a part file's statistics are its actual NULL counts, not the tables' (code, text and
+    after_cutoff have none): each column the parts declare optional is passed through a
+    CASE the planner does not fold, so the file keeps one sort's schema and bytes.
+    """
+    kind_order = " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(EVENT_TYPES))
+    # The file's schema does not depend on the data: code and text stay optional
+    # (nullable) parquet columns, as value, unit and flag are. DuckDB writes a column
+    # as `required` when its statistics show no NULL, which holds for every kept event;
+    # the CASE hides that (the planner does not fold it), so files written before and
+    # after the kept-only event_rows (issue 15) have the same schema and bytes.
+    def sorted_events(where: str) -> str:
+        return f"""SELECT {EVENT_COLUMNS_SQL}
+                   FROM events_kept e JOIN event_stays s USING (stay_id) {where}
+                   ORDER BY e.stay_id, e.placed_time, CASE e.event_type {kind_order} END,
+                            e.code, e.text, e.value, e.unit, e.flag"""
+
+    if rows_per_part is None:
+        rows_per_part = max(1, _free_memory(con) // 2 // SORT_BYTES_PER_EVENT)
+    ranges = _stay_ranges(con, rows_per_part) if events > rows_per_part else [None]
+    with atomic_path(events_path) as tmp:
+        if ranges == [None]:
+            con.execute(f"COPY ({sorted_events('')}) TO '{tmp}' (FORMAT parquet)").fetchall()
+            return
+        parts = []
+        for i, (first, last) in enumerate(tqdm(ranges, desc="sort events by stay range", unit="range", disable=None)):
+            parts.append(Path(scratch) / f"events-{i:05d}.parquet")
+            con.execute(f"COPY ({sorted_events(f'WHERE e.stay_id BETWEEN {first} AND {last}')}) "
+                        f"TO '{parts[-1]}' (FORMAT parquet)").fetchall()
+        schema = pq.read_schema(parts[0])
+        columns = ", ".join(f"CASE WHEN stay_id IS NOT NULL THEN {f.name} END AS {f.name}" if f.nullable else f.name
+                            for f in schema)
+        union = " UNION ALL ".join(f"SELECT * FROM read_parquet('{p}')" for p in parts)
+        con.execute("SET preserve_insertion_order = true")
+        try:
+            con.execute(f"COPY (SELECT {columns} FROM ({union})) TO '{tmp}' (FORMAT parquet)").fetchall()
+        finally:
+            con.execute("SET preserve_insertion_order = false")
+        for part in parts:
+            part.unlink()
+    log.info("wrote %d events in %d stay range(s) of at most %d events", events, len(ranges), rows_per_part)
+
+
+def _free_memory(con) -> int:
+    """Bytes DuckDB may still use: its memory limit minus what its buffers hold now."""
+    limit, used = con.execute(
+        """SELECT (SELECT value FROM duckdb_settings() WHERE name = 'memory_limit'),
+                  (SELECT sum(memory_usage_bytes) FROM duckdb_memory())"""
+    ).fetchall()[0]
+    return max(0, _parse_bytes(limit) - int(used or 0))
+
+
+def _parse_bytes(text: str) -> int:
+    """DuckDB's spelling of a size ('11.1 GiB', '5.0 GB', '512.0 MiB') -> bytes."""
+    number, unit = text.split()
+    scale = {"bytes": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+    return int(float(number) * scale[unit])
+
+
+def _stay_ranges(con, rows_per_part: int) -> list[tuple[int, int]]:
+    """Contiguous (first, last) stay_id ranges covering every kept event, each holding at
+    most `rows_per_part` events unless one stay alone has more."""
+    ranges, first, size = [], None, 0
+    for stay, n in con.execute("SELECT stay_id, count(*) FROM events_kept GROUP BY ALL ORDER BY stay_id").fetchall():
+        if first is not None and size + n > rows_per_part:
+            ranges.append((first, last))
+            first, size = None, 0
+        first = stay if first is None else first
+        last, size = stay, size + n
+    if first is not None:
+        ranges.append((first, last))
+    return ranges
 
 
 def _store_event_rows(con) -> list[tuple]:
