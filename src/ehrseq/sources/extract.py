@@ -191,7 +191,9 @@ def _write_events(con, events_path, scratch, events: int, rows_per_part: int | N
                             e.code, e.text, e.value, e.unit, e.flag"""
 
     if rows_per_part is None:
-        rows_per_part = max(1, _free_memory(con) // 2 // SORT_BYTES_PER_EVENT)
+        free = _free_memory(con)
+        rows_per_part = max(1, free // SORT_BYTES_PER_EVENT)
+        log.info("%.2f GB of DuckDB's memory free for sorting: %d events a range", free / 1e9, rows_per_part)
     ranges = _stay_ranges(con, rows_per_part) if events > rows_per_part else [None]
     with atomic_path(events_path) as tmp:
         if ranges == [None]:
