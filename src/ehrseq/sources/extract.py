@@ -85,8 +85,9 @@ def extract(
 ) -> dict:
     """Run the extraction and write both outputs atomically; return the metrics dict.
 
-    `rows_per_part`: events sorted at once when events.parquet is written (None: sized
-    from DuckDB's memory limit, see `_write_events`); the file is the same for any value."""
+    `rows_per_part`: how many events are sorted at once when events.parquet is written
+    (None: sized from DuckDB's free memory, see `_write_events`); its rows, their order and
+    its schema are the same for any value."""
     if source not in SOURCES:
         raise ValueError(f"data.source must be one of {sorted(SOURCES)}, got {source!r}")
     Path(events_path).parent.mkdir(parents=True, exist_ok=True)
@@ -150,10 +151,11 @@ def extract(
         return metrics
 
 
-# What sorting one event costs DuckDB in memory (keys and payload, strings included),
-# from the 300k-patient run of issue 15: the one sort of 56M events with about 9 of its
-# 12 GB free spilled 2.2-3.2 GB, i.e. needed about 200 bytes an event.
-SORT_BYTES_PER_EVENT = 200
+# Memory budgeted for sorting one event (keys and payload, strings included). Measured
+# (issue 15): at 300k synthetic patients a range of 52.6M events spilled 3 GB with 10.5 GB
+# of DuckDB's memory free, so the sort needs about 260 bytes an event; 400 leaves room
+# for the COPY's buffers and for events longer than the synthetic ones.
+SORT_BYTES_PER_EVENT = 400
 EVENT_COLUMNS_SQL = """s.subject_id, s.hadm_id, e.stay_id, e.placed_time AS time,
        date_diff('microsecond', s.intime, e.placed_time) / 3.6e9 AS hours,
        e.event_type, CASE WHEN e.stay_id IS NOT NULL THEN e.code END AS code,
@@ -163,27 +165,30 @@ EVENT_COLUMNS_SQL = """s.subject_id, s.hadm_id, e.stay_id, e.placed_time AS time
 
 def _write_events(con, events_path, scratch, events: int, rows_per_part: int | None) -> None:
     """events.parquet: every kept event in (stay, placed time, kind, content) order, written
-    atomically; the bytes do not depend on `rows_per_part`.
+    atomically. Its rows, their order and its schema do not depend on `rows_per_part`.
 
     One sort of all events outgrew the memory limit at 300k patients and spilled 2.8-3.8
-    GB (issue 15). So when there are more than `rows_per_part` events (None: half of the
-    memory DuckDB has left now, at SORT_BYTES_PER_EVENT), the stays are cut into
-    contiguous stay_id ranges of at most `rows_per_part` events (a larger stay alone), each
-    range is sorted and written to a part file in `scratch`, and one COPY streams the parts
-    in order (UNION ALL keeps the order of its inputs: DuckDB's order preservation, with
-    preserve_insertion_order on) into the one file. That COPY writes the same row groups
-    (DuckDB cuts them by row count) from the same rows as one sort would. The trap: the
-    parquet writer marks a column required when its input's statistics show no NULL, and
-    a part file's statistics are its actual NULL counts, not the tables' (code, text and
-    after_cutoff have none): each column the parts declare optional is passed through a
-    CASE the planner does not fold, so the file keeps one sort's schema and bytes.
+    GB (issue 15). So when there are more than `rows_per_part` events (None: DuckDB's
+    free memory now over SORT_BYTES_PER_EVENT), the stays are cut into contiguous stay_id
+    ranges of at most `rows_per_part` events (a larger stay alone), each range is sorted
+    and written to a part file in `scratch`, and one COPY streams the parts into the file
+    in order: UNION ALL keeps the order of its inputs (DuckDB's documented order
+    preservation, with preserve_insertion_order on for that COPY).
+
+    Two traps. The parquet writer marks a column required when its input's statistics
+    show no NULL; a part file's statistics are its actual NULL counts, not the tables'
+    (code, text and after_cutoff have none in the data): each column the parts declare
+    optional is passed through a CASE the planner does not fold, so the schema is one
+    sort's. And the bytes differ from one sort's: DuckDB merges a part's last, short
+    batch into the next row group instead of cutting every 122,880 rows, so a few row
+    groups are larger (same rows, same order).
     """
     kind_order = " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(EVENT_TYPES))
     # The file's schema does not depend on the data: code and text stay optional
     # (nullable) parquet columns, as value, unit and flag are. DuckDB writes a column
     # as `required` when its statistics show no NULL, which holds for every kept event;
-    # the CASE hides that (the planner does not fold it), so files written before and
-    # after the kept-only event_rows (issue 15) have the same schema and bytes.
+    # the CASE in EVENT_COLUMNS_SQL hides that (the planner does not fold it), so files
+    # written before and after the kept-only event_rows (issue 15) have the same schema.
     def sorted_events(where: str) -> str:
         return f"""SELECT {EVENT_COLUMNS_SQL}
                    FROM events_kept e JOIN event_stays s USING (stay_id) {where}
@@ -194,9 +199,10 @@ def _write_events(con, events_path, scratch, events: int, rows_per_part: int | N
         free = _free_memory(con)
         rows_per_part = max(1, free // SORT_BYTES_PER_EVENT)
         log.info("%.2f GB of DuckDB's memory free for sorting: %d events a range", free / 1e9, rows_per_part)
-    ranges = _stay_ranges(con, rows_per_part) if events > rows_per_part else [None]
+    ranges = _stay_ranges(con, rows_per_part) if events > rows_per_part else []
+    log.info("writing %d events in %d stay range(s) of at most %d events", events, max(1, len(ranges)), rows_per_part)
     with atomic_path(events_path) as tmp:
-        if ranges == [None]:
+        if not ranges:
             con.execute(f"COPY ({sorted_events('')}) TO '{tmp}' (FORMAT parquet)").fetchall()
             return
         parts = []
@@ -215,7 +221,6 @@ def _write_events(con, events_path, scratch, events: int, rows_per_part: int | N
             con.execute("SET preserve_insertion_order = false")
         for part in parts:
             part.unlink()
-    log.info("wrote %d events in %d stay range(s) of at most %d events", events, len(ranges), rows_per_part)
 
 
 def _free_memory(con) -> int:
