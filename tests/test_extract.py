@@ -470,12 +470,13 @@ def test_events_sorted_in_stay_ranges_equal_one_sort(small_synthetic, tmp_path, 
     for name, rows in (("one", 10**12), ("ranges", rows_per_part)):
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="ehrseq.sources.extract"):
-            extract("synthetic", small_synthetic, tmp_path / name / "events.parquet", tmp_path / name / "cohort.parquet",
-                    tmp_path / name / "diagnoses.parquet", observation_hours=48, min_age=18, split_fractions=SPLIT,
+            out = tmp_path / name
+            extract("synthetic", small_synthetic, out / "events.parquet", out / "cohort.parquet",
+                    out / "diagnoses.parquet", observation_hours=48, min_age=18, split_fractions=SPLIT,
                     seed=0, threads=2, rows_per_part=rows)
         outputs[name] = pq.read_table(tmp_path / name / "events.parquet")
         ranges = int(re.search(r"in (\d+) stay range", caplog.text).group(1))
-        assert ranges == 1 if name == "one" else ranges > 10
+        assert (ranges == 1) if name == "one" else (ranges > 10)
     assert sorted(p.name for p in (tmp_path / "ranges").iterdir()) == ["cohort.parquet", "diagnoses.parquet",
                                                                          "events.parquet"]  # no part left behind
     cohort = pd.read_parquet(tmp_path / "one" / "cohort.parquet")

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from ehrseq.cohort import assign_splits
 from ehrseq.io import atomic_path, write_parquet
-from ehrseq.schema import EVENT_TYPES, SPLITS
+from ehrseq.schema import EVENT_COLUMNS, EVENT_TYPES, SPLITS
 from ehrseq.sources import mimic3, mimic4
 from ehrseq.sources.tables import register_tables
 
@@ -175,13 +175,18 @@ def _write_events(con, events_path, scratch, events: int, rows_per_part: int | N
     in order: UNION ALL keeps the order of its inputs (DuckDB's documented order
     preservation, with preserve_insertion_order on for that COPY).
 
-    Two traps. The parquet writer marks a column required when its input's statistics
+    Three traps. The parquet writer marks a column required when its input's statistics
     show no NULL; a part file's statistics are its actual NULL counts, not the tables'
     (code, text and after_cutoff have none in the data): each column the parts declare
     optional is passed through a CASE the planner does not fold, so the schema is one
-    sort's. And the bytes differ from one sort's: DuckDB merges a part's last, short
-    batch into the next row group instead of cutting every 122,880 rows, so a few row
-    groups are larger (same rows, same order).
+    sort's. A range is selected by joining a table of its stays (`range_stays`), not by
+    a constant filter on stay_id: the planner proves such a filter false on the small
+    `collapsed` table for ranges outside its stays, replaces that branch of events_kept
+    by an empty result without statistics, and the part's stay_id, time, hours and
+    event_type come out optional (the parts are checked to agree). And the bytes differ
+    from one sort's: DuckDB merges a part's last, short batch into the next row group
+    instead of cutting every 122,880 rows, so a few row groups are larger (same rows,
+    same order, same schema).
     """
     kind_order = " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(EVENT_TYPES))
     # The file's schema does not depend on the data: code and text stay optional
@@ -189,9 +194,9 @@ def _write_events(con, events_path, scratch, events: int, rows_per_part: int | N
     # as `required` when its statistics show no NULL, which holds for every kept event;
     # the CASE in EVENT_COLUMNS_SQL hides that (the planner does not fold it), so files
     # written before and after the kept-only event_rows (issue 15) have the same schema.
-    def sorted_events(where: str) -> str:
+    def sorted_events(stays: str) -> str:
         return f"""SELECT {EVENT_COLUMNS_SQL}
-                   FROM events_kept e JOIN event_stays s USING (stay_id) {where}
+                   FROM events_kept e JOIN {stays} s USING (stay_id)
                    ORDER BY e.stay_id, e.placed_time, CASE e.event_type {kind_order} END,
                             e.code, e.text, e.value, e.unit, e.flag"""
 
@@ -203,16 +208,22 @@ def _write_events(con, events_path, scratch, events: int, rows_per_part: int | N
     log.info("writing %d events in %d stay range(s) of at most %d events", events, max(1, len(ranges)), rows_per_part)
     with atomic_path(events_path) as tmp:
         if not ranges:
-            con.execute(f"COPY ({sorted_events('')}) TO '{tmp}' (FORMAT parquet)").fetchall()
+            con.execute(f"COPY ({sorted_events('event_stays')}) TO '{tmp}' (FORMAT parquet)").fetchall()
             return
         parts = []
         for i, (first, last) in enumerate(tqdm(ranges, desc="sort events by stay range", unit="range", disable=None)):
             parts.append(Path(scratch) / f"events-{i:05d}.parquet")
-            con.execute(f"COPY ({sorted_events(f'WHERE e.stay_id BETWEEN {first} AND {last}')}) "
-                        f"TO '{parts[-1]}' (FORMAT parquet)").fetchall()
-        schema = pq.read_schema(parts[0])
-        columns = ", ".join(f"CASE WHEN stay_id IS NOT NULL THEN {f.name} END AS {f.name}" if f.nullable else f.name
-                            for f in schema)
+            con.execute("CREATE OR REPLACE TEMP TABLE range_stays AS FROM event_stays "
+                        "WHERE stay_id BETWEEN $first AND $last", {"first": first, "last": last}).fetchall()
+            con.execute(f"COPY ({sorted_events('range_stays')}) TO '{parts[-1]}' (FORMAT parquet)").fetchall()
+        _drop_tables(con, ["range_stays"])
+        optional = {part: [f.name for f in pq.read_schema(part) if f.nullable] for part in parts}
+        odd = next((part for part in parts if optional[part] != optional[parts[0]]), None)
+        if odd is not None:  # the schema would then depend on where the ranges fall
+            raise RuntimeError(f"event part files disagree on their optional columns: {optional[parts[0]]} in "
+                               f"{parts[0].name}, {optional[odd]} in {odd.name}")
+        columns = ", ".join(f"CASE WHEN stay_id IS NOT NULL THEN {c} END AS {c}" if c in optional[parts[0]] else c
+                            for c in EVENT_COLUMNS)
         union = " UNION ALL ".join(f"SELECT * FROM read_parquet('{p}')" for p in parts)
         con.execute("SET preserve_insertion_order = true")
         try:
@@ -243,15 +254,14 @@ def _parse_bytes(text: str) -> int:
 def _stay_ranges(con, rows_per_part: int) -> list[tuple[int, int]]:
     """Contiguous (first, last) stay_id ranges covering every kept event, each holding at
     most `rows_per_part` events unless one stay alone has more."""
-    ranges, first, size = [], None, 0
+    ranges: list[tuple[int, int]] = []
+    size = 0
     for stay, n in con.execute("SELECT stay_id, count(*) FROM events_kept GROUP BY ALL ORDER BY stay_id").fetchall():
-        if first is not None and size + n > rows_per_part:
-            ranges.append((first, last))
-            first, size = None, 0
-        first = stay if first is None else first
-        last, size = stay, size + n
-    if first is not None:
-        ranges.append((first, last))
+        if ranges and size + n <= rows_per_part:
+            ranges[-1], size = (ranges[-1][0], stay), size + n
+        else:
+            ranges.append((stay, stay))
+            size = n
     return ranges
 
 
