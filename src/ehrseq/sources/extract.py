@@ -25,10 +25,12 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
+import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from ehrseq.cohort import assign_splits
 from ehrseq.io import atomic_path, write_parquet
-from ehrseq.schema import EVENT_TYPES, SPLITS
+from ehrseq.schema import EVENT_COLUMNS, EVENT_TYPES, SPLITS
 from ehrseq.sources import mimic3, mimic4
 from ehrseq.sources.tables import register_tables
 
@@ -79,8 +81,13 @@ def extract(
     seed: int,
     threads: int | None = None,
     memory_limit: str | None = None,
+    rows_per_part: int | None = None,
 ) -> dict:
-    """Run the extraction and write both outputs atomically; return the metrics dict."""
+    """Run the extraction and write both outputs atomically; return the metrics dict.
+
+    `rows_per_part`: how many events are sorted at once when events.parquet is written
+    (None: sized from DuckDB's free memory, see `_write_events`); its rows, their order and
+    its schema are the same for any value."""
     if source not in SOURCES:
         raise ValueError(f"data.source must be one of {sorted(SOURCES)}, got {source!r}")
     Path(events_path).parent.mkdir(parents=True, exist_ok=True)
@@ -131,25 +138,7 @@ def extract(
         metrics = _metrics(con, source, observation_hours, tables, cohort, source_counts, row_counts)
         _drop_tables(con, ["shared_stays"])
 
-        kind_order = " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(EVENT_TYPES))
-        # The file's schema does not depend on the data: code and text stay optional
-        # (nullable) parquet columns, as value, unit and flag are. DuckDB writes a column
-        # as `required` when its statistics show no NULL, which holds for every kept event;
-        # the CASE hides that (the planner does not fold it), so files written before and
-        # after the kept-only event_rows (issue 15) have the same schema and bytes.
-        with atomic_path(events_path) as tmp:
-            con.execute(
-                f"""COPY (
-                      SELECT s.subject_id, s.hadm_id, e.stay_id, e.placed_time AS time,
-                             date_diff('microsecond', s.intime, e.placed_time) / 3.6e9 AS hours,
-                             e.event_type, CASE WHEN e.stay_id IS NOT NULL THEN e.code END AS code,
-                             CASE WHEN e.stay_id IS NOT NULL THEN e.text END AS text, e.value, e.unit, e.flag,
-                             e.placed_time >= s.cutoff AS after_cutoff
-                      FROM events_kept e JOIN event_stays s USING (stay_id)
-                      ORDER BY e.stay_id, e.placed_time, CASE e.event_type {kind_order} END,
-                               e.code, e.text, e.value, e.unit, e.flag
-                   ) TO '{tmp}' (FORMAT parquet)"""
-            ).fetchall()
+        _write_events(con, events_path, scratch, metrics["events"]["kept_total"], rows_per_part)
         diagnoses = _write_diagnoses(con, cohort, diagnoses_path)
         metrics["diagnoses"] = {
             "read": tables["diagnoses_icd"]["rows"],
@@ -160,6 +149,120 @@ def extract(
             },
         }
         return metrics
+
+
+# Memory budgeted for sorting one event (keys and payload, strings included). Measured
+# (issue 15): at 300k synthetic patients a range of 52.6M events spilled 3 GB with 10.5 GB
+# of DuckDB's memory free, so the sort needs about 260 bytes an event; 400 leaves room
+# for the COPY's buffers and for events longer than the synthetic ones.
+SORT_BYTES_PER_EVENT = 400
+EVENT_COLUMNS_SQL = """s.subject_id, s.hadm_id, e.stay_id, e.placed_time AS time,
+       date_diff('microsecond', s.intime, e.placed_time) / 3.6e9 AS hours,
+       e.event_type, CASE WHEN e.stay_id IS NOT NULL THEN e.code END AS code,
+       CASE WHEN e.stay_id IS NOT NULL THEN e.text END AS text, e.value, e.unit, e.flag,
+       e.placed_time >= s.cutoff AS after_cutoff"""
+
+
+def _write_events(con, events_path, scratch, events: int, rows_per_part: int | None) -> None:
+    """events.parquet: every kept event in (stay, placed time, kind, content) order, written
+    atomically. Its rows, their order and its schema do not depend on `rows_per_part`.
+
+    One sort of all events outgrew the memory limit at 300k patients and spilled 2.8-3.8
+    GB (issue 15). So when there are more than `rows_per_part` events (None: DuckDB's
+    free memory now over SORT_BYTES_PER_EVENT), the stays are cut into contiguous stay_id
+    ranges of at most `rows_per_part` events (a larger stay alone), each range is sorted
+    and written to a part file in `scratch`, and one COPY streams the parts into the file
+    in order: UNION ALL keeps the order of its inputs (DuckDB's documented order
+    preservation, with preserve_insertion_order on for that COPY).
+
+    Three traps. The parquet writer marks a column required when its input's statistics
+    show no NULL; a part file's statistics are its actual NULL counts, not the tables'
+    (code, text and after_cutoff have none in the data): each column the parts declare
+    optional is passed through a CASE the planner does not fold, so the schema is one
+    sort's. A range is selected by joining a table of its stays (`range_stays`), not by
+    a constant filter on stay_id: the planner proves such a filter false on the small
+    `collapsed` table for ranges outside its stays, replaces that branch of events_kept
+    by an empty result without statistics, and the part's stay_id, time, hours and
+    event_type come out optional (the parts are checked to agree). And the bytes differ
+    from one sort's: DuckDB merges a part's last, short batch into the next row group
+    instead of cutting every 122,880 rows, so a few row groups are larger (same rows,
+    same order, same schema).
+    """
+    kind_order = " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(EVENT_TYPES))
+    # The file's schema does not depend on the data: code and text stay optional
+    # (nullable) parquet columns, as value, unit and flag are. DuckDB writes a column
+    # as `required` when its statistics show no NULL, which holds for every kept event;
+    # the CASE in EVENT_COLUMNS_SQL hides that (the planner does not fold it), so files
+    # written before and after the kept-only event_rows (issue 15) have the same schema.
+    def sorted_events(stays: str) -> str:
+        return f"""SELECT {EVENT_COLUMNS_SQL}
+                   FROM events_kept e JOIN {stays} s USING (stay_id)
+                   ORDER BY e.stay_id, e.placed_time, CASE e.event_type {kind_order} END,
+                            e.code, e.text, e.value, e.unit, e.flag"""
+
+    if rows_per_part is None:
+        free = _free_memory(con)
+        rows_per_part = max(1, free // SORT_BYTES_PER_EVENT)
+        log.info("%.2f GB of DuckDB's memory free for sorting: %d events a range", free / 1e9, rows_per_part)
+    ranges = _stay_ranges(con, rows_per_part) if events > rows_per_part else []
+    log.info("writing %d events in %d stay range(s) of at most %d events", events, max(1, len(ranges)), rows_per_part)
+    with atomic_path(events_path) as tmp:
+        if not ranges:
+            con.execute(f"COPY ({sorted_events('event_stays')}) TO '{tmp}' (FORMAT parquet)").fetchall()
+            return
+        parts = []
+        for i, (first, last) in enumerate(tqdm(ranges, desc="sort events by stay range", unit="range", disable=None)):
+            parts.append(Path(scratch) / f"events-{i:05d}.parquet")
+            con.execute("CREATE OR REPLACE TEMP TABLE range_stays AS FROM event_stays "
+                        "WHERE stay_id BETWEEN $first AND $last", {"first": first, "last": last}).fetchall()
+            con.execute(f"COPY ({sorted_events('range_stays')}) TO '{parts[-1]}' (FORMAT parquet)").fetchall()
+        _drop_tables(con, ["range_stays"])
+        optional = {part: [f.name for f in pq.read_schema(part) if f.nullable] for part in parts}
+        odd = next((part for part in parts if optional[part] != optional[parts[0]]), None)
+        if odd is not None:  # the schema would then depend on where the ranges fall
+            raise RuntimeError(f"event part files disagree on their optional columns: {optional[parts[0]]} in "
+                               f"{parts[0].name}, {optional[odd]} in {odd.name}")
+        columns = ", ".join(f"CASE WHEN stay_id IS NOT NULL THEN {c} END AS {c}" if c in optional[parts[0]] else c
+                            for c in EVENT_COLUMNS)
+        union = " UNION ALL ".join(f"SELECT * FROM read_parquet('{p}')" for p in parts)
+        con.execute("SET preserve_insertion_order = true")
+        try:
+            con.execute(f"COPY (SELECT {columns} FROM ({union})) TO '{tmp}' (FORMAT parquet)").fetchall()
+        finally:
+            con.execute("SET preserve_insertion_order = false")
+        for part in parts:
+            part.unlink()
+
+
+def _free_memory(con) -> int:
+    """Bytes DuckDB may still use: its memory limit minus what its buffers hold now."""
+    limit, used = con.execute(
+        """SELECT (SELECT value FROM duckdb_settings() WHERE name = 'memory_limit'),
+                  (SELECT sum(memory_usage_bytes) FROM duckdb_memory())"""
+    ).fetchall()[0]
+    return max(0, _parse_bytes(limit) - int(used or 0))
+
+
+def _parse_bytes(text: str) -> int:
+    """DuckDB's spelling of a size ('11.1 GiB', '5.0 GB', '512.0 MiB') -> bytes."""
+    number, unit = text.split()
+    scale = {"bytes": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+    return int(float(number) * scale[unit])
+
+
+def _stay_ranges(con, rows_per_part: int) -> list[tuple[int, int]]:
+    """Contiguous (first, last) stay_id ranges covering every kept event, each holding at
+    most `rows_per_part` events unless one stay alone has more."""
+    ranges: list[tuple[int, int]] = []
+    size = 0
+    for stay, n in con.execute("SELECT stay_id, count(*) FROM events_kept GROUP BY ALL ORDER BY stay_id").fetchall():
+        if ranges and size + n <= rows_per_part:
+            ranges[-1], size = (ranges[-1][0], stay), size + n
+        else:
+            ranges.append((stay, stay))
+            size = n
+    return ranges
 
 
 def _store_event_rows(con) -> list[tuple]:
