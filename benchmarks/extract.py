@@ -41,20 +41,11 @@ def run_duckdb(src: str, out: str, memory_limit: str) -> dict:
 
 def run_read(src: str, out: str, memory_limit: str) -> dict:
     """Only what every DuckDB extraction pays first: reading and typing the source files into
-    extract's compressed in-memory database, two files at a time (`load_source`'s
-    `register_tables`, as `extract` calls it)."""
-    import duckdb
-
-    from ehrseq.sources.extract import SOURCES
+    extract's scratch database, two files at a time (`register_tables`, as `extract` calls it)."""
+    from ehrseq.sources.extract import SOURCES, scratch_database
     from ehrseq.sources.tables import register_tables
 
-    with duckdb.connect(":memory:") as con:
-        con.execute(f"SET temp_directory = '{out}'")
-        con.execute("ATTACH ':memory:' AS work (COMPRESS)")
-        con.execute("USE work")
-        con.execute("SET preserve_insertion_order = false")
-        con.execute("SET threads = 2")
-        con.execute(f"SET memory_limit = '{memory_limit}'")
+    with scratch_database(out, threads=2, memory_limit=memory_limit) as con:
         tables = register_tables(con, src, SOURCES["synthetic"].TABLES, workers=2)
     return {"events": 0, "rows_read": sum(t["rows"] for t in tables.values())}
 

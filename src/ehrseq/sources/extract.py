@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
@@ -69,6 +71,34 @@ def load_source(con: duckdb.DuckDBPyConnection, source: str, path: str | Path,
     return tables
 
 
+@contextmanager
+def scratch_database(scratch: str | Path, threads: int | None = None,
+                     memory_limit: str | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The extraction's DuckDB connection, working in a compressed in-memory database that
+    spills to `scratch` beyond `memory_limit`.
+
+    Every source file is read and parsed once into a table (a view over a csv.gz would be
+    decompressed again by every query). In memory, not in a database file: a file would
+    write every table, then read it back, which cost 2.2 of 14 CPU seconds at 10k patients
+    (issue 15). Compressed (`work`): tables are stored uncompressed (about 80 bytes a source
+    row, 145 a classified row) until a CHECKPOINT compresses them, 8x on the synthetic data;
+    without it the tables outgrew the memory limit at 300k patients and spilled 11 GB (5.4x
+    the csv.gz input). Temporary tables live in DuckDB's separate, uncompressed `temp`
+    catalog: only small ones are."""
+    with duckdb.connect(":memory:") as con:
+        con.execute(f"SET temp_directory = '{scratch}'")
+        con.execute("ATTACH ':memory:' AS work (COMPRESS)")
+        con.execute("USE work")
+        # Every output is ordered explicitly (ORDER BY), so DuckDB need not keep the row
+        # order of intermediate tables: that lets it build them in parallel, with less memory.
+        con.execute("SET preserve_insertion_order = false")
+        if threads:
+            con.execute(f"SET threads = {int(threads)}")
+        if memory_limit:
+            con.execute(f"SET memory_limit = '{memory_limit}'")
+        yield con
+
+
 def extract(
     source: str,
     path: str | Path,
@@ -91,31 +121,11 @@ def extract(
     if source not in SOURCES:
         raise ValueError(f"data.source must be one of {sorted(SOURCES)}, got {source!r}")
     Path(events_path).parent.mkdir(parents=True, exist_ok=True)
-    # A scratch database in memory, spilling to `scratch` beyond `memory_limit`: every
-    # source file is read and parsed once into a table (a view over a csv.gz would be
-    # decompressed again by every query). In memory, not in a database file: a file
-    # would write every table, then read it back, which cost 2.2 of 14 CPU seconds at 10k
-    # patients (issue 15). A compressed in-memory database (`work`): tables are stored
-    # uncompressed (about 80 bytes a source row, 145 a classified row) until a CHECKPOINT
-    # compresses them, 8x on the synthetic data; without it the tables outgrew the memory
-    # limit at 300k patients and spilled 11 GB (5.4x the csv.gz input). Temporary tables
-    # live in DuckDB's separate, uncompressed `temp` catalog: only small ones are.
     # Deleted when the extraction ends, crash or not.
     with tempfile.TemporaryDirectory(prefix=".extract-", dir=Path(events_path).parent) as scratch, \
-            duckdb.connect(":memory:") as con:
-        con.execute(f"SET temp_directory = '{scratch}'")
-        con.execute("ATTACH ':memory:' AS work (COMPRESS)")
-        con.execute("USE work")
-        # Every output is ordered explicitly (ORDER BY), so DuckDB need not keep the row
-        # order of intermediate tables: that lets it build them in parallel, with less memory.
-        con.execute("SET preserve_insertion_order = false")
-        if threads:
-            con.execute(f"SET threads = {int(threads)}")
-        if memory_limit:
-            con.execute(f"SET memory_limit = '{memory_limit}'")
-
+            scratch_database(scratch, threads, memory_limit) as con:
         tables = load_source(con, source, path, observation_hours, min_age, workers=threads or 1)
-        con.execute("CHECKPOINT").fetchall()  # compress the source tables (see above)
+        con.execute("CHECKPOINT").fetchall()  # compress the source tables (see scratch_database)
         _run_sql_file(con, "common/events.sql")
         source_counts = _source_counts(con)
         row_counts = _store_event_rows(con)
@@ -156,6 +166,11 @@ def extract(
 # of DuckDB's memory free, so the sort needs about 260 bytes an event; 400 leaves room
 # for the COPY's buffers and for events longer than the synthetic ones.
 SORT_BYTES_PER_EVENT = 400
+# The file's schema does not depend on the data: code and text stay optional (nullable)
+# parquet columns, as value, unit and flag are. DuckDB writes a column as `required` when
+# its statistics show no NULL, which holds for every kept event; the CASE hides that (the
+# planner does not fold it), so files written before and after the kept-only event_rows
+# (issue 15) have the same schema.
 EVENT_COLUMNS_SQL = """s.subject_id, s.hadm_id, e.stay_id, e.placed_time AS time,
        date_diff('microsecond', s.intime, e.placed_time) / 3.6e9 AS hours,
        e.event_type, CASE WHEN e.stay_id IS NOT NULL THEN e.code END AS code,
@@ -189,11 +204,7 @@ def _write_events(con, events_path, scratch, events: int, rows_per_part: int | N
     same order, same schema).
     """
     kind_order = " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(EVENT_TYPES))
-    # The file's schema does not depend on the data: code and text stay optional
-    # (nullable) parquet columns, as value, unit and flag are. DuckDB writes a column
-    # as `required` when its statistics show no NULL, which holds for every kept event;
-    # the CASE in EVENT_COLUMNS_SQL hides that (the planner does not fold it), so files
-    # written before and after the kept-only event_rows (issue 15) have the same schema.
+
     def sorted_events(stays: str) -> str:
         return f"""SELECT {EVENT_COLUMNS_SQL}
                    FROM events_kept e JOIN {stays} s USING (stay_id)
