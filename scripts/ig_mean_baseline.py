@@ -24,7 +24,7 @@ from captum.attr import LayerIntegratedGradients
 from ehrseq import paths
 from ehrseq.explain.events import to_events
 from ehrseq.explain.explainers import make_explainer
-from ehrseq.explain.faithfulness import aopc, curves_to_risk, deletion_curves, precision_at_k
+from ehrseq.explain.faithfulness import aopc, curves_to_risk, deletion_curves, precision_at_k, random_scores
 from ehrseq.explain.inputs import collate_token_events, load_token_events, read_truth
 from ehrseq.explain.run import _batches, sample_indices, truth_masks
 from ehrseq.params import load_params
@@ -59,8 +59,7 @@ def main() -> None:
     test = load_token_events(paths.SEQUENCES / "test.parquet", vocab_size)
     truth = read_truth(paths.TRUTH)
     batches = _batches(test, sample_indices(len(test), config["max_stays"], config["seed"]), collate_token_events,
-                       config["batch_size"], device)
-    generator = torch.Generator(device=device).manual_seed(config["seed"])
+                       config["batch_size"], config["batch_tokens"], device)
     aopcs, precision, gaps = {"unk": [], "mean": []}, {"unk": [], "mean": []}, []
     for _, batch in batches:
         events = explainer.events(batch)
@@ -78,7 +77,9 @@ def main() -> None:
             if kind == "mean":
                 gaps.append(delta.abs())
         curves = curves_to_risk(deletion_curves(explainer.logits_without(batch, events), scores, events.padding,
-                                                config["k_max"], 2, generator, config["perturbations_per_eval"]))
+                                                config["k_max"], random_scores(batch["stay_id"], events.padding, 2,
+                                                                               config["seed"]),
+                                                config["perturbations_per_eval"]))
         planted, _, counted = truth_masks(events, truth)
         for kind, s in scores.items():
             aopcs[kind].append(aopc(curves[kind]))

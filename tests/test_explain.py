@@ -56,7 +56,7 @@ from ehrseq.explain.inputs import (
     read_truth,
 )
 from ehrseq.explain.plots import head_heatmap, importance_bars, stay_timeline
-from ehrseq.explain.run import ExplainConfig, explain_split, sanity_checks, scores_frame
+from ehrseq.explain.run import ExplainConfig, explain_split, length_batches, sanity_checks, scores_frame
 from ehrseq.explain.sanity import (
     RelabelledDataset,
     SanityBatch,
@@ -77,7 +77,8 @@ torch.set_num_threads(1)
 
 def _config(**overrides) -> ExplainConfig:
     """An ExplainConfig (it has no defaults: params.yaml holds them) sized for toy data."""
-    base = {"batch_size": 16, "ig_steps": 32, "internal_batch_size": None, "k_max": 3, "precision_k": (1, 3, 5),
+    base = {"batch_size": 16, "batch_tokens": 100_000, "ig_steps": 32, "internal_batch_size": None,
+            "k_max": 3, "precision_k": (1, 3, 5),
             "n_random": 3, "n_permutations": 20, "plot_stays": 1, "attention_batches": 1, "max_stays": None,
             "perturbations_per_eval": 4, "sanity_stays": 8, "sanity_ig_steps": 16, "seed": 0,
             "label_shuffle": {"stays": 100, "epochs": 1, "seeds": 2, "tolerance": 0.05, "event_strata": 4,
@@ -424,7 +425,7 @@ def test_attributions_beat_random_deletion(setup):
     without = setup["explainer"].logits_without(batch, events)
     curves = curves_to_risk(deletion_curves(without, {"ig": _event_scores(ig.steps.sum(-1), setup),
                                                       "ablation": event_ablation(without, events)},
-                                            events.padding, k_max=3, n_random=5))
+                                            events.padding, 3, random_scores(batch["stay_id"], events.padding, 5, 0)))
     table = deletion_table(curves)
     versus = aopc_against_random(curves)
     assert versus["ig"]["ci_low"] > 0.1 and versus["ablation"]["ci_low"] > 0.1
@@ -768,6 +769,52 @@ def test_token_explain_split_finds_the_planted_events(tokens, name, tmp_path):
     assert len(list((tmp_path / "stays").glob("timeline_*.png"))) == 1
 
 
+def test_length_batches_keep_the_budget_and_every_stay_once():
+    lengths = np.array([5, 40, 3, 300, 12, 12, 90, 7, 600, 25])
+    batches = length_batches(lengths, max_rows=3, max_tokens=100)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    assert np.concatenate(batches).tolist() == np.argsort(lengths, kind="stable").tolist()  # by length
+    for b in batches:
+        assert len(b) <= 3 and (len(b) == 1 or len(b) * lengths[b].max() <= 100), lengths[b]
+    assert [lengths[b].tolist() for b in batches] == [[3, 5, 7], [12, 12, 25], [40], [90], [300], [600]]
+    # no binding budget: batches of max_rows by length, as before the budget
+    assert [len(b) for b in length_batches(lengths, 4, 2**62)] == [4, 4, 2]
+
+
+def test_random_rankings_are_each_stays_own():
+    """A stay's random rankings come from its own stream: the same in any batch, at any
+    padding width, and different from another stay's."""
+    alone = random_scores(torch.tensor([7]), torch.tensor([[False] * 4]), 3, seed=0)  # [3, 1, 4]
+    padding = torch.tensor([[False] * 6, [False] * 4 + [True] * 2])
+    batched = random_scores(torch.tensor([9, 7]), padding, 3, seed=0)  # [3, 2, 6]
+    assert torch.equal(batched[:, 1, :4], alone[:, 0]) and (batched[:, 1, 4:] == 0).all()
+    assert not torch.equal(batched[:, 0, :4], alone[:, 0])
+    assert not torch.equal(random_scores(torch.tensor([7]), padding[1:, :4], 3, seed=1), alone)
+
+
+def test_explain_split_does_not_depend_on_the_batching(tokens, tmp_path):
+    """Every stay alone or all in one batch: the same event scores (up to padding's
+    float noise) and the same deletion curves, the random rankings' included."""
+    explainer = TokenExplainer(tokens["models"]["transformer"], "transformer")
+    rows = np.concatenate([r.numpy() for r in tokens["test"].event_rows])
+    rows = rows[rows >= 0]
+    descriptions = pd.DataFrame({"event_type": "lab", "code": "TOK//1", "text": "event", "hours_before_cutoff": 1.0},
+                                index=pd.Index(rows, name="event_row"))
+    out = {}
+    for name, rows_max, tokens_max in (("alone", 1, 1), ("one_batch", 1000, 10**9)):
+        config = _config(precision_k=(1,), batch_size=rows_max, batch_tokens=tokens_max, max_stays=12)
+        metrics, _ = explain_split(explainer, tokens["test"], collate_token_events, descriptions,
+                                   tmp_path / name, config, Truth(tokens["planted"], None, "none"))
+        scores = pd.read_parquet(tmp_path / name / "event_scores.parquet")
+        out[name] = metrics, scores.sort_values(["stay_id", "method", "position"]).reset_index(drop=True)
+    (alone, a), (one_batch, b) = out["alone"], out["one_batch"]
+    assert len(a) == len(b) > 0 and (a["event_row"] == b["event_row"]).all()
+    assert np.allclose(a["score"], b["score"], atol=1e-4)
+    assert alone["aopc"].keys() == one_batch["aopc"].keys()
+    for method, value in alone["aopc"].items():
+        assert value == pytest.approx(one_batch["aopc"][method], abs=1e-5), method
+
+
 @pytest.mark.parametrize("name", list(TOKEN_TINY))
 def test_stacked_deletion_curves_equal_one_removal_set_per_forward(tokens, name):
     """deletion_curves runs every ranking's k = 1..K removals through a few large forwards
@@ -778,12 +825,10 @@ def test_stacked_deletion_curves_equal_one_removal_set_per_forward(tokens, name)
     without = explainer.logits_without(batch, events)
     scores = {"ablation": event_ablation(without, events), "position": -events.index.new_tensor(
         range(events.rows.shape[1])).float().expand(events.rows.shape)}
-    stacked = deletion_curves(without, scores, events.padding, k_max=4, n_random=3,
-                              generator=torch.Generator().manual_seed(5), copies_per_forward=7)
-    generator = torch.Generator().manual_seed(5)  # the same random rankings, drawn in the same order
+    randoms = random_scores(batch["stay_id"], events.padding, 3, 5)
+    stacked = deletion_curves(without, scores, events.padding, 4, randoms, copies_per_forward=7)
     oracle = {n: deletion_curve(without, s, events.padding, k_max=4) for n, s in scores.items()}
-    oracle["random"] = torch.stack([deletion_curve(without, random_scores(events.padding, generator),
-                                                   events.padding, k_max=4) for _ in range(3)])
+    oracle["random"] = torch.stack([deletion_curve(without, r, events.padding, k_max=4) for r in randoms])
     assert stacked.keys() == oracle.keys() and stacked["random"].shape == (3, 16, 5)
     for n in oracle:
         assert torch.allclose(stacked[n], oracle[n], atol=1e-5), n

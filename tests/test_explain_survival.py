@@ -28,7 +28,8 @@ H, N_PRE, VOCAB, PLANTED = 4, 3, 30, 5
 
 
 def _config(**overrides) -> ExplainConfig:
-    base = {"batch_size": 16, "ig_steps": 32, "internal_batch_size": None, "k_max": 3, "precision_k": (1, 3),
+    base = {"batch_size": 16, "batch_tokens": 100_000, "ig_steps": 32, "internal_batch_size": None,
+            "k_max": 3, "precision_k": (1, 3),
             "n_random": 3, "n_permutations": 20, "plot_stays": 1, "attention_batches": 1, "max_stays": None,
             "perturbations_per_eval": 4, "sanity_stays": 8, "sanity_ig_steps": 16, "seed": 0, "label_shuffle": {}}
     return ExplainConfig(**{**base, **overrides})

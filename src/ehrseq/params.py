@@ -300,6 +300,7 @@ SCHEMA = Section({name: Omittable(spec) for name, spec in {
     "logreg": Section({"c_grid": ListOf(Num(min=0), min_items=1), "seed": INT}),
     "explain": Section({
         "batch_size": POSITIVE,
+        "batch_tokens": POSITIVE,
         "ig_steps": POSITIVE,
         "internal_batch_size": Nullable(POSITIVE),
         "k_max": POSITIVE,

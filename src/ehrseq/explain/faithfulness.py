@@ -90,24 +90,31 @@ def aopc(curve: torch.Tensor) -> torch.Tensor:
     return (curve[:, :1] - curve[:, 1:]).mean(dim=1)
 
 
-def random_scores(padding: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """[B, E] i.i.d. uniform scores: a random ranking of each stay's events."""
-    return torch.rand(padding.shape, generator=generator, device=padding.device)
+def random_scores(stay_ids: torch.Tensor, padding: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """[n, B, E] i.i.d. uniform scores: n random rankings of each stay's events. Each stay
+    draws from a stream of its own, seeded by (seed, stay_id), so its random rankings are
+    the same in whatever batch it is explained (batches follow a token budget, not the sample)."""
+    out = torch.zeros((n, *padding.shape))
+    for b, stay in enumerate(stay_ids.tolist()):
+        stream = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, stay]).generate_state(1)[0]))
+        real = ~padding[b].cpu()
+        out[:, b, real] = torch.rand(n, int(real.sum()), generator=stream)
+    return out.to(padding.device)
 
 
 @torch.no_grad()
 def deletion_curves(
     logits_without: LogitsWithout, method_scores: dict[str, torch.Tensor], padding: torch.Tensor, k_max: int,
-    n_random: int = 10, generator: torch.Generator | None = None, copies_per_forward: int = 1,
+    random_rankings: torch.Tensor, copies_per_forward: int = 1,
 ) -> dict[str, torch.Tensor]:
     """Each method's deletion curve in logits ([B, K+1]) and, under "random", the curves
-    of `n_random` random rankings ([R, B, K+1]): the bar a ranking must beat.
+    of the R `random_rankings` ([R, B, E] scores, `random_scores`; [R, B, K+1]): the bar a
+    ranking must beat.
 
     Every ranking's removals for k = 1..K go through `logits_without` together,
     `copies_per_forward` batch copies per call; k = 0 (nothing removed) runs once and is
     shared. The same logits as `deletion_curve` per ranking, in fewer, larger forwards."""
-    generator = generator or torch.Generator(device=padding.device).manual_seed(0)
-    rankings = [*method_scores.values(), *(random_scores(padding, generator) for _ in range(n_random))]
+    rankings = [*method_scores.values(), *random_rankings]
     removed = torch.cat([deletion_masks(s, padding, k_max)[1:] for s in rankings])  # [(M+R) K, B, E]
     full = stacked_logits(logits_without, torch.zeros_like(padding)[None], 1)  # [1, B]
     logits = stacked_logits(logits_without, removed, copies_per_forward).view(len(rankings), k_max, -1)

@@ -44,6 +44,7 @@ from ehrseq.explain.faithfulness import (
     deletion_table,
     head_specialisation,
     precision_at_k,
+    random_scores,
 )
 from ehrseq.explain.inputs import Truth
 from ehrseq.explain.plots import (
@@ -65,7 +66,8 @@ MIN_CODE_EVENTS = 20  # a code's mean |score| over fewer explained events is too
 class ExplainConfig:
     """The `explain` section of params.yaml, which holds the defaults (this class has none)."""
 
-    batch_size: int
+    batch_size: int  # rows of an explained batch at most (and the shuffled-label models' training batch)
+    batch_tokens: int  # rows x longest row of an explained batch at most (`length_batches`)
     ig_steps: int
     internal_batch_size: int | None  # bounds IG memory: examples x steps per forward
     k_max: int  # deletion curves remove up to this many events
@@ -82,14 +84,31 @@ class ExplainConfig:
     seed: int
 
 
-def _batches(dataset: Dataset, indices: np.ndarray, collate_fn, batch_size: int,
+def length_batches(lengths: np.ndarray, max_rows: int, max_tokens: int) -> list[np.ndarray]:
+    """Positions of `lengths` in batches of similar length: sorted by length (stable), a
+    batch closed when one more stay would take it past `max_rows` rows or past `max_tokens`
+    for rows x its longest row (a stay longer than `max_tokens` goes alone).
+
+    Why a token budget and not a row count: event ablation runs one forward per event of a
+    batch's longest stay over every row, padded to that stay's length (rows x E x T), so in
+    batches of a fixed row count the batch of the longest stays costs most of the stage
+    and shorter stays pay for its padding."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    out, start = [], 0
+    for end in range(1, len(order) + 1):
+        rows = end + 1 - start  # were the next stay added
+        if end == len(order) or rows > max_rows or rows * lengths[order[end]] > max_tokens:
+            out.append(order[start:end])
+            start = end
+    return out
+
+
+def _batches(dataset: Dataset, indices: np.ndarray, collate_fn, max_rows: int, max_tokens: int,
              device) -> list[tuple[np.ndarray, dict]]:
-    """Stays `indices` of `dataset`, sorted by length (less padding), collated on `device`."""
-    lengths = np.asarray(dataset.lengths)[indices]
-    order = indices[np.argsort(lengths, kind="stable")]
+    """Stays `indices` of `dataset` in `length_batches`, collated on `device`."""
     out = []
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
+    for chunk in length_batches(np.asarray(dataset.lengths)[indices], max_rows, max_tokens):
+        chunk = indices[chunk]
         batch = collate_fn([dataset[int(i)] for i in chunk])
         out.append((chunk, {k: v.to(device) for k, v in batch.items()}))
     return out
@@ -194,9 +213,8 @@ def explain_split(
     start = time.time()
     out_dir = Path(out_dir)
     device = next(explainer.model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(config.seed)
     indices = sample_indices(len(dataset), config.max_stays, config.seed)
-    batches = _batches(dataset, indices, collate_fn, config.batch_size, device)
+    batches = _batches(dataset, indices, collate_fn, config.batch_size, config.batch_tokens, device)
     frames: dict[str, list[pd.DataFrame]] = defaultdict(list)
     precision: dict[str, list[pd.DataFrame]] = defaultdict(list)
     curves: dict[str, list[torch.Tensor]] = defaultdict(list)
@@ -214,8 +232,9 @@ def explain_split(
             "stay_id": batch["stay_id"].cpu().numpy(), "label": batch["label"].cpu().numpy(),
             "logit": result.logits.detach().cpu().numpy(),
             "risk": torch.sigmoid(result.logits.detach() - logit_shift).cpu().numpy()}))
+        randoms = random_scores(batch["stay_id"], events.padding, config.n_random, config.seed)  # [R, B, E]
         batch_curves = deletion_curves(explainer.logits_without(batch, events), result.scores, events.padding,
-                                       config.k_max, config.n_random, generator, config.perturbations_per_eval)
+                                       config.k_max, randoms, config.perturbations_per_eval)
         for name, c in batch_curves.items():
             curves[name].append(c.cpu())
         for name, pair in result.convergence.items():
@@ -329,7 +348,8 @@ def _sanity_batches(dataset, collate_fn, batches, with_planted, explainer: Expla
     indices = np.concatenate([chunk for chunk, _ in batches])
     if with_planted:
         indices = indices[np.argsort(~torch.cat(with_planted).numpy(), kind="stable")]
-    chosen = _batches(dataset, indices[: config.sanity_stays], collate_fn, config.batch_size, device)
+    chosen = _batches(dataset, indices[: config.sanity_stays], collate_fn, config.batch_size, config.batch_tokens,
+                      device)
     out = []
     for _, batch in chosen:
         events = explainer.events(batch)
