@@ -321,9 +321,9 @@ train:
     grad_clip: 1.0
     finetune: {epochs: 6, patience: 6}
 evaluate: {batch_size: 32, n_bootstrap: 50, calibration_bins: 5, seed: 0}
-explain: {batch_size: 8, ig_steps: 16, internal_batch_size: 64, k_max: 3, precision_k: [1, 3], n_random: 3,
-          n_permutations: 20, plot_stays: 1, attention_batches: 1, max_stays: null, perturbations_per_eval: 4,
-          sanity_stays: 8, sanity_ig_steps: 8,
+explain: {batch_size: 8, batch_tokens: 512, ig_steps: 16, internal_batch_size: 64, k_max: 3, precision_k: [1, 3],
+          n_random: 3, n_permutations: 20, plot_stays: 1, attention_batches: 1, max_stays: null,
+          perturbations_per_eval: 4, sanity_stays: 8, sanity_ig_steps: 8,
           label_shuffle: {stays: 60, epochs: 1, seeds: 2, tolerance: 0.25, event_strata: 2,
                           n_bootstrap: 20, untrained_models: 1}, seed: 0}
 """
