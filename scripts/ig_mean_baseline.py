@@ -76,10 +76,9 @@ def main() -> None:
             scores[kind] = to_events(attr.detach().sum(-1), events)
             if kind == "mean":
                 gaps.append(delta.abs())
+        randoms = random_scores(batch["stay_id"], events.padding, 2, config["seed"])  # [2, B, E]
         curves = curves_to_risk(deletion_curves(explainer.logits_without(batch, events), scores, events.padding,
-                                                config["k_max"], random_scores(batch["stay_id"], events.padding, 2,
-                                                                               config["seed"]),
-                                                config["perturbations_per_eval"]))
+                                                config["k_max"], randoms, config["perturbations_per_eval"]))
         planted, _, counted = truth_masks(events, truth)
         for kind, s in scores.items():
             aopcs[kind].append(aopc(curves[kind]))
