@@ -1,12 +1,15 @@
 """Training throughput of the token models: padded vs packed vs length-bucketed batches.
 
     python benchmarks/train.py [--sequences data/processed/sequences/train.parquet] [--task pretrain]
+                               [--attention-dropout 0.1 0]
     python benchmarks/train.py --models survival_lstm [--sequences data/processed/sequences/survival/train.parquet]
 
 Times full training steps (forward, backward, AdamW) on the same examples and reports
 real (non-padding) tokens per second, for random batches (much padding) and
 length-bucketed ones (little), and for the LSTM with its input padded (it steps over
-the padding) or packed (`pack_padded_sequence`: it does not).
+the padding) or packed (`pack_padded_sequence`: it does not). The attention models run
+at each `--attention-dropout` (the first on random and bucketed batches, the others on
+bucketed ones): on CPU any value > 0 sends SDPA to its math kernel.
 Without --sequences it draws long-tailed lengths like the tokenize stage's output (most
 stays 30-150 tokens, a few up to 512).
 `survival_lstm` is timed the same way on visit batches (its task: the discrete-time
@@ -156,7 +159,8 @@ def _rank_worker(rank: int, world_size: int, port: int, name: str, dataset, voca
     batches = [to_device(b, device) for _, b in zip(range(args.batches + 1), loader)]
     torch.manual_seed(0)
     registry_name = "lstm" if name.startswith("lstm") else name
-    model = build_model(registry_name, vocab_size=vocab_size, **MODELS[name]).to(device)
+    extra = {} if registry_name == "lstm" else {"attention_dropout": args.attention_dropout[0]}
+    model = build_model(registry_name, vocab_size=vocab_size, **MODELS[name], **extra).to(device)
     task = MortalityTask() if args.task == "mortality" else NextTokenTask()
     step_model = TaskLoss(model, task)
     if world_size > 1:
@@ -225,6 +229,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=[m for m in MODELS if m != "survival_lstm"],
                         choices=list(MODELS))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--attention-dropout", type=float, nargs="+", default=[0.0],
+                        help="the attention models at each of these values (e.g. 0.1 0)")
     parser.add_argument("--processes", type=int, nargs="+",
                         help="compare training steps in this many processes (e.g. 1 2) instead")
     parser.add_argument("--peak-tflops", type=float, default=312.0, help="per GPU, for MFU (CUDA only)")
@@ -264,22 +270,26 @@ def main() -> None:
         total = sum(b["attention_mask"].numel() for b in batch_list)
         print(f"  {name} batches: {100 * (1 - real / total):.0f}% padding")
 
-    print(f"\n{'model':<20}{'batches':<10}{'LSTM input':<12}{'tokens/s':>10}   vs random+padded")
+    print(f"\n{'model':<20}{'batches':<10}{'variant':<16}{'tokens/s':>10}   vs the first row")
     for name in args.models:
         registry_name = "lstm" if name.startswith("lstm") else name
-        # (batches, LSTM input); the transformers have no packed mode: they mask padding
-        modes = [("random", False), ("random", True), ("bucketed", False), ("bucketed", True)]
-        if registry_name != "lstm":
-            modes = [("random", None), ("bucketed", None)]
+        # (batches, variant): the LSTM's input padded or packed; the attention models (no
+        # packed mode: they mask padding) at each attention dropout
+        if registry_name == "lstm":
+            modes = [(kind, {"packed": packed}) for kind in ("random", "bucketed") for packed in (False, True)]
+        else:
+            first, *others = args.attention_dropout
+            modes = [(kind, {"attention_dropout": first}) for kind in ("random", "bucketed")]
+            modes += [("bucketed", {"attention_dropout": value}) for value in others]
         baseline = None
-        for batch_kind, packed in modes:
+        for batch_kind, variant in modes:
             torch.manual_seed(0)
-            extra = {} if packed is None else {"packed": packed}
-            model = build_model(registry_name, vocab_size=vocab_size, **MODELS[name], **extra).to(device)
+            model = build_model(registry_name, vocab_size=vocab_size, **MODELS[name], **variant).to(device)
             speed = tokens_per_second(model, task, random_batches if batch_kind == "random" else bucketed_batches)
             baseline = baseline or speed
-            lstm_input = "-" if packed is None else ("packed" if packed else "padded")
-            print(f"{name:<20}{batch_kind:<10}{lstm_input:<12}{speed:10.0f}   {speed / baseline:.2f}x")
+            label = ("packed" if variant["packed"] else "padded") if "packed" in variant \
+                else f"attn drop {variant['attention_dropout']:g}"
+            print(f"{name:<20}{batch_kind:<10}{label:<16}{speed:10.0f}   {speed / baseline:.2f}x")
 
 if __name__ == "__main__":
     main()

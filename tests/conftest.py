@@ -188,7 +188,8 @@ def write_toy_split(path, frame: pd.DataFrame) -> str:
 # ------------------------------------------------------------ clinical_lf toy stays
 
 DIM = 8  # toy text-embedding size
-TINY = dict(d_model=16, n_layers=2, n_heads=4, ff_dim=32, dropout=0.0, pool_heads=4, mlp_hidden=32, norm_first=False)
+TINY = dict(d_model=16, n_layers=2, n_heads=4, ff_dim=32, dropout=0.0, attention_dropout=0.0, pool_heads=4,
+            mlp_hidden=32, norm_first=False)
 
 
 def make_toy_data(n_stays: int = 200, seed: int = 0):
@@ -296,7 +297,7 @@ def toy_patients(n: int, seed: int, split: str = "train", first_id: int = 1):
 def tiny_model(vocab, **overrides):
     """A 1-layer PromptBart for a `PatientVocab`."""
     config = {"prompt_length": 1, "d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "attention_heads": 2,
-              "ffn_dim": 64, "dropout": 0.0, "max_length": 64}
+              "ffn_dim": 64, "dropout": 0.0, "attention_dropout": 0.0, "max_length": 64}
     from ehrseq.models import build_model
     from ehrseq.patient_visits import build_model_inputs
 

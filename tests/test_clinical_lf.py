@@ -28,6 +28,7 @@ from ehrseq.tasks import ClinicalLFTask
 from ehrseq.training import FitConfig, fit
 
 torch.set_num_threads(1)
+DROPPING = {**TINY, "dropout": 0.1, "attention_dropout": 0.1}  # training runs that draw dropout
 
 @pytest.fixture(scope="module")
 def toy():
@@ -160,6 +161,17 @@ def test_forward_shapes():
     assert (out["step_logits"][padding] == 0).all()
 
 
+def test_attention_dropout_is_its_own_parameter():
+    """nn.TransformerEncoderLayer gives its one dropout to the attention weights too; ours
+    reaches them apart: with `dropout` 0, training forwards repeat only without it."""
+    steps, static, padding = _random_batch()
+    for attention_dropout, repeats in ((0.0, True), (0.5, False)):
+        torch.manual_seed(0)
+        model = ClinicalLF(12, 4, **{**TINY, "attention_dropout": attention_dropout}).train()
+        first, second = (model(steps, static, padding)["step_logits"] for _ in range(2))
+        assert torch.equal(first, second) == repeats, attention_dropout
+
+
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_more_padding_gives_the_same_logits(norm_first):
     steps, static, padding = _random_batch()
@@ -248,7 +260,7 @@ def test_resumed_run_writes_the_same_attention_snapshots_as_an_uninterrupted_one
 
     def run(name, on_step, resume=False):
         torch.manual_seed(0)  # the same initial weights, as a re-run stage builds them
-        model = ClinicalLF(train[0]["steps"].shape[1], train[0]["static"].shape[0], **{**TINY, "dropout": 0.1})
+        model = ClinicalLF(train[0]["steps"].shape[1], train[0]["static"].shape[0], **DROPPING)
         return fit(model, ClinicalLFTask(pos_weight=1.0), train_loader, val_loader, config,
                    checkpoint_dir=tmp_path / name / "ckpt", live_dir=tmp_path / name / "live", resume=resume,
                    device=cpu, on_step=on_step)
@@ -289,7 +301,7 @@ def test_snapshots_do_not_change_the_training_run(toy, encoder, tmp_path):
     results = []
     for name, on_step in (("with", AttentionSnapshots(1, tmp_path / "snapshots")), ("without", None)):
         torch.manual_seed(0)
-        model = ClinicalLF(train[0]["steps"].shape[1], train[0]["static"].shape[0], **{**TINY, "dropout": 0.1})
+        model = ClinicalLF(train[0]["steps"].shape[1], train[0]["static"].shape[0], **DROPPING)
         fit(model, ClinicalLFTask(), token_loader(train, 16, device=cpu, seed=1, collate_fn=collate),
             token_loader(val, 32, device=cpu, shuffle=False, collate_fn=collate), config,
             checkpoint_dir=tmp_path / name, live_dir=tmp_path / name / "live", device=cpu, on_step=on_step)
@@ -311,8 +323,8 @@ train:
     max_events: 16
     temporal_lambda: 0.1
     attention_every: 5
-    model: {d_model: 16, n_layers: 2, n_heads: 4, ff_dim: 32, dropout: 0.0, pool_heads: 4, mlp_hidden: 32,
-            norm_first: false}
+    model: {d_model: 16, n_layers: 2, n_heads: 4, ff_dim: 32, dropout: 0.0, attention_dropout: 0.0, pool_heads: 4,
+            mlp_hidden: 32, norm_first: false}
     lr: 3.0e-3
     weight_decay: 0.01
     warmup_steps: 2

@@ -550,8 +550,9 @@ VOCAB = 40
 DANGER = (37, 38, 39)  # event tokens that make a stay die
 TOKEN_TINY = {
     "lstm": {"embedding_dim": 16, "hidden_size": 16, "num_layers": 1, "dropout": 0.0, "bidirectional": True},
-    "transformer": {"d_model": 16, "n_layers": 2, "n_heads": 2, "dropout": 0.0, "max_positions": 32},
-    "gpt2": {"n_embd": 16, "n_layer": 2, "n_head": 2, "dropout": 0.0, "max_positions": 32},
+    "transformer": {"d_model": 16, "n_layers": 2, "n_heads": 2, "dropout": 0.0, "attention_dropout": 0.0,
+                    "max_positions": 32},
+    "gpt2": {"n_embd": 16, "n_layer": 2, "n_head": 2, "dropout": 0.0, "attention_dropout": 0.0, "max_positions": 32},
 }
 
 

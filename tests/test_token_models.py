@@ -22,8 +22,9 @@ TINY = {  # variant -> (registered model, its arguments)
     "lstm": ("lstm", dict(LSTM, bidirectional=True)),  # padded on CPU ("auto")
     "lstm_packed": ("lstm", dict(LSTM, bidirectional=True, packed=True)),
     "lstm_forward": ("lstm", dict(LSTM, bidirectional=False, packed=True)),
-    "transformer": ("transformer", dict(d_model=16, n_layers=2, n_heads=2, dropout=0.1, max_positions=64)),
-    "gpt2": ("gpt2", dict(n_embd=16, n_layer=2, n_head=2, dropout=0.1, max_positions=64)),
+    "transformer": ("transformer", dict(d_model=16, n_layers=2, n_heads=2, dropout=0.1, attention_dropout=0.1,
+                                        max_positions=64)),
+    "gpt2": ("gpt2", dict(n_embd=16, n_layer=2, n_head=2, dropout=0.1, attention_dropout=0.1, max_positions=64)),
 }
 
 
@@ -53,6 +54,21 @@ def test_output_shapes(name):
     assert torch.allclose(out["pool_weights"].sum(-1), torch.ones(2)) and (out["pool_weights"][1, 4:] == 0).all()
     assert model.next_token_logits(out["hidden"]).shape == (2, 10, TOY_VOCAB)
     assert torch.isfinite(out["hidden"]).all()  # padding positions included: no NaN from empty attention rows
+
+
+@pytest.mark.parametrize("name", ["transformer", "gpt2"])
+def test_attention_dropout_is_its_own_parameter(name):
+    """With `dropout` 0, training-mode forwards repeat exactly when `attention_dropout` is 0
+    and differ when it is not: the parameter reaches the attention weights, and `dropout`
+    does not (params.yaml keeps it at 0 for CPU time, `dropout` at 0.1)."""
+    registered, config = TINY[name]
+    batch = batch_of(SEQ, SEQ[:4])
+    for attention_dropout, repeats in ((0.0, True), (0.5, False)):
+        torch.manual_seed(0)
+        model = build_model(registered, vocab_size=TOY_VOCAB,
+                            **{**config, "dropout": 0.0, "attention_dropout": attention_dropout}).train()
+        first, second = (model(batch["input_ids"], batch["attention_mask"])["hidden"] for _ in range(2))
+        assert torch.equal(first, second) == repeats, attention_dropout
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -121,8 +137,8 @@ def test_too_long_sequences_name_the_limit(name):
 
 LEARN = {
     "lstm": dict(embedding_dim=16, hidden_size=32, num_layers=1, dropout=0.1, bidirectional=True),
-    "transformer": dict(d_model=32, n_layers=2, n_heads=2, dropout=0.1, max_positions=128),
-    "gpt2": dict(n_embd=32, n_layer=2, n_head=2, dropout=0.1, max_positions=128),
+    "transformer": dict(d_model=32, n_layers=2, n_heads=2, dropout=0.1, attention_dropout=0.1, max_positions=128),
+    "gpt2": dict(n_embd=32, n_layer=2, n_head=2, dropout=0.1, attention_dropout=0.1, max_positions=128),
 }
 
 

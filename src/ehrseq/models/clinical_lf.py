@@ -44,6 +44,7 @@ class ClinicalLF(nn.Module):
         n_heads: int,
         ff_dim: int,
         dropout: float,
+        attention_dropout: float,
         pool_heads: int,
         mlp_hidden: int,
         norm_first: bool,
@@ -56,6 +57,10 @@ class ClinicalLF(nn.Module):
         layer = nn.TransformerEncoderLayer(
             d_model, n_heads, ff_dim, dropout, batch_first=True, norm_first=norm_first
         )
+        # The layer gives its one dropout to the attention weights too; ours is apart for
+        # its CPU cost (see models/transformer.py). MultiheadAttention reads the float at
+        # every forward.
+        layer.self_attn.dropout = attention_dropout
         # No nested tensors: they drop padded positions inside the encoder, which hooks
         # reading attention weights and the padding-invariance guarantee both rely on.
         self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)

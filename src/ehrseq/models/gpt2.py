@@ -4,7 +4,8 @@ Nothing is downloaded: `GPT2Model(GPT2Config(...))` starts from random weights. 
 the bare `GPT2Model` plus our own next-token head (tied to `wte`, exactly as
 `GPT2LMHeadModel` does) so that the language-model loss can project only the real
 positions instead of every padded one, and so that every token model shares the
-`forward` / `next_token_logits` interface.
+`forward` / `next_token_logits` interface. `attention_dropout` is GPT-2's `attn_pdrop`,
+apart from `dropout` for its CPU cost (see `models/transformer.py`).
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from ehrseq.schema import BOS_ID, EOS_ID, PAD_ID
 
 
 class GPT2TokenModel(nn.Module):
-    def __init__(self, vocab_size: int, n_embd: int, n_layer: int, n_head: int, dropout: float, max_positions: int):
+    def __init__(self, vocab_size: int, n_embd: int, n_layer: int, n_head: int, dropout: float,
+                 attention_dropout: float, max_positions: int):
         super().__init__()
         config = GPT2Config(
             vocab_size=vocab_size,
@@ -27,7 +29,7 @@ class GPT2TokenModel(nn.Module):
             n_head=n_head,
             resid_pdrop=dropout,
             embd_pdrop=dropout,
-            attn_pdrop=dropout,
+            attn_pdrop=attention_dropout,
             bos_token_id=BOS_ID,
             eos_token_id=EOS_ID,
             pad_token_id=PAD_ID,

@@ -10,6 +10,7 @@ output positions are dropped before the vocabulary projection.
 
 The model knows no corruption and no loop: `forward` maps (encoder ids, decoder ids,
 demographics) to logits; `tasks.PromptBartTask` is what the training loop calls.
+`attention_dropout` is apart from `dropout` for its CPU cost (see `models/transformer.py`).
 Special token ids are constructor arguments, and `eos_token_id` must be the END token
 of the sequences, so that a sampler stops on it.
 """
@@ -47,14 +48,15 @@ class DemographicPrompt(nn.Module):
 class PromptBart(nn.Module):
     def __init__(self, vocab_size: int, n_numeric: int, cat_cardinalities: list[int], prompt_length: int,
                  d_model: int, encoder_layers: int, decoder_layers: int, attention_heads: int, ffn_dim: int,
-                 dropout: float, max_length: int, pad_token_id: int, bos_token_id: int, eos_token_id: int):
+                 dropout: float, attention_dropout: float, max_length: int, pad_token_id: int, bos_token_id: int,
+                 eos_token_id: int):
         super().__init__()
         if prompt_length < 1:
             raise ValueError(f"prompt_length must be >= 1, got {prompt_length}")
         config = BartConfig(
             vocab_size=vocab_size, d_model=d_model, encoder_layers=encoder_layers, decoder_layers=decoder_layers,
             encoder_attention_heads=attention_heads, decoder_attention_heads=attention_heads,
-            encoder_ffn_dim=ffn_dim, decoder_ffn_dim=ffn_dim, dropout=dropout, attention_dropout=dropout,
+            encoder_ffn_dim=ffn_dim, decoder_ffn_dim=ffn_dim, dropout=dropout, attention_dropout=attention_dropout,
             max_position_embeddings=max_length + prompt_length,  # prompts take positions too
             pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
             decoder_start_token_id=bos_token_id, forced_bos_token_id=None, forced_eos_token_id=None,

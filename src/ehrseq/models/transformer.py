@@ -3,6 +3,10 @@
 Pre-norm blocks, learned positions, next-token head tied to the token embedding.
 Attention is `F.scaled_dot_product_attention` with one boolean mask that is both causal
 and key-padding; see `attention_mask_4d` for why no row can be empty (no NaN).
+`attention_dropout` (on the attention weights) is apart from `dropout` (embeddings,
+residual branches, head) because on CPU any dropout_p > 0 sends SDPA to its math kernel,
+which draws a [B, nh, T, T] mask: 1.4-1.8x the time of a whole training step here
+(`benchmarks/train.py --attention-dropout`). CUDA's fused kernels draw it for little.
 """
 from __future__ import annotations
 
@@ -30,14 +34,14 @@ def attention_mask_4d(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, dropout: float):
+    def __init__(self, d_model: int, n_heads: int, dropout: float, attention_dropout: float):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
         self.n_heads = n_heads
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
-        self.attn_dropout = dropout
+        self.attn_dropout = attention_dropout
         self.resid_dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -52,10 +56,10 @@ class CausalSelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, dropout: float):
+    def __init__(self, d_model: int, n_heads: int, dropout: float, attention_dropout: float):
         super().__init__()
         self.ln_1 = nn.LayerNorm(d_model)
-        self.attn = CausalSelfAttention(d_model, n_heads, dropout)
+        self.attn = CausalSelfAttention(d_model, n_heads, dropout, attention_dropout)
         self.ln_2 = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(
             nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model), nn.Dropout(dropout)
@@ -67,13 +71,14 @@ class Block(nn.Module):
 
 
 class TransformerTokenModel(nn.Module):
-    def __init__(self, vocab_size: int, d_model: int, n_layers: int, n_heads: int, dropout: float, max_positions: int):
+    def __init__(self, vocab_size: int, d_model: int, n_layers: int, n_heads: int, dropout: float,
+                 attention_dropout: float, max_positions: int):
         super().__init__()
         self.max_positions = max_positions
         self.tok_emb = nn.Embedding(vocab_size, d_model)
         self.pos_emb = nn.Embedding(max_positions, d_model)
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(d_model, n_heads, dropout) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(Block(d_model, n_heads, dropout, attention_dropout) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d_model)
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # weight tying, as in GPT-2
