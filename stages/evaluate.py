@@ -48,7 +48,7 @@ def evaluate_survival(model_name: str, params: dict, survival: dict, visit_hours
     """survival_lstm: landmark curves on test beside the oracle, Kaplan-Meier and Cox
     (reports/metrics/MODEL.json), and predicted vs Kaplan-Meier survival by risk tertile
     (reports/plots/MODEL/tertiles.{csv,png})."""
-    # pycox, scikit-survival and matplotlib: seconds of imports the other models' evaluation skips
+    # scikit-survival and matplotlib: seconds of imports the other models' evaluation skips
     from ehrseq.survival_eval import evaluate_curves, plot_tertiles, tertile_table
 
     model, checkpoint = load_trained_model(paths.checkpoint(model_name, "finetune"), device)

@@ -331,6 +331,87 @@ def test_antolini_matches_brute_force():
     assert sm.antolini_c(curve, grid, time, event) == pytest.approx(brute_force_antolini(curve, grid, time, event))
 
 
+def tied_survival_data(seed: int, n_test: int = 300):
+    """Train and test outcomes on whole hours up to a 24 h horizon (ties among deaths,
+    among censorings and between both; every survivor censored at 24 h, where the censoring
+    survival G drops to 0), and test curves on a 6 h grid with tied values (tied risks)."""
+    rng = np.random.default_rng(seed)
+
+    def outcomes(n):
+        time = rng.choice(np.arange(1.0, 25.0), n)
+        return sm.outcome(time, (rng.random(n) < 0.4) & (time < 24))
+
+    train, test = outcomes(200), outcomes(n_test)
+    grid = np.arange(0.0, 25.0, 6.0)
+    steps = np.round(rng.uniform(0.7, 1.0, (n_test, len(grid) - 1)), 1)
+    curve = np.hstack([np.ones((n_test, 1)), np.cumprod(steps, axis=1)])
+    return train, test, curve, grid
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_ipcw_metrics_equal_scikit_survival(seed):
+    """One censoring fit, indexed by a resample's rows, gives scikit-survival's floats
+    (which refit it on every call), exactly."""
+    from sksurv.metrics import concordance_index_ipcw, cumulative_dynamic_auc, integrated_brier_score
+
+    train, test, curve, grid = tied_survival_data(seed)
+    censoring = sm.censoring_survival(train, test["time"])
+    rows = np.random.default_rng(seed).integers(0, len(test), len(test))  # a bootstrap resample: repeated rows
+    times = grid[1:-1]  # 6-18 h, inside the follow-up
+    for y, g, s in ((test, censoring, curve), (test[rows], censoring[rows], curve[rows])):
+        for t in (6.0, 12.0, 18.0):
+            risk = 1.0 - sm.step_survival(s, grid, [t])
+            assert sm.time_dependent_auc(y, g, s, grid, t) == cumulative_dynamic_auc(train, y, risk, [t])[0][0]
+        for tau in (12.0, 20.0):
+            risk = 1.0 - sm.step_survival(s, grid, [tau])[:, 0]
+            assert sm.uno_c(y, g, s, grid, tau) == concordance_index_ipcw(train, y, risk, tau=tau)[0]
+        expected = integrated_brier_score(train, y, sm.step_survival(s, grid, times), times)
+        assert sm.integrated_brier(y, g, s, grid, times, sm.censoring_survival(train, times)) == expected
+
+
+def test_brier_weighs_nothing_where_the_censoring_survival_is_zero():
+    """The train split ends censored at 24 h, so G = 0 from there on: scikit-survival
+    divides by infinity instead, for a death at 24 h and for the Brier score at 24 h."""
+    from sksurv.metrics import integrated_brier_score
+
+    train, _, _, _ = tied_survival_data(0)
+    test = sm.outcome(np.array([6.0, 12.0, 24.0, 24.0, 30.0]), np.array([1, 0, 1, 0, 0]))
+    grid = np.arange(0.0, 31.0, 6.0)
+    curve = np.linspace(1.0, 0.4, len(grid))[None, :] ** np.arange(1.0, 6.0)[:, None]
+    times = np.array([6.0, 12.0, 24.0])
+    censoring, censoring_at_times = sm.censoring_survival(train, test["time"]), sm.censoring_survival(train, times)
+    assert censoring[2] == censoring_at_times[-1] == 0.0
+    expected = integrated_brier_score(train, test, sm.step_survival(curve, grid, times), times)
+    assert sm.integrated_brier(test, censoring, curve, grid, times, censoring_at_times) == expected
+
+
+def test_ipcw_metrics_refuse_what_scikit_survival_refuses():
+    train, test, curve, grid = tied_survival_data(0)
+    censoring = sm.censoring_survival(train, test["time"])
+    with pytest.raises(ValueError, match="NaN"):
+        sm.uno_c(test, censoring, np.where(curve < 0.9, np.nan, curve), grid, 12.0)
+    last_died = sm.outcome(np.array([1.0, 2.0, 3.0]), np.array([0, 0, 1]))  # G(3 h) > 0: unknown after
+    with pytest.raises(ValueError, match="smaller than largest observed time"):
+        sm.censoring_survival(last_died, [5.0])
+    with pytest.raises(ValueError, match="censoring survival function is zero"):  # a death where G = 0
+        sm.time_dependent_auc(test, np.zeros(len(test)), curve, grid, 12.0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_antolini_equals_pycox(seed):
+    from pycox.evaluation import EvalSurv
+
+    _, test, curve, grid = tied_survival_data(seed)
+    time = test["time"].copy()
+    time[:3] = 30.0  # past the grid: pycox reads its last column
+    ev = EvalSurv(pd.DataFrame(curve.T, index=grid), time, test["event"].astype(float), censor_surv=None, steps="pre")
+    expected = ev.concordance_td("antolini")
+    assert sm.antolini_c(curve, grid, time, test["event"]) == expected
+    # no comparable pair (pycox divides by zero): undefined, with the reason
+    with pytest.raises(sm.UndefinedMetricError, match="before another stay"):
+        sm.antolini_c(curve[:2], grid, np.array([6.0, 6.0]), np.array([True, True]))
+
+
 def test_curves_by_hand():
     grid = np.array([0.0, 6.0, 12.0])
     np.testing.assert_allclose(sm.oracle_curve(np.array([0.5]), np.array([0.1]), grid)[0],
@@ -359,11 +440,13 @@ def test_auroc_at_the_horizon_is_undefined_with_the_reason():
     y = sm.outcome(np.array([2.0, 5.0, 12.0, 12.0]), np.array([1, 1, 0, 0]))
     grid = np.array([0.0, 6.0, 12.0])
     curve = np.array([[1, 0.5, 0.4], [1, 0.7, 0.6], [1, 0.9, 0.8], [1, 0.95, 0.9]])
+    censoring = sm.censoring_survival(y, y["time"])
     with pytest.raises(sm.UndefinedMetricError, match="follow-up beyond it"):
-        sm.time_dependent_auc(y, y, curve, grid, 12.0)
-    assert sm.time_dependent_auc(y, y, curve, grid, 6.0) == pytest.approx(1.0)
+        sm.time_dependent_auc(y, censoring, curve, grid, 12.0)
+    assert sm.time_dependent_auc(y, censoring, curve, grid, 6.0) == pytest.approx(1.0)
     censored = sm.outcome(np.array([2.0, 5.0, 12.0, 12.0]), np.zeros(4))  # e.g. a bootstrap resample of the demo
-    values = sm.method_metrics(y, censored, curve, grid, [6.0], np.array([6.0]), 6.0)
+    values = sm.method_metrics(censored, censoring, curve, grid, [6.0], np.array([6.0]),
+                               sm.censoring_survival(y, [6.0]), 6.0)
     assert all(values[k] is None and values[k + "/reason"] for k in
                ("antolini_c", "uno_c", "integrated_brier_score", "auroc_6h"))
 

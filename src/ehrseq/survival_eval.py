@@ -65,9 +65,13 @@ def evaluate_curves(
 
     # IBS over the bin ends inside the follow-up, up to tau; one grid for every method.
     ibs_times = grid[(grid > 0) & (grid <= tau_hours)]
+    # The IPCW metrics' censoring survival, of the train split: the same for every resample
+    # and method, so fitted once here and indexed by each resample's rows.
+    censoring_test = sm.censoring_survival(y_train, y_test["time"])
+    censoring_ibs = sm.censoring_survival(y_train, ibs_times)
 
     def compute(rows: np.ndarray) -> dict:
-        test_rows = y_test[rows]
+        test_rows, censoring_rows = y_test[rows], censoring_test[rows]
         out = {}
         for method in METHODS:
             if curves[method] is None:
@@ -75,8 +79,8 @@ def evaluate_curves(
                 for name in ("antolini_c", "uno_c", "integrated_brier_score", *(f"auroc_{t:g}h" for t in auc_hours)):
                     values[name], values[name + "/reason"] = None, oracle_reason
             else:
-                values = sm.method_metrics(y_train, test_rows, curves[method][rows], grid, auc_hours, ibs_times,
-                                           tau_hours)
+                values = sm.method_metrics(test_rows, censoring_rows, curves[method][rows], grid, auc_hours, ibs_times,
+                                           censoring_ibs, tau_hours)
             out.update({f"{method}/{k}": v for k, v in values.items()})
         model_c, oracle_c = out["model/antolini_c"], out["oracle/antolini_c"]
         out["c_index_vs_oracle"] = None if model_c is None or oracle_c is None else model_c / oracle_c

@@ -4,14 +4,18 @@ One implementation per metric, all on one time grid (bin ends 0, w, .., Hw hours
 the cutoff). A curve is read the discrete-time way: bin k covers ((k-1)w, kw], so a time
 t reads S at the end of its bin, S(t) = S(first grid point >= t) (pycox `steps="pre"`;
 its default "post" would read S(0) = 1 for every death in the first bin, a tie for all).
-- Antolini's time-dependent concordance: pycox `EvalSurv(...).concordance_td("antolini")`;
+- Antolini's time-dependent concordance: pycox `EvalSurv(...).concordance_td("antolini")`,
+  counted here with whole-number pair counts (the same float; tests compare);
 - Uno's C: scikit-survival `concordance_index_ipcw` at a stated `tau`, risk 1 - S(tau);
 - integrated Brier score: scikit-survival `integrated_brier_score` (pycox's calls the
   `scipy.integrate.simps` removed from SciPy);
 - time-dependent AUROC: scikit-survival `cumulative_dynamic_auc` at single times, which
   must lie below the last follow-up time (at the horizon every survivor is censored, the
   censoring survival is 0 and the estimator divides by it).
-The censoring distribution of the IPCW metrics is estimated on the train split.
+The censoring distribution of the IPCW metrics is estimated on the train split. The three
+scikit-survival metrics refit it inside every call, the bulk of a bootstrap's time, so they
+are computed here from its values fitted once (`censoring_survival`), with the same float
+operations as scikit-survival (tests check equality on tied, censored data).
 Baselines: Kaplan-Meier (no covariates), Cox on pre-cutoff bag-of-codes counts; the
 oracle is the generator's true curve S(t) = 1 - r (1 - exp(-lambda t)).
 A metric without a value raises `metrics.UndefinedMetricError` with the reason.
@@ -23,15 +27,13 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
-from pycox.evaluation import EvalSurv
 from scipy import sparse
 from sksurv.linear_model import CoxnetSurvivalAnalysis
-from sksurv.metrics import (
-    concordance_index_ipcw,
-    cumulative_dynamic_auc,
-    integrated_brier_score,
-)
-from sksurv.nonparametric import kaplan_meier_estimator
+
+# scikit-survival's pair count of Uno's C, private: scikit-survival is pinned, and
+# tests/test_survival.py compares with its public `concordance_index_ipcw`
+from sksurv.metrics import _estimate_concordance_index
+from sksurv.nonparametric import CensoringDistributionEstimator, kaplan_meier_estimator
 from sksurv.util import Surv
 
 from ehrseq.metrics import UndefinedMetricError
@@ -60,37 +62,112 @@ def _require_events(event: np.ndarray, metric: str) -> None:
 
 
 def antolini_c(curve: np.ndarray, grid: np.ndarray, time: np.ndarray, event: np.ndarray) -> float:
+    """Antolini's C: over the comparable pairs (i died first: t_i < t_j, or t_i = t_j with j
+    censored), the share with S_i(t_i) < S_j(t_i); a tie in S counts as discordant.
+
+    pycox's `concordance_td("antolini")` with `steps="pre"`, counted per death against all
+    stays at once ([n, deaths] comparisons): both counts are whole numbers, so the same
+    float, without pycox's per-call frame and seconds of JIT compiling.
+    """
     _require_events(event, "Antolini's C")
-    surv = pd.DataFrame(np.asarray(curve, dtype=float).T, index=np.asarray(grid, dtype=float))
-    ev = EvalSurv(surv, np.asarray(time, dtype=float), np.asarray(event, dtype=float), censor_surv=None, steps="pre")
-    return float(ev.concordance_td("antolini"))
+    curve, time, died = np.asarray(curve, dtype=float), np.asarray(time, dtype=float), np.asarray(event) > 0
+    deaths = np.flatnonzero(died)
+    # each death's time read at the end of its bin; past the grid, at its end (pycox clips)
+    at = np.searchsorted(grid, time[deaths]).clip(0, len(grid) - 1)
+    s = curve[:, at]  # [n, deaths]: S_j(t_i)
+    own = s[deaths, np.arange(len(deaths))]  # S_i(t_i)
+    comparable = (time[:, None] > time[deaths]) | ((time[:, None] == time[deaths]) & ~died[:, None])
+    n_pairs = comparable.sum()
+    if n_pairs == 0:
+        raise UndefinedMetricError("Antolini's C needs a death before another stay's time")
+    return float((comparable & (own < s)).sum() / n_pairs)
 
 
-def uno_c(train: np.ndarray, test: np.ndarray, curve: np.ndarray, grid: np.ndarray, tau: float) -> float:
+def censoring_survival(train: np.ndarray, times) -> np.ndarray:
+    """G(t), the Kaplan-Meier survival of the censoring times of `train`, at `times`.
+
+    scikit-survival's `CensoringDistributionEstimator`, which its IPCW metrics fit on
+    `survival_train` inside every call. It depends on the train split alone: fit it once and
+    give the metrics below its values at the test times (elementwise, so a resample's rows
+    index them). Raises ValueError (scikit-survival's) for a time past the last train time
+    while G is still positive there.
+    """
+    times = np.atleast_1d(np.asarray(times, dtype=float))
+    return CensoringDistributionEstimator().fit(train).predict_proba(times)
+
+
+def _finite(estimate: np.ndarray) -> np.ndarray:
+    # scikit-survival's check_array refuses NaN and infinity in a prediction; so do we
+    if not np.isfinite(estimate).all():
+        raise ValueError("predictions contain NaN or infinity")
+    return estimate
+
+
+def _ipcw(died: np.ndarray, censoring: np.ndarray) -> np.ndarray:
+    """1 / G(t_i) at the stays in `died`, 0 elsewhere: scikit-survival's `predict_ipcw`."""
+    if (censoring[died] == 0).any():
+        raise ValueError("censoring survival function is zero at one or more time points")
+    weights = np.zeros(len(died))
+    weights[died] = 1.0 / censoring[died]
+    return weights
+
+
+def uno_c(test: np.ndarray, censoring: np.ndarray, curve: np.ndarray, grid: np.ndarray, tau: float) -> float:
+    """Uno's C of risk 1 - S(tau) on pairs up to `tau`: scikit-survival's
+    `concordance_index_ipcw(train, test, risk, tau)`, `censoring` = G at the test times."""
     _require_events(test["event"], "Uno's C")
     if not (test["event"] & (test["time"] < tau)).any():
         raise UndefinedMetricError(f"Uno's C needs a death before tau = {tau} h")
-    risk = 1.0 - step_survival(curve, grid, [tau])[:, 0]
-    return float(concordance_index_ipcw(train, test, risk, tau=tau)[0])
+    risk = _finite(1.0 - step_survival(curve, grid, [tau])[:, 0])
+    weights = _ipcw(test["event"] & (test["time"] < tau), censoring)  # deaths from tau on weigh 0
+    return float(_estimate_concordance_index(test["event"], test["time"], risk, np.square(weights))[0])
 
 
-def integrated_brier(train: np.ndarray, test: np.ndarray, curve: np.ndarray, grid: np.ndarray,
-                     times: np.ndarray) -> float:
+def integrated_brier(test: np.ndarray, censoring: np.ndarray, curve: np.ndarray, grid: np.ndarray,
+                     times: np.ndarray, censoring_at_times: np.ndarray) -> float:
+    """The Brier score at increasing `times`, integrated by the trapezoid rule and divided by
+    their span: scikit-survival's `integrated_brier_score`, `censoring` = G at the test
+    times, `censoring_at_times` = G at `times`."""
     if not test["event"].any():  # scikit-survival refuses an all-censored test set
         raise UndefinedMetricError(f"IBS needs a death among the {len(test)} test stays (scikit-survival)")
     if times.max() >= test["time"].max() or times.min() < test["time"].min():
         raise UndefinedMetricError(f"IBS times {times.min()}-{times.max()} h must lie in the test follow-up "
                                    f"[{test['time'].min():.2f}, {test['time'].max():.2f}) h")
-    return float(integrated_brier_score(train, test, step_survival(curve, grid, times), times))
+    if len(times) < 2 or (np.diff(times) <= 0).any():
+        raise ValueError(f"IBS needs >= 2 increasing times; got {times}")
+    # [T, n], a row per time, in row-major memory: a row's mean then sums in the order of
+    # scikit-survival's 1-D mean (a column-major array sums in another, other last bits)
+    est = np.ascontiguousarray(_finite(step_survival(curve, grid, times)).T)
+    time, t = test["time"], times[:, None]
+    # a zero G weighs nothing (scikit-survival divides by infinity there)
+    g_time, g_t = (np.where(g == 0, np.inf, g) for g in (censoring, censoring_at_times[:, None]))
+    # scikit-survival's terms, in its order
+    brier = np.mean(np.square(est) * ((time <= t) & test["event"]).astype(int) / g_time
+                    + np.square(1.0 - est) * (time > t).astype(int) / g_t, axis=1)
+    return float(np.trapezoid(brier, times) / (times[-1] - times[0]))
 
 
-def time_dependent_auc(train: np.ndarray, test: np.ndarray, curve: np.ndarray, grid: np.ndarray, t: float) -> float:
+def time_dependent_auc(test: np.ndarray, censoring: np.ndarray, curve: np.ndarray, grid: np.ndarray,
+                       t: float) -> float:
+    """Cumulative/dynamic AUROC at `t` of risk 1 - S(t) (deaths by `t`, weighted 1 / G(death),
+    against stays beyond `t`): scikit-survival's `cumulative_dynamic_auc(train, test, risk, [t])`,
+    `censoring` = G at the test times."""
     if not (test["event"] & (test["time"] <= t)).any():
         raise UndefinedMetricError(f"AUROC at {t} h needs a death by then")
     if not (test["time"] > t).any() or t >= test["time"].max():
         raise UndefinedMetricError(f"AUROC at {t} h needs follow-up beyond it (last {test['time'].max():.2f} h)")
-    risk = 1.0 - step_survival(curve, grid, [t])  # [n, 1]
-    return float(cumulative_dynamic_auc(train, test, risk, [t])[0][0])
+    risk = _finite(1.0 - step_survival(curve, grid, [t])[:, 0])
+    weights = _ipcw(test["event"], censoring)
+    # scikit-survival's steps for one time: stays by decreasing risk, a threshold after each,
+    # tied risks (within 1e-8) one threshold (the last of them kept), the curve from (0, 0)
+    order = np.argsort(-risk)
+    time, died, risk, weights = test["time"][order], test["event"][order], risk[order], weights[order]
+    true_pos = np.cumsum(((time <= t) & died) * weights)
+    false_pos = np.cumsum(time > t)
+    tied = np.flatnonzero(np.absolute(np.diff(np.r_[np.inf, risk])) <= 1e-8) - 1
+    true_pos = np.delete(true_pos / true_pos[-1], tied)
+    false_pos = np.delete(false_pos / false_pos[-1], tied)
+    return float(np.trapezoid(np.r_[0, true_pos], np.r_[0, false_pos]))
 
 
 # ------------------------------------------------------------------ curves to compare
@@ -208,14 +285,17 @@ def patient_bootstrap(
     return out
 
 
-def method_metrics(train: np.ndarray, test: np.ndarray, curve: np.ndarray, grid: np.ndarray,
-                   auc_hours: list[float], ibs_times: np.ndarray, tau: float) -> dict[str, float | None | str]:
-    """Every metric of one method's curves on the test stays given (None + reason when undefined)."""
+def method_metrics(test: np.ndarray, censoring: np.ndarray, curve: np.ndarray, grid: np.ndarray,
+                   auc_hours: list[float], ibs_times: np.ndarray, censoring_at_ibs: np.ndarray,
+                   tau: float) -> dict[str, float | None | str]:
+    """Every metric of one method's curves on the test stays given (None + reason when
+    undefined). `censoring`: the train split's censoring survival G at the test times,
+    `censoring_at_ibs` at `ibs_times` (see `censoring_survival`)."""
     metrics = {
         "antolini_c": lambda: antolini_c(curve, grid, test["time"], test["event"]),
-        "uno_c": lambda: uno_c(train, test, curve, grid, tau),
-        "integrated_brier_score": lambda: integrated_brier(train, test, curve, grid, ibs_times),
-        **{f"auroc_{t:g}h": (lambda t=t: time_dependent_auc(train, test, curve, grid, t)) for t in auc_hours},
+        "uno_c": lambda: uno_c(test, censoring, curve, grid, tau),
+        "integrated_brier_score": lambda: integrated_brier(test, censoring, curve, grid, ibs_times, censoring_at_ibs),
+        **{f"auroc_{t:g}h": (lambda t=t: time_dependent_auc(test, censoring, curve, grid, t)) for t in auc_hours},
     }
     out: dict[str, float | None | str] = {}
     for name, fn in metrics.items():
