@@ -10,7 +10,7 @@ params, models and metrics are never touched. It needs the outputs of a finished
 Retraining that seed too (`--seeds 0 1 2`, with 0 the committed seed) doubles as a
 reproducibility check: the new metrics file is compared with the committed one.
 Writes reports/seed_spread.json (per model and metric: the value of every seed, mean,
-sample standard deviation, min, max) and prints a table; README quotes it beside the
+sample standard deviation, min, max; models not run keep their entries) and prints a table; README quotes it beside the
 results. Costs one `train@MODEL` + `evaluate@MODEL` per model and extra seed.
 """
 from __future__ import annotations
@@ -54,7 +54,8 @@ def main() -> None:
         raise SystemExit(f"{REPO / 'data/processed/sequences'} is missing: run `bash scripts/run.sh` first")
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    result = {"models": {}}
+    out = Path(args.out)
+    result = json.loads(out.read_text()) if out.exists() else {"models": {}}  # other models' entries stay
     with tempfile.TemporaryDirectory(prefix="ehrseq-seeds-") as tmp:
         work = Path(tmp)
         (work / "data").symlink_to(REPO / "data")  # read only: train and evaluate write models/, reports/
@@ -75,10 +76,11 @@ def main() -> None:
                 label: {"per_seed": v, "mean": statistics.fmean(v), "sd": statistics.stdev(v),
                         "min": min(v), "max": max(v)}
                 for label, v in values.items() if None not in v and len(v) > 1}
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {out}")
     print("| model | metric | mean | sd | min | max |\n|---|---|---|---|---|---|")
-    for model, rows in result["models"].items():
+    for model in args.models:
+        rows = result["models"][model]
         for label, s in rows.items():
             if label == "seeds":
                 continue
