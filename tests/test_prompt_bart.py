@@ -177,13 +177,18 @@ def test_independent_baseline_nll_is_the_set_probability():
 # ------------------------------------------------------------------ model
 
 
-def test_attention_dropout_is_its_own_parameter():
-    """With `dropout` 0, training forwards repeat only when `attention_dropout` is 0 too."""
+def _toy_batch():
+    """The vocabulary of 40 toy patients and a batch of 4 of them (fixed corruption)."""
     train = toy_patients(40, seed=0)
     vocab, demo = PatientVocab.fit(train), DemographicEncoder.fit(train.demographics)
     encoded, _ = vocab.encode(train)
     examples, _ = patient_examples(encoded, train.demographics, demo, 64, "fixed", corruption(), seed=0)
-    batch = collate_patients(examples[:4])
+    return vocab, collate_patients(examples[:4])
+
+
+def test_attention_dropout_is_its_own_parameter():
+    """With `dropout` 0, training forwards repeat only when `attention_dropout` is 0 too."""
+    vocab, batch = _toy_batch()
     args = [batch[k] for k in ("input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask",
                                "x_num", "x_cat")]
     for attention_dropout, repeats in ((0.0, True), (0.5, False)):
@@ -194,11 +199,7 @@ def test_attention_dropout_is_its_own_parameter():
 
 
 def test_prompts_reach_encoder_and_decoder():
-    train = toy_patients(40, seed=0)
-    vocab, demo = PatientVocab.fit(train), DemographicEncoder.fit(train.demographics)
-    encoded, _ = vocab.encode(train)
-    examples, _ = patient_examples(encoded, train.demographics, demo, 64, "fixed", corruption(), seed=0)
-    batch = collate_patients(examples[:4])
+    vocab, batch = _toy_batch()
     torch.manual_seed(0)
     model = tiny_model(vocab, prompt_length=3).eval()
     args = [batch[k] for k in ("input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask")]
