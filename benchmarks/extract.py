@@ -12,7 +12,8 @@ Each measurement runs in a fresh subprocess so its peak RSS and CPU time are its
 The pandas version does the same work the SQL does for the event tables (read, parse
 times, attach labs/microbiology to stays by subject and time window, the others by stay
 or admission, keep cohort stays, drop duplicates), without the bad-input checks, the
-withholding of late values and the cohort/diagnoses outputs. Wall time on a shared
+withholding of late values, the texts and the cohort/diagnoses outputs; `same` does
+exactly its work in DuckDB SQL (the same events, kind by kind). Wall time on a shared
 machine depends on the load; CPU seconds (all threads) are printed beside it. Scratch
 disk is the peak size of the outputs and DuckDB's spill files, polled every 0.2 s.
 """
@@ -85,7 +86,10 @@ def run_pandas(src: str, out: str, memory_limit: str) -> dict:  # no memory limi
     rows_read += len(micro)
     micro = micro.drop_duplicates().rename(columns={"charttime": "time"})
     parts.append(by_window(micro.assign(
-        code="MICRO//" + micro["spec_itemid"].astype(str) + "//" + micro["org_itemid"].astype(str))))
+        # most cultures grow no organism: a missing org_itemid must still spell a code (astype(str)
+        # keeps it missing, and the missing codes of a stay and time would collapse into one event)
+        code="MICRO//" + micro["spec_itemid"].astype(str) + "//"
+        + micro["org_itemid"].astype("Int64").astype(str).fillna(""))))
     rx = read("hosp/prescriptions", ["hadm_id", "starttime", "ndc"], ["starttime"])
     rows_read += len(rx)
     m = rx.rename(columns={"starttime": "time"}).merge(window.drop(columns="subject_id"), on="hadm_id")
