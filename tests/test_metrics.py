@@ -4,7 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
 
 from ehrseq import metrics
 
@@ -25,8 +31,9 @@ def test_point_metrics_match_sklearn(scores):
 
 
 @pytest.mark.parametrize("decimals", [None, 2, 1, 0])
-def test_auroc_and_auprc_match_sklearn_on_tied_and_tiny_samples(decimals):
-    """The hand-rolled curve points (tied scores are one threshold) against sklearn's."""
+def test_auroc_auprc_and_curves_match_sklearn_on_tied_and_tiny_samples(decimals):
+    """The hand-rolled curve points (tied scores are one threshold) against sklearn's; the
+    curve tables bit for bit (roc.csv and pr.csv are the same bytes as from sklearn)."""
     rng = np.random.default_rng(decimals or 5)
     checked = 0
     for _ in range(300):
@@ -36,6 +43,10 @@ def test_auroc_and_auprc_match_sklearn_on_tied_and_tiny_samples(decimals):
         if 0 < y.sum() < n:
             assert metrics.auroc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
             assert metrics.auprc(y, p) == pytest.approx(average_precision_score(y, p), abs=1e-12)
+            curves = metrics.classification_curves(y, p, n_bins=10)
+            np.testing.assert_array_equal(curves["roc"].to_numpy(), np.c_[roc_curve(y, p)])
+            precision, recall, thresholds = precision_recall_curve(y, p)
+            np.testing.assert_array_equal(curves["pr"].to_numpy(), np.c_[recall, precision, np.r_[thresholds, np.nan]])
             checked += 1
     assert checked > 250
 
