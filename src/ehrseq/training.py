@@ -34,7 +34,6 @@ from typing import Any, Callable, Iterable, Protocol
 import numpy as np
 import torch
 import torch.distributed as dist
-from dvclive import Live
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -302,6 +301,8 @@ def fit(
         log.info("%s: resuming from %s at epoch %d (step %d)", task.name, last_path, start_epoch + 1, step)
 
     if main:
+        from dvclive import Live  # imports dvc (~0.3 s): only stages that fit pay, not those loading a model
+
         live = Live(str(live_dir), resume=state is not None, dvcyaml=False, save_dvc_exp=False)
         live.step = start_epoch
     sampler = getattr(train_loader, "batch_sampler", None)
