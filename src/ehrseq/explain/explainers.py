@@ -19,7 +19,7 @@ Token models (`lstm`, `transformer`, `gpt2`; `TokenExplainer`):
   positions renumbered, the rest padding), which is what the model would have seen
   without that event. Zeroing an embedding or masking a key in place would not do: the
   LSTM reads every token inside `lengths`, and positions would keep their numbers.
-- `attention_pooling`: the weights of the MortalityHead (models/__init__.py), which
+- `attention_pooling`: the weights of the MortalityHead (models/head.py), which
   pools the hidden states of ALL real tokens with a softmax over a learned score -- it
   is not read from the last token. So there is no single "position that feeds the head":
   the head's read-out over positions is these weights.

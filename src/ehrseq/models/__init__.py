@@ -1,16 +1,18 @@
-"""The model registry, and the mortality head every token model shares.
+"""The model registry: every model's name and where its class lives.
 
 Models are imported by name on first use, so that training an LSTM does not pay for
-importing `transformers`. A model's constructor takes plain keyword arguments (one
-`train.MODEL.model` params section); the same name and arguments, stored in a
-checkpoint, rebuild it.
+importing `transformers`; this module imports no torch, so the report stage reads the
+names without paying for it (~1.7 s). A model's constructor takes plain keyword
+arguments (one `train.MODEL.model` params section); the same name and arguments, stored
+in a checkpoint, rebuild it.
 """
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 # name -> "module:class"
 REGISTRY = {
@@ -35,27 +37,3 @@ def model_class(name: str) -> type[nn.Module]:
 
 def build_model(name: str, **config) -> nn.Module:
     return model_class(name)(**config)
-
-
-class MortalityHead(nn.Module):
-    """Attention pooling over real tokens, then one logit.
-
-    Why attention pooling and not the last token's state: a risk event may sit hundreds
-    of tokens before `<eos>`; a learned weight per position gives the loss a direct path
-    to it, which matters most for the LSTM, whose last state must otherwise carry it
-    through every later step. The weights are returned for inspection.
-    """
-
-    def __init__(self, hidden_size: int, dropout: float):
-        super().__init__()
-        self.score = nn.Linear(hidden_size, 1)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(hidden_size, 1)
-
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scores = self.score(hidden).squeeze(-1)  # [B, T]
-        scores = scores.masked_fill(~attention_mask, float("-inf"))
-        weights = scores.softmax(dim=-1)  # [B, T], zero on padding
-        pooled = torch.einsum("bt,bth->bh", weights, hidden)  # [B, H]
-        logit = self.classifier(self.dropout(pooled)).squeeze(-1)  # [B]
-        return logit, weights

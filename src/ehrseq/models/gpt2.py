@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers import GPT2Config, GPT2Model
 
-from ehrseq.models import MortalityHead
+from ehrseq.models.head import MortalityHead
 from ehrseq.schema import BOS_ID, EOS_ID, PAD_ID
 
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from ehrseq.models import MortalityHead
+from ehrseq.models.head import MortalityHead
 from ehrseq.schema import PAD_ID
 
 

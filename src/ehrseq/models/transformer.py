@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ehrseq.models import MortalityHead
+from ehrseq.models.head import MortalityHead
 
 
 def attention_mask_4d(attention_mask: torch.Tensor) -> torch.Tensor:
