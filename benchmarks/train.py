@@ -37,9 +37,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ehrseq.data import TokenSequenceDataset, load_sequences, token_loader
+from ehrseq.data import TokenSequenceDataset, token_loader
 from ehrseq.models import build_model
 from ehrseq.schema import BOS_ID, EOS_ID, SPECIAL_TOKENS
+from ehrseq.sequences import load_sequences
 from ehrseq.survival_data import SurvivalDataset, collate_visits, load_survival
 from ehrseq.tasks import MortalityTask, NextTokenTask, SurvivalTask
 from ehrseq.torch_utils import autocast, to_device

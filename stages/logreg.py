@@ -11,11 +11,11 @@ import time
 
 from ehrseq import metrics
 from ehrseq.baseline import bag_of_codes, fit_logreg
-from ehrseq.data import load_sequences, read_vocab_size
 from ehrseq.io import atomic_path, setup_logging, write_json
 from ehrseq.oracle import oracle_metrics
 from ehrseq.params import load_params
 from ehrseq.paths import COHORT, SEQUENCES, STAY_RISK, VOCAB, metrics_json, plots_dir
+from ehrseq.sequences import load_sequences, read_vocab_size
 
 log = logging.getLogger("ehrseq.stages.logreg")
 

@@ -22,12 +22,11 @@ from ehrseq.data import (
     TokenSequenceDataset,
     class_balance_weights,
     collate_tokens,
-    load_sequences,
-    read_vocab_size,
     token_loader,
 )
 from ehrseq.models import build_model
 from ehrseq.schema import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS
+from ehrseq.sequences import load_sequences, read_vocab_size
 from ehrseq.tasks import MortalityTask, NextTokenTask, mortality_task
 from ehrseq.training import EarlyStopping, FitConfig, fit, load_checkpoint, load_trained_model, lr_multiplier, predict
 

@@ -19,9 +19,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ehrseq import paths
-from ehrseq.data import TokenSequenceDataset, collate_tokens, load_sequences, read_vocab_size, token_loader
+from ehrseq.data import TokenSequenceDataset, collate_tokens, token_loader
 from ehrseq.embeddings import read_text_embeddings
 from ehrseq.features import FeatureEncoder, build_dataset, collate, fit_encoder
+from ehrseq.sequences import load_sequences, read_vocab_size
 from ehrseq.survival import kaplan_meier_hazards
 from ehrseq.survival_data import SurvivalDataset, collate_visits, load_survival
 from ehrseq.tasks import ClinicalLFTask, MortalityTask, SurvivalTask

@@ -16,7 +16,8 @@ import pandas as pd
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from ehrseq.data import TokenSequenceDataset, collate_tokens, load_sequences
+from ehrseq.data import TokenSequenceDataset, collate_tokens
+from ehrseq.sequences import load_sequences
 
 log = logging.getLogger(__name__)
 
