@@ -288,3 +288,32 @@ def test_model_stages_import_no_unused_heavy_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"imported without being used: {out.stdout.strip()}"
+
+
+# stage -> libraries importing its module must leave out: each stage is a new process
+# (27 per `dvc repro`), and these cost 0.3-1.7 s of start-up each where nothing uses them.
+# (train_med2vec and generate reach metrics and training through the same modules.)
+UNUSED_BY_STAGE = {
+    "train": ("sklearn",),  # metrics' curves are numpy
+    "evaluate": ("sklearn", "dvclive"),  # dvclive (it imports dvc): only `fit` logs
+    "explain": ("sklearn", "dvclive"),
+    "report": ("torch", "sklearn"),  # the model registry is torch-free
+    "logreg": ("torch",),  # it reads the sequence files with ehrseq.sequences, not ehrseq.data
+}
+
+
+@pytest.mark.parametrize("stage", sorted(UNUSED_BY_STAGE))
+def test_a_stage_module_imports_no_library_it_does_not_use(stage):
+    """Imports `stages/STAGE.py` as DVC runs it (`python -P`, `main()` not called) in a
+    fresh interpreter."""
+    import subprocess
+    import sys
+
+    unused = UNUSED_BY_STAGE[stage]
+    code = ("import importlib.util, sys; "
+            f"spec = importlib.util.spec_from_file_location('stage', {str(REPO / 'stages' / f'{stage}.py')!r}); "
+            "spec.loader.exec_module(importlib.util.module_from_spec(spec)); "
+            f"print(' '.join(m for m in {unused!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"stages/{stage}.py imports without using: {out.stdout.strip()}"
