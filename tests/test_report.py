@@ -1,6 +1,7 @@
 """The report stage, the logistic-regression baseline, the smoke comparison and CI files."""
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -113,17 +114,17 @@ def test_logreg_finds_a_planted_token_and_picks_c_on_validation():
     assert auroc(ys, model.predict_proba(xs)[:, 1]) > 0.85
 
 
-def _smoke():
+def _script(name: str):
+    """A module of scripts/ (not a package), imported by name."""
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
-        import smoke
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
-    return smoke
 
 
 def test_smoke_compare_counts_exact_floats_within_tolerance(tmp_path, capsys):
-    smoke = _smoke()
+    smoke = _script("smoke")
     base, run = tmp_path / "base", tmp_path / "run"
     base.mkdir()
     run.mkdir()
@@ -140,7 +141,7 @@ def test_smoke_compare_counts_exact_floats_within_tolerance(tmp_path, capsys):
 
 
 def test_smoke_overrides_name_existing_params_only(tmp_path):
-    smoke = _smoke()
+    smoke = _script("smoke")
     params = tmp_path / "params.yaml"
     params.write_text((ROOT / "params.yaml").read_text())
     smoke.apply_params(str(ROOT / "scripts" / "smoke_params.yaml"), str(params))
@@ -163,11 +164,7 @@ def test_ci_runs_tests_then_smoke_and_the_workflow_calls_the_same_script():
 
 
 def test_exp_wrapper_sees_outputs_a_fresh_clone_lacks(tmp_path):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        from lock_cache import missing_outputs
-    finally:
-        sys.path.pop(0)
+    missing_outputs = _script("lock_cache").missing_outputs
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {
         "synthesize": {"outs": [{"path": "data/raw", "md5": "35a5c711ef7d5fe1c3d8d66e730d89fd.dir"},
                                 {"path": "reports/metrics/synthesize.json",
@@ -189,3 +186,13 @@ def test_shuffled_label_cell_shows_the_seed_mean_each_seed_and_the_verdict():
     assert shuffled_label_cell(label) == "0.542 [0.472, 0.642, 0.512] pass"
     assert shuffled_label_cell({**label, "passes": False}).endswith("FAIL")
     assert shuffled_label_cell({"test_auroc": {"value": 0.6}}) == NOT_RUN  # an old file without the seeds' verdict
+
+
+def test_seed_spread_reproducibility_check_ignores_only_the_wall_seconds():
+    """Retraining the committed seed must give its metrics file again. The check compared
+    whole files, seconds included, so it said DIFFERS for every model of every run."""
+    without_seconds = _script("seed_spread").without_seconds
+    committed = {"auroc": {"value": 0.70, "ci_low": 0.6}, "stays": 772, "seconds": 3.0}
+    assert without_seconds({**committed, "seconds": 9.0}) == without_seconds(committed)
+    assert without_seconds({**committed, "auroc": {"value": 0.70, "ci_low": 0.61}}) != without_seconds(committed)
+    assert without_seconds({**committed, "stays": 771}) != without_seconds(committed)
