@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
+from smoke import comparable  # scripts/, beside this file
 
 from ehrseq.report import dig
 
@@ -42,10 +43,6 @@ def run_seed(work: Path, model: str, seed: int) -> dict:
         subprocess.run([sys.executable, "-P", str(REPO / "stages" / f"{stage}.py"), model],
                        cwd=work, env=env, check=True)
     return json.loads((work / "reports" / "metrics" / f"{model}.json").read_text())
-
-
-def without_seconds(metrics: dict) -> dict:
-    return {key: value for key, value in metrics.items() if key != "seconds"}
 
 
 def main() -> None:
@@ -72,8 +69,8 @@ def main() -> None:
             runs = {committed_seed: committed}
             for seed in args.seeds:
                 runs[seed] = run_seed(work, model, seed)
-                if seed == committed_seed:  # every value but the wall seconds, which no two runs share
-                    same = without_seconds(runs[seed]) == without_seconds(committed)
+                if seed == committed_seed:  # every value but the run-time fields (seconds, threads)
+                    same = comparable(runs[seed]) == comparable(committed)
                     print(f"{model} seed {seed}: {'identical to' if same else 'DIFFERS from'} {committed_path}")
             values = {label: [dig(m, f"{key}.value") for m in runs.values()] for key, label in METRICS}
             result["models"][model] = {"seeds": list(runs)} | {

@@ -57,6 +57,12 @@ def leaves(data, prefix: str = ""):
         yield prefix.rstrip("."), data
 
 
+def comparable(metrics: dict) -> dict:
+    """A metrics file's leaves by dotted key, less its run-time fields (IGNORED): what two
+    runs of the same code and data must agree on."""
+    return {key: value for key, value in leaves(metrics) if not any(word in key for word in IGNORED)}
+
+
 def compare(baseline_dir: str, run_dir: str) -> int:
     problems, checked = [], 0
     baseline_files = sorted(Path(baseline_dir).glob("*.json"))
@@ -71,11 +77,9 @@ def compare(baseline_dir: str, run_dir: str) -> int:
         if not run_path.exists():
             problems.append(f"{path.name}: in the baseline, not written by this run")
             continue
-        base = dict(leaves(json.loads(path.read_text())))
-        new = dict(leaves(json.loads(run_path.read_text())))
+        base = comparable(json.loads(path.read_text()))
+        new = comparable(json.loads(run_path.read_text()))
         for key in sorted(set(base) | set(new)):
-            if any(word in key for word in IGNORED):
-                continue
             if key not in new or key not in base:
                 problems.append(f"{path.name}: {key} {'missing from the run' if key not in new else 'new in the run'}")
                 continue
