@@ -62,8 +62,8 @@ def main() -> None:
             raise SystemExit(f"{name}: only mortality models (token models, clinical_lf)")
         indices = sample_indices(len(test), config["max_stays"], config["seed"])[: args.max_stays]
         curves, ablation, empty = [], [], []
-        for _, batch in tqdm(_batches(test, indices, collate_fn, config["batch_size"], device), desc=name,
-                             disable=None):
+        batches = _batches(test, indices, collate_fn, config["batch_size"], config["batch_tokens"], device)
+        for _, batch in tqdm(batches, desc=name, disable=None):
             events = explainer.events(batch)
             without = explainer.logits_without(batch, events)
             curves.append(greedy_deletion_curve(without, events.padding, config["k_max"],
