@@ -154,6 +154,26 @@ def test_smoke_overrides_name_existing_params_only(tmp_path):
         smoke.apply_params(str(bad), str(params))
 
 
+@pytest.mark.parametrize("profile", sorted(p.name for p in (ROOT / "benchmarks").glob("*.yaml")))
+def test_benchmark_profiles_name_existing_params_only(tmp_path, profile):
+    """benchmarks/default_run.py --params PROFILE fails at its first unknown key, after the tree is
+    copied: a renamed param must not leave a profile that README quotes unrunnable."""
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    _script("smoke").apply_params(str(ROOT / "benchmarks" / profile), str(params))
+    assert yaml.safe_load(params.read_text()) != yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_mortality_as_committed_profile_leaves_the_mortality_models_alone():
+    """Its claim (README, *The default run*): every mortality model trains and is evaluated as
+    committed, so its test AUROCs and intervals are the committed ones. That holds only while it
+    sets nothing those stages read: their train sections, evaluate, and the data before them."""
+    profile = yaml.safe_load((ROOT / "benchmarks" / "mortality_as_committed.yaml").read_text())
+    upstream = {"synthetic", "data", "cohort", "vocab", "tokenize", "embed", "evaluate", "logreg"}
+    assert not upstream & set(profile)
+    assert not {"lstm", "transformer", "gpt2", "clinical_lf"} & set(profile.get("train", {}))
+
+
 def test_ci_runs_tests_then_smoke_and_the_workflow_calls_the_same_script():
     ci = (ROOT / ".ci" / "run").read_text()
     assert ci.index("scripts/test.sh") < ci.index("scripts/smoke.sh")
