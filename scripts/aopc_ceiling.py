@@ -76,8 +76,8 @@ def main() -> None:
         by_ablation = torch.sigmoid(torch.cat(ablation))
         print(f"{name}: {len(risk)} stays; mean risk {risk[:, 0].mean():.3f}, every event removed "
               f"{torch.sigmoid(torch.cat(empty)).mean():.3f}; AOPC of greedy deletion {aopc(risk).mean():.4f} "
-              f"(curve {np.round(risk.mean(0).double().numpy(), 3).tolist()}), of the event-ablation ranking on the same "
-              f"stays {aopc(by_ablation).mean():.4f}", flush=True)
+              f"(curve {np.round(risk.mean(0).double().numpy(), 3).tolist()}), of the event-ablation ranking on the "
+              f"same stays {aopc(by_ablation).mean():.4f}", flush=True)
 
 
 if __name__ == "__main__":
