@@ -49,7 +49,8 @@ def test_extract_and_vocab_tokenize_benchmarks(tmp_path):
 @pytest.mark.parametrize("name, args, line", [
     ("embed.py", ("--synthetic", "200", "--sample", "32", "--repeat", "1"), r"warm/cold speedup [\d,]+x"),
     ("med2vec.py", ("--steps", "2", "--repeat", "1", "--vocab", "200"), r"speed-up matrix / rows: [\d.]+x"),
-    ("stage_overhead.py", ("--repeat", "1", "--stays", "100", "--resamples", "20"), r"AUROC\s+[\d.]+\s+[\d.]+\s+[\d.]+x"),
+    ("stage_overhead.py", ("--repeat", "1", "--stays", "100", "--resamples", "20"),
+     r"AUROC\s+[\d.]+\s+[\d.]+\s+[\d.]+x"),
     ("synthesize.py", ("300",), r'"n_patients": 300, "seconds"'),
 ])
 def test_benchmark_prints_its_ratio(tmp_path, name, args, line):
