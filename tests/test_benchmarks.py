@@ -3,9 +3,9 @@ benchmarks/NAME.py ...` from another folder, and prints the line its figures com
 
 Nothing here times anything (speed is measured by running the scripts themselves, README
 *Benchmarks*); these only catch a script left behind by a change of the library it calls,
-which scripts/aopc_ceiling.py was until a test ran it. default_run.py (a whole `dvc repro`)
-and explain.py (a trained workspace) are left out: the smoke run and the explain stage tests
-exercise what they call.
+which scripts/aopc_ceiling.py was until a test ran it. explain.py needs a trained model: it
+runs in tests/test_training.py's test of the explain reference scripts. default_run.py (a
+whole `dvc repro`) is left out: the smoke run exercises what it calls.
 """
 from __future__ import annotations
 

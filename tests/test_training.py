@@ -412,9 +412,10 @@ explain: {batch_size: 16, batch_tokens: 512, ig_steps: 32, internal_batch_size: 
 
 @pytest.mark.slow
 def test_the_explain_reference_scripts_run_on_a_trained_model(tmp_path):
-    """scripts/aopc_ceiling.py and scripts/ig_mean_baseline.py, whose figures README quotes,
-    run on the stays explain@MODEL explains (they once fell behind a change of the batching
-    and stopped running). Checks with an answer known without them: for k <= 2 greedy deletion
+    """scripts/aopc_ceiling.py, scripts/ig_mean_baseline.py and benchmarks/explain.py, whose
+    figures README quotes, run on the stays explain@MODEL explains (aopc_ceiling.py once fell
+    behind a change of the batching and stopped running). Checks with an answer known without
+    them: the benchmark's two ways of drawing deletion curves give the same logits; for k <= 2 greedy deletion
     can only do as well as the event-ablation ranking or better (both remove the same event
     first; greedy then picks the best second event, ablation's among them), and IG from the
     mean baseline must be complete."""
@@ -426,11 +427,16 @@ def test_the_explain_reference_scripts_run_on_a_trained_model(tmp_path):
         tmp_path / "data/interim/truth/planted_events.parquet")
     run_stage(tmp_path, "train.py", "lstm")
 
-    def script(*args):
-        done = subprocess.run([sys.executable, "-P", str(REPO / "scripts" / args[0]), *args[1:]], cwd=tmp_path,
+    def script(*args, folder="scripts"):
+        done = subprocess.run([sys.executable, "-P", str(REPO / folder / args[0]), *args[1:]], cwd=tmp_path,
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         return done.stdout
+
+    out = script("explain.py", "--models", "lstm", folder="benchmarks")
+    deletion = re.search(r"lstm deletion curves \(24 stays.*largest logit difference (\S+)", out)
+    assert deletion and float(deletion.group(1)) < 1e-4
+    assert re.search(r"lstm cascade \(8 stays\): earlier .* now .*x wall", out)
 
     ceiling = re.search(r"lstm: 24 stays; mean risk ([\d.]+), every event removed ([\d.]+); AOPC of greedy "
                         r"deletion (-?[\d.]+) .*of the event-ablation ranking on the same stays (-?[\d.]+)",
