@@ -3,9 +3,12 @@
     build_tiny_mimic4 / tiny_mimic4   a hand-built MIMIC-IV folder whose every row's fate is known
     toy_sequences, write_toy_split    token-model stays with a planted risk token (TOY_VOCAB ids)
     make_toy_data, train_tiny, TINY   clinical_lf stays labelled by a planted "danger" text
+    run_python                        a stage, script or benchmark as DVC and README run it
 """
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +140,16 @@ def build_tiny_mimic4(root: Path) -> Path:
 @pytest.fixture
 def tiny_mimic4(tmp_path: Path) -> Path:
     return build_tiny_mimic4(tmp_path / "mimic4")
+
+
+def run_python(cwd: Path, script: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -P script args` in `cwd`, as dvc.yaml and README run stages, scripts and
+    benchmarks (-P: stages/tokenize.py must not shadow the standard module); a non-zero exit
+    fails the test with the end of its stderr."""
+    done = subprocess.run([sys.executable, "-P", str(script), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, f"{script.name} {' '.join(args)}:\n{done.stderr[-3000:]}"
+    return done
 
 
 # ------------------------------------------------------- token-model toy stays

@@ -10,21 +10,18 @@ whole `dvc repro`) is left out: the smoke run exercises what it calls.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import run_python
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
 def benchmark(cwd: Path, name: str, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-P", str(REPO / "benchmarks" / name), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, f"benchmarks/{name} {' '.join(args)}:\n{done.stderr[-3000:]}"
-    return done.stdout
+    return run_python(cwd, REPO / "benchmarks" / name, *args, timeout=600).stdout
 
 
 @pytest.mark.parametrize("args, line", [

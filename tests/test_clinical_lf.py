@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from conftest import DIM, TINY, make_toy_data, train_tiny
+from conftest import DIM, TINY, make_toy_data, run_python, train_tiny
 from ehrseq.data import token_loader
 from ehrseq.features import (
     MISSING,
@@ -345,8 +345,6 @@ explain: {batch_size: 8, batch_tokens: 512, ig_steps: 16, internal_batch_size: 6
 def test_train_evaluate_explain_stages_for_clinical_lf(tmp_path):
     """The three stages as DVC runs them, on files laid out as the pipeline writes them."""
     import json
-    import subprocess
-    import sys
     from pathlib import Path
 
     from ehrseq.embeddings import write_text_embeddings
@@ -368,9 +366,7 @@ def test_train_evaluate_explain_stages_for_clinical_lf(tmp_path):
         tmp_path / "data/interim/truth/stay_risk.parquet")
 
     def stage(*args):
-        done = subprocess.run([sys.executable, "-P", str(repo / "stages" / args[0]), *args[1:]], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
+        run_python(tmp_path, repo / "stages" / args[0], *args[1:], timeout=600)
 
     stage("train.py", "clinical_lf")
     assert {p.name for p in (tmp_path / "models/clinical_lf/finetune").iterdir()} == {"best.pt", "last.pt"}

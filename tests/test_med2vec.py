@@ -8,8 +8,6 @@ must not.
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from conftest import DEMO
+from conftest import DEMO, run_python
 from ehrseq.code_embeddings.evaluation import (
     CodeVectors,
     admission_pairs,
@@ -569,8 +567,7 @@ def test_stages_on_the_mimic3_demo_leave_planted_metrics_undefined(tmp_path):
     m2v["pairs"]["batch_size"] = 256
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     for stage in ("train_med2vec", "evaluate_med2vec"):
-        subprocess.run([sys.executable, "-P", str(repo / "stages" / f"{stage}.py")], cwd=tmp_path, check=True,
-                       capture_output=True)
+        run_python(tmp_path, repo / "stages" / f"{stage}.py")
     vectors = pd.read_parquet(tmp_path / "models/med2vec/embeddings.parquet")
     assert vectors["code"].iloc[0] == UNK and len(vectors["vector"].iloc[0]) == 64
     report = read_json(tmp_path / "reports/metrics/med2vec.json")

@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import RISK_TOKEN, TOY_VOCAB, Killed, KilledAfter, toy_sequences, write_toy_split
+from conftest import RISK_TOKEN, TOY_VOCAB, Killed, KilledAfter, run_python, toy_sequences, write_toy_split
 from ehrseq.data import (
     LengthBucketSampler,
     TokenSequenceDataset,
@@ -334,11 +334,7 @@ def toy_workspace(tmp_path: Path, params: str) -> dict[str, pd.DataFrame]:
 
 
 def run_stage(workdir: Path, *args: str) -> str:
-    # -P: the stages/ folder must not shadow standard modules (stages/tokenize.py)
-    done = subprocess.run([sys.executable, "-P", str(REPO / "stages" / args[0]), *args[1:]], cwd=workdir,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stderr
+    return run_python(workdir, REPO / "stages" / args[0], *args[1:]).stderr
 
 
 @pytest.mark.slow
@@ -428,10 +424,7 @@ def test_the_explain_reference_scripts_run_on_a_trained_model(tmp_path):
     run_stage(tmp_path, "train.py", "lstm")
 
     def script(*args, folder="scripts"):
-        done = subprocess.run([sys.executable, "-P", str(REPO / folder / args[0]), *args[1:]], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
-        return done.stdout
+        return run_python(tmp_path, REPO / folder / args[0], *args[1:]).stdout
 
     out = script("explain.py", "--models", "lstm", folder="benchmarks")
     deletion = re.search(r"lstm deletion curves \(24 stays.*largest logit difference (\S+)", out)
